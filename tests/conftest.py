@@ -1,0 +1,35 @@
+"""Suite-wide rules: hardware markers skip with a reason, and a run that collects no test fails."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    needs = {
+        "gpu": (_has_cuda(), "needs a CUDA GPU; none on this machine"),
+        "tensorrt": (
+            importlib.util.find_spec("tensorrt") is not None,
+            "needs datacenter TensorRT (`import tensorrt`), which is not installed here",
+        ),
+    }
+    for item in items:
+        for marker, (available, reason) in needs.items():
+            if marker in item.keywords and not available:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # pytest exits 5 when nothing was collected; a CI run that tested nothing must fail loudly instead.
+    if session.testscollected == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
