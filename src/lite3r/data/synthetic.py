@@ -1,0 +1,279 @@
+"""Synthetic multi-view scenes with exact ground truth, ray cast in torch.
+
+A scene is an open-topped room (textured floor and walls, sky above) with a few textured spheres and
+boxes standing on the floor, seen by pinhole cameras on an arc around the room's centre, looking at it.
+Everything random comes from one seed, so a scene is reproducible bit for bit on a given machine.
+Textures are solid (functions of the 3D hit point) and shading uses fixed directional lights, so a
+surface point has the same colour in every view: the views are photo-consistent, as real multi-view
+data is for a reconstruction network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lite3r.geometry import invert_extrinsics, pixel_grid
+
+PATCH_SIZE = 14
+WALL_HEIGHT = 2.6
+SKY_TOP = (0.55, 0.72, 0.95)
+SKY_HORIZON = (0.92, 0.95, 1.0)
+LIGHTS = ((0.35, 0.85, 0.4, 0.6), (-0.6, 0.3, -0.75, 0.25))  # direction xyz (world, y up), strength
+AMBIENT = 0.3
+NOISE_RESOLUTION = 32
+NOISE_OCTAVES = ((1.3, 0.45), (3.1, 0.3), (7.7, 0.15), (17.0, 0.1))  # frequency (per metre), weight
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One scene's views and ground truth; ``S`` views of ``H x W`` pixels.
+
+    ``extrinsics`` are OpenCV camera-from-world, ``depth`` is z-depth (``0`` where ``valid`` is false,
+    i.e. sky), ``world_points`` are the 3D points seen at each pixel (``0`` where invalid).
+    """
+
+    images: torch.Tensor  # [S, 3, H, W] float32 in [0, 1]
+    depth: torch.Tensor  # [S, H, W] float32
+    valid: torch.Tensor  # [S, H, W] bool
+    intrinsics: torch.Tensor  # [S, 3, 3] float32
+    extrinsics: torch.Tensor  # [S, 3, 4] float32
+    world_points: torch.Tensor  # [S, H, W, 3] float32
+
+    @property
+    def num_views(self) -> int:
+        return self.images.shape[0]
+
+
+def make_scene(num_views: int, height: int = 518, width: int = 518, seed: int = 0, num_objects: int = 5) -> Scene:
+    """Render ``num_views`` views (``height x width``, multiples of 14) of a random scene from ``seed``."""
+    _check_views(num_views, height, width)
+    rng = np.random.default_rng(seed)
+    layout = _random_layout(rng, num_objects)
+    extrinsics, intrinsics = _random_cameras(rng, num_views, height, width)
+    return _render(layout, extrinsics, intrinsics, height, width)
+
+
+class SyntheticScenes(torch.utils.data.Dataset):
+    """``num_scenes`` distinct scenes, rendered on access; scene ``i`` depends only on ``(seed, i)``."""
+
+    def __init__(self, num_scenes: int, num_views: int, height: int = 518, width: int = 518, seed: int = 0):
+        if num_scenes < 1:
+            raise ValueError(f"num_scenes must be at least 1, got {num_scenes}")
+        self.num_scenes, self.num_views, self.height, self.width, self.seed = (
+            num_scenes, num_views, height, width, seed
+        )  # fmt: skip
+        _check_views(num_views, height, width)  # fail here, not on first access
+
+    def __len__(self) -> int:
+        return self.num_scenes
+
+    def __getitem__(self, index: int) -> Scene:
+        if not -self.num_scenes <= index < self.num_scenes:
+            raise IndexError(f"scene {index} out of range for {self.num_scenes} scenes")
+        scene_seed = np.random.SeedSequence([self.seed, index % self.num_scenes]).generate_state(1)[0]
+        return make_scene(self.num_views, self.height, self.width, seed=int(scene_seed))
+
+
+def _check_views(num_views: int, height: int, width: int) -> None:
+    if num_views < 1:
+        raise ValueError(f"num_views must be at least 1, got {num_views}")
+    if height <= 0 or width <= 0 or height % PATCH_SIZE or width % PATCH_SIZE:
+        raise ValueError(f"height and width must be positive multiples of {PATCH_SIZE}, got {height}x{width}")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    room_half: tuple[float, float]  # half extents along x and z; floor at y = 0
+    spheres: torch.Tensor  # [K, 4]: centre xyz, radius
+    boxes: torch.Tensor  # [K, 2, 3]: min corner, max corner
+    colors: torch.Tensor  # [3 + K_spheres + K_boxes, 3]: floor, x walls, z walls, spheres, boxes
+    checker_sizes: torch.Tensor  # [materials]: cell size (m) of each material's checker pattern
+    noise: torch.Tensor  # [1, 4, N, N, N]: luminance + colour noise volume
+
+
+def _random_layout(rng: np.random.Generator, num_objects: int) -> _Layout:
+    room_half = tuple(float(h) for h in rng.uniform(3.5, 4.5, size=2))
+    num_spheres = int(rng.integers(1, num_objects)) if num_objects > 1 else num_objects
+    angles = rng.uniform(0, 2 * math.pi, size=num_objects)
+    radii = rng.uniform(0.2, 1.3, size=num_objects)
+    sizes = rng.uniform(0.2, 0.45, size=(num_objects, 3))
+    spheres = [
+        (radii[i] * math.cos(angles[i]), sizes[i, 0], radii[i] * math.sin(angles[i]), sizes[i, 0])
+        for i in range(num_spheres)
+    ]
+    boxes = []
+    for i in range(num_spheres, num_objects):
+        centre = np.array([radii[i] * math.cos(angles[i]), sizes[i, 1], radii[i] * math.sin(angles[i])])
+        boxes.append((centre - sizes[i] * [1, 1, 1], centre + sizes[i] * [1, 1, 1]))
+    num_materials = 3 + num_objects
+    hue = rng.uniform(0, 1, size=num_materials)
+    colors = np.stack([_hsv_to_rgb(h, rng.uniform(0.3, 0.8), rng.uniform(0.55, 0.95)) for h in hue])
+    return _Layout(
+        room_half=room_half,
+        spheres=torch.tensor(spheres, dtype=torch.float32).reshape(-1, 4),
+        boxes=torch.tensor(np.array(boxes), dtype=torch.float32).reshape(-1, 2, 3),
+        colors=torch.tensor(colors, dtype=torch.float32),
+        checker_sizes=torch.tensor(rng.uniform(0.15, 0.6, size=num_materials), dtype=torch.float32),
+        noise=torch.tensor(rng.uniform(0, 1, size=(1, 4) + (NOISE_RESOLUTION,) * 3), dtype=torch.float32),
+    )
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    k = (np.array([5.0, 3.0, 1.0]) + h * 6) % 6
+    return v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1)
+
+
+def _random_cameras(
+    rng: np.random.Generator, num_views: int, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cameras on an arc of 60-180 degrees around the room centre, looking near it, with seeded jitter."""
+    arc = math.radians(rng.uniform(60, 180))
+    start = rng.uniform(0, 2 * math.pi)
+    steps = np.linspace(0, 1, num_views) if num_views > 1 else np.zeros(1)
+    azimuth = start + arc * steps + rng.normal(0, math.radians(4), size=num_views)
+    distance = rng.uniform(2.2, 3.0, size=num_views)
+    eye = np.stack([distance * np.cos(azimuth), rng.uniform(1.2, 1.9, num_views), distance * np.sin(azimuth)], -1)
+    target = np.array([0.0, 0.5, 0.0]) + rng.normal(0, [0.25, 0.1, 0.25], size=(num_views, 3))
+    roll = rng.normal(0, math.radians(3), size=num_views)
+    fov_w = np.radians(rng.uniform(50, 70, size=num_views))
+
+    forward = _normalize(target - eye)
+    right = _normalize(np.cross(forward, [0.0, 1.0, 0.0]))
+    down = np.cross(forward, right)
+    cos, sin = np.cos(roll)[:, None], np.sin(roll)[:, None]
+    right, down = cos * right + sin * down, cos * down - sin * right
+    rotation = np.stack([right, down, forward], axis=1)  # rows: camera axes in world coordinates
+    translation = -np.einsum("sij,sj->si", rotation, eye)
+    extrinsics = np.concatenate([rotation, translation[..., None]], axis=-1)
+
+    focal = (width / 2) / np.tan(fov_w / 2)
+    intrinsics = np.zeros((num_views, 3, 3))
+    intrinsics[:, 0, 0] = intrinsics[:, 1, 1] = focal
+    intrinsics[:, 0, 2], intrinsics[:, 1, 2], intrinsics[:, 2, 2] = width / 2, height / 2, 1
+    return torch.tensor(extrinsics, dtype=torch.float32), torch.tensor(intrinsics, dtype=torch.float32)
+
+
+def _normalize(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _render(
+    layout: _Layout, extrinsics: torch.Tensor, intrinsics: torch.Tensor, height: int, width: int
+) -> Scene:
+    num_views = extrinsics.shape[0]
+    cam_to_world = invert_extrinsics(extrinsics)
+    # Ray through pixel (u, v) with camera-frame direction ((u - cx)/fx, (v - cy)/fy, 1): the hit distance
+    # along it is the z-depth.
+    uv = pixel_grid(height, width).reshape(1, -1, 2)
+    xy = (uv - intrinsics[:, None, :2, 2]) / intrinsics[:, None, (0, 1), (0, 1)]
+    dirs_cam = torch.cat((xy, torch.ones_like(xy[..., :1])), dim=-1)
+    dirs = dirs_cam @ cam_to_world[:, :, :3].transpose(-1, -2)  # [S, P, 3]
+    origins = cam_to_world[:, None, :, 3].expand_as(dirs)
+
+    hits = [_hit_room(origins, dirs, layout.room_half)]
+    if len(layout.spheres):
+        hits.append(_hit_spheres(origins, dirs, layout.spheres, first_material=3))
+    if len(layout.boxes):
+        hits.append(_hit_boxes(origins, dirs, layout.boxes, first_material=3 + len(layout.spheres)))
+    t_all, normal_all, material_all = (torch.cat(parts, dim=-1) for parts in zip(*hits))
+    t, nearest = t_all.min(dim=-1)
+    normal = normal_all.gather(-1, nearest[..., None, None].expand(-1, -1, 3, 1)).squeeze(-1)
+    material = material_all.gather(-1, nearest[..., None]).squeeze(-1)
+    valid = torch.isfinite(t)
+    depth = torch.where(valid, t, torch.zeros_like(t))
+    points = torch.where(valid[..., None], origins + depth[..., None] * dirs, torch.zeros_like(dirs))
+
+    surface = _shade(points, normal, material, layout)
+    sky = _sky(dirs)
+    images = torch.where(valid[..., None], surface, sky).clamp(0, 1)
+    return Scene(
+        images=images.reshape(num_views, height, width, 3).permute(0, 3, 1, 2).contiguous(),
+        depth=depth.reshape(num_views, height, width),
+        valid=valid.reshape(num_views, height, width),
+        intrinsics=intrinsics,
+        extrinsics=extrinsics,
+        world_points=points.reshape(num_views, height, width, 3),
+    )
+
+
+# Each _hit_* returns, per ray and per surface k: hit distance t [S, P, K] (inf on a miss), outward normal
+# [S, P, 3, K] and material index [S, P, K].
+
+
+def _hit_room(origins: torch.Tensor, dirs: torch.Tensor, room_half: tuple[float, float]):
+    """From inside the room, the ray leaves through the floor, a wall, or the open top (a miss)."""
+    rx, rz = room_half
+    lo = torch.tensor([-rx, 0.0, -rz])
+    hi = torch.tensor([rx, WALL_HEIGHT, rz])
+    safe = torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
+    exit_t = torch.maximum((lo - origins) / safe, (hi - origins) / safe)  # [S, P, 3] per axis
+    t, axis = exit_t.min(dim=-1)
+    through_top = (axis == 1) & (dirs[..., 1] > 0)
+    t = torch.where(through_top, torch.full_like(t, math.inf), t)
+    normal = -F.one_hot(axis, 3).to(dirs.dtype) * torch.sign(dirs)  # facing into the room
+    material = torch.tensor([1, 0, 2])[axis]  # x walls, floor, z walls
+    return t[..., None], normal[..., None], material[..., None]
+
+
+def _hit_spheres(origins: torch.Tensor, dirs: torch.Tensor, spheres: torch.Tensor, first_material: int):
+    centre, radius = spheres[:, :3], spheres[:, 3]
+    offset = origins[..., None, :] - centre  # [S, P, K, 3]
+    a = (dirs * dirs).sum(-1, keepdim=True)
+    half_b = (offset * dirs[..., None, :]).sum(-1)
+    c = (offset * offset).sum(-1) - radius**2
+    disc = half_b**2 - a * c
+    t = (-half_b - disc.clamp_min(0).sqrt()) / a
+    t = torch.where((disc > 0) & (t > 0), t, torch.full_like(t, math.inf))
+    hit = origins[..., None, :] + t.clamp_max(1e6)[..., None] * dirs[..., None, :]
+    normal = (hit - centre) / radius[:, None]
+    material = torch.arange(len(spheres)).expand_as(t) + first_material
+    return t, normal.transpose(-1, -2), material
+
+
+def _hit_boxes(origins: torch.Tensor, dirs: torch.Tensor, boxes: torch.Tensor, first_material: int):
+    """Slab test against axis-aligned boxes seen from outside."""
+    safe = torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)[..., None, :]
+    t_lo = (boxes[:, 0] - origins[..., None, :]) / safe  # [S, P, K, 3]
+    t_hi = (boxes[:, 1] - origins[..., None, :]) / safe
+    enter, axis = torch.minimum(t_lo, t_hi).max(dim=-1)
+    leave = torch.maximum(t_lo, t_hi).min(dim=-1).values
+    t = torch.where((enter <= leave) & (enter > 0), enter, torch.full_like(enter, math.inf))
+    normal = -F.one_hot(axis, 3).to(dirs.dtype) * torch.sign(dirs)[..., None, :]
+    material = torch.arange(len(boxes)).expand_as(t) + first_material
+    return t, normal.transpose(-1, -2), material
+
+
+def _shade(points: torch.Tensor, normal: torch.Tensor, material: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """Solid noise (several octaves) times a per-material checker and colour, lit by two fixed lights."""
+    flat = points.reshape(1, 1, 1, -1, 3)
+    noise = torch.zeros(4, flat.shape[3])
+    for i, (frequency, weight) in enumerate(NOISE_OCTAVES):
+        # Octaves sample the volume at different scales and offsets; reflection tiles it seamlessly.
+        grid = flat * (frequency * 2 / NOISE_RESOLUTION) + 0.37 * i
+        noise += weight * F.grid_sample(
+            layout.noise, grid, mode="bilinear", padding_mode="reflection", align_corners=True
+        ).reshape(4, -1)
+    noise = noise.T.reshape(*points.shape[:-1], 4)
+    luminance, tint = noise[..., :1], noise[..., 1:]
+
+    # Step just inside the surface: on the floor y is ~0 and its sign would flip the checker at random.
+    inside = points - 1e-3 * normal
+    cells = torch.floor(inside / layout.checker_sizes[material][..., None]).sum(-1)
+    checker = 1 - 0.35 * torch.remainder(cells, 2)[..., None]
+    albedo = layout.colors[material] * (0.25 + 1.1 * luminance) * checker + 0.35 * (tint - 0.5)
+
+    light = torch.full_like(luminance, AMBIENT)
+    for *direction, strength in LIGHTS:
+        towards = torch.tensor(direction) / torch.linalg.vector_norm(torch.tensor(direction))
+        light = light + strength * (normal @ towards).clamp_min(0)[..., None]
+    return albedo * light
+
+
+def _sky(dirs: torch.Tensor) -> torch.Tensor:
+    up = (dirs[..., 1:2] / dirs.norm(dim=-1, keepdim=True)).clamp(0, 1)
+    return torch.tensor(SKY_HORIZON) + up * (torch.tensor(SKY_TOP) - torch.tensor(SKY_HORIZON))
