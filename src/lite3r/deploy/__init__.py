@@ -1,0 +1,20 @@
+"""Deployment runtimes; names are exported lazily so that ``import lite3r.deploy`` pulls in nothing heavy."""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "FP8Linear": "lite3r.deploy.fp8",
+    "FP8UnsupportedError": "lite3r.deploy.fp8",
+    "check_fp8_device": "lite3r.deploy.fp8",
+    "convert_to_fp8": "lite3r.deploy.fp8",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lite3r.deploy' has no attribute {name!r}")
