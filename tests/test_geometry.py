@@ -43,7 +43,8 @@ def test_quaternion_matrix_known_rotation():
 def test_quaternion_round_trip_is_orthonormal_and_standardised():
     q = torch.randn(6, 5, 4, generator=torch.Generator().manual_seed(1))
     rotation = quaternion_to_matrix(q)
-    torch.testing.assert_close(rotation @ rotation.transpose(-1, -2), torch.eye(3).expand(6, 5, 3, 3), atol=1e-5, rtol=0)
+    identity = torch.eye(3).expand(6, 5, 3, 3)
+    torch.testing.assert_close(rotation @ rotation.transpose(-1, -2), identity, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.linalg.det(rotation), torch.ones(6, 5))
     q_back = matrix_to_quaternion(rotation)
     unit = q / q.norm(dim=-1, keepdim=True)
@@ -101,7 +102,8 @@ def test_depth_to_world_points_by_hand():
 def test_inverse_compose_centres_and_relative_frame():
     extrinsics, _ = _random_cameras(4)
     identity = torch.eye(3, 4).expand(4, 3, 4)
-    torch.testing.assert_close(compose_extrinsics(extrinsics, invert_extrinsics(extrinsics)), identity, atol=1e-5, rtol=0)
+    round_trip = compose_extrinsics(extrinsics, invert_extrinsics(extrinsics))
+    torch.testing.assert_close(round_trip, identity, atol=1e-5, rtol=0)
     centres = camera_centers(extrinsics)
     torch.testing.assert_close(transform_points(centres, extrinsics), torch.zeros(4, 3), atol=1e-5, rtol=0)
     relative = relative_to_first(extrinsics)
@@ -109,7 +111,8 @@ def test_inverse_compose_centres_and_relative_frame():
     # A point keeps its camera coordinates when the world frame moves to camera 0.
     world = torch.randn(4, 10, 3)
     in_first = transform_points(world, extrinsics[:1].expand(4, 3, 4))
-    torch.testing.assert_close(transform_points(in_first, relative), transform_points(world, extrinsics), atol=1e-5, rtol=0)
+    in_cameras = transform_points(world, extrinsics)
+    torch.testing.assert_close(transform_points(in_first, relative), in_cameras, atol=1e-5, rtol=0)
 
 
 def test_rotation_angle_is_exact_near_zero():

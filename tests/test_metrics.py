@@ -121,7 +121,8 @@ def _perfect_prediction(scene, scale=2.5):
     pose_enc = extri_intri_to_pose_encoding(relative_to_first(scene.extrinsics), scene.intrinsics, (height, width))
     pose_enc[..., :3] *= scale
     points = transform_points(scene.world_points, scene.extrinsics[:1].expand(3, 3, 4))
-    return {"pose_enc": pose_enc[None], "depth": scale * scene.depth[None, ..., None], "world_points": scale * points[None]}
+    depth = scale * scene.depth[None, ..., None]
+    return {"pose_enc": pose_enc[None], "depth": depth, "world_points": scale * points[None]}
 
 
 def test_reconstruction_metrics_perfect_prediction(scene):
@@ -151,7 +152,8 @@ def test_reconstruction_metrics_see_each_kind_of_error(scene):
 
 def test_reconstruction_metrics_reject_mismatched_predictions(scene):
     perfect = _perfect_prediction(scene)
-    with pytest.raises(ValueError, match=r"predictions\['depth'\] has shape \[1, 3, 56, 70, 2\], expected \[3, 56, 70, 1\]"):
+    message = r"predictions\['depth'\] has shape \[1, 3, 56, 70, 2\], expected \[3, 56, 70, 1\]"
+    with pytest.raises(ValueError, match=message):
         reconstruction_metrics(dict(perfect, depth=perfect["depth"].expand(1, 3, 56, 70, 2)), scene)
     with pytest.raises(ValueError, match="lack 'world_points'"):
         reconstruction_metrics({k: v for k, v in perfect.items() if k != "world_points"}, scene)

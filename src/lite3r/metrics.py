@@ -50,7 +50,8 @@ def depth_metrics(
     average over all valid pixels of all views.
     """
     if pred.shape != gt.shape or valid.shape != gt.shape:
-        raise ValueError(f"depth shapes differ: pred {list(pred.shape)}, gt {list(gt.shape)}, valid {list(valid.shape)}")
+        shapes = f"pred {list(pred.shape)}, gt {list(gt.shape)}, valid {list(valid.shape)}"
+        raise ValueError(f"depth shapes differ: {shapes}")
     abs_rel, within = [], []
     for p, g, m in zip(pred.float(), gt.float(), valid & (gt > 0)):
         if not m.any():

@@ -23,8 +23,8 @@ PATCH_SIZE = 14
 WALL_HEIGHT = 2.6
 SKY_TOP = (0.55, 0.72, 0.95)
 SKY_HORIZON = (0.92, 0.95, 1.0)
-LIGHTS = ((0.35, 0.85, 0.4, 0.6), (-0.6, 0.3, -0.75, 0.25))  # direction xyz (world, y up), strength
-AMBIENT = 0.3
+LIGHTS = ((0.35, 0.85, 0.4, 0.55), (-0.6, 0.3, -0.75, 0.3))  # direction xyz (world, y up), strength
+AMBIENT = 0.45
 NOISE_RESOLUTION = 32
 NOISE_OCTAVES = ((1.3, 0.45), (3.1, 0.3), (7.7, 0.15), (17.0, 0.1))  # frequency (per metre), weight
 
@@ -52,6 +52,8 @@ class Scene:
 def make_scene(num_views: int, height: int = 518, width: int = 518, seed: int = 0, num_objects: int = 5) -> Scene:
     """Render ``num_views`` views (``height x width``, multiples of 14) of a random scene from ``seed``."""
     _check_views(num_views, height, width)
+    if num_objects < 0:
+        raise ValueError(f"num_objects must be at least 0, got {num_objects}")
     rng = np.random.default_rng(seed)
     layout = _random_layout(rng, num_objects)
     extrinsics, intrinsics = _random_cameras(rng, num_views, height, width)
@@ -64,10 +66,12 @@ class SyntheticScenes(torch.utils.data.Dataset):
     def __init__(self, num_scenes: int, num_views: int, height: int = 518, width: int = 518, seed: int = 0):
         if num_scenes < 1:
             raise ValueError(f"num_scenes must be at least 1, got {num_scenes}")
-        self.num_scenes, self.num_views, self.height, self.width, self.seed = (
-            num_scenes, num_views, height, width, seed
-        )  # fmt: skip
         _check_views(num_views, height, width)  # fail here, not on first access
+        self.num_scenes = num_scenes
+        self.num_views = num_views
+        self.height = height
+        self.width = width
+        self.seed = seed
 
     def __len__(self) -> int:
         return self.num_scenes
@@ -97,26 +101,22 @@ class _Layout:
 
 
 def _random_layout(rng: np.random.Generator, num_objects: int) -> _Layout:
+    """Room size, then objects on the floor within 1.3 m of the centre (cameras stay 2.2 m or more away)."""
     room_half = tuple(float(h) for h in rng.uniform(3.5, 4.5, size=2))
     num_spheres = int(rng.integers(1, num_objects)) if num_objects > 1 else num_objects
-    angles = rng.uniform(0, 2 * math.pi, size=num_objects)
-    radii = rng.uniform(0.2, 1.3, size=num_objects)
-    sizes = rng.uniform(0.2, 0.45, size=(num_objects, 3))
-    spheres = [
-        (radii[i] * math.cos(angles[i]), sizes[i, 0], radii[i] * math.sin(angles[i]), sizes[i, 0])
-        for i in range(num_spheres)
-    ]
-    boxes = []
-    for i in range(num_spheres, num_objects):
-        centre = np.array([radii[i] * math.cos(angles[i]), sizes[i, 1], radii[i] * math.sin(angles[i])])
-        boxes.append((centre - sizes[i] * [1, 1, 1], centre + sizes[i] * [1, 1, 1]))
+    angle = rng.uniform(0, 2 * math.pi, size=num_objects)
+    distance = rng.uniform(0.2, 1.3, size=num_objects)
+    half_size = rng.uniform(0.2, 0.45, size=(num_objects, 3))
+    centre = np.stack([distance * np.cos(angle), half_size[:, 1], distance * np.sin(angle)], axis=-1)
+    spheres = np.concatenate([centre[:, :1], half_size[:, :1], centre[:, 2:], half_size[:, :1]], axis=-1)
+    boxes = np.stack([centre - half_size, centre + half_size], axis=1)
     num_materials = 3 + num_objects
-    hue = rng.uniform(0, 1, size=num_materials)
-    colors = np.stack([_hsv_to_rgb(h, rng.uniform(0.3, 0.8), rng.uniform(0.55, 0.95)) for h in hue])
+    hues = rng.uniform(size=num_materials)
+    colors = np.stack([_hsv_to_rgb(h, rng.uniform(0.3, 0.8), rng.uniform(0.55, 0.95)) for h in hues])
     return _Layout(
         room_half=room_half,
-        spheres=torch.tensor(spheres, dtype=torch.float32).reshape(-1, 4),
-        boxes=torch.tensor(np.array(boxes), dtype=torch.float32).reshape(-1, 2, 3),
+        spheres=torch.tensor(spheres[:num_spheres], dtype=torch.float32),
+        boxes=torch.tensor(boxes[num_spheres:], dtype=torch.float32),
         colors=torch.tensor(colors, dtype=torch.float32),
         checker_sizes=torch.tensor(rng.uniform(0.15, 0.6, size=num_materials), dtype=torch.float32),
         noise=torch.tensor(rng.uniform(0, 1, size=(1, 4) + (NOISE_RESOLUTION,) * 3), dtype=torch.float32),
