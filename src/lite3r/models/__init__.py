@@ -1,0 +1,10 @@
+"""Models in PyTorch with official state-dict layouts, named presets and safe checkpoint loading."""
+
+from __future__ import annotations
+
+from lite3r.models._builder import load_model
+from lite3r.models._checkpoint import CheckpointError, checkpoint_filter_fn
+from lite3r.models._registry import list_models
+from lite3r.models.vggt import VGGT, ConfigError, VGGTConfig
+
+__all__ = ["VGGT", "CheckpointError", "ConfigError", "VGGTConfig", "checkpoint_filter_fn", "list_models", "load_model"]

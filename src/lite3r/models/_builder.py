@@ -1,0 +1,33 @@
+"""``load_model``: preset + overrides + optional checkpoint -> a model in eval mode."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lite3r.models._checkpoint import load_state_dict_strict, read_checkpoint
+from lite3r.models._registry import get_preset
+
+logger = logging.getLogger(__name__)
+
+
+def load_model(name: str, checkpoint: str | Path | None = None, **overrides) -> nn.Module:
+    """Builds preset ``name`` (see :func:`lite3r.list_models`) with config ``overrides`` applied.
+
+    With ``checkpoint`` (an official-layout ``.pt``/``.pth``/``.bin`` state dict or ``.safetensors``) the weights
+    are loaded strictly; the model is built on the ``meta`` device first, so no time or memory goes into a
+    random initialisation that would be overwritten. Without one, the weights are random.
+    """
+    build, config = get_preset(name, **overrides)
+    if checkpoint is None:
+        logger.info("%s: no checkpoint given, weights are randomly initialised", name)
+        model = build(config)
+    else:
+        state_dict = read_checkpoint(checkpoint)
+        with torch.device("meta"):
+            model = build(config)
+        load_state_dict_strict(model, state_dict, source=checkpoint, assign=True)
+    return model.eval()

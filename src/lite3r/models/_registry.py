@@ -1,0 +1,57 @@
+"""Named presets: a model name maps to a builder and its default config (timm-style registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from torch import nn
+
+from lite3r.models.vggt import VGGT, ConfigError, VGGTConfig
+
+
+class Preset(NamedTuple):
+    build: Callable[[VGGTConfig], nn.Module]
+    config: VGGTConfig
+
+
+_PRESETS: dict[str, Preset] = {
+    # VGGT-1B exactly as the official VGGT() builds it; loads the released checkpoint strictly.
+    "vggt": Preset(VGGT, VGGTConfig()),
+    # Same code at toy sizes (0.35 M parameters) for tests and CPU demos: a 2-frame 112x112 forward takes
+    # tens of milliseconds. Every size is expressible with the official modules, so
+    # scripts/compare_official_vggt.py checks it against them. DPT reads layers 1, 2, 4, 5 of 6, so the
+    # aggregator drops layers 0 and 3, as VGGT-1B drops 19 of its 24.
+    "vggt-tiny": Preset(
+        VGGT,
+        VGGTConfig(
+            img_size=112,
+            embed_dim=32,
+            depth=6,
+            num_heads=2,
+            dinov2_depth=2,
+            dinov2_num_heads=2,
+            camera_trunk_depth=1,
+            camera_num_heads=2,
+            dpt_features=8,
+            dpt_out_channels=(4, 8, 16, 16),
+            dpt_layers=(1, 2, 4, 5),
+            track_features=8,
+            track_hidden_size=16,
+            track_depth=1,
+        ),
+    ),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`lite3r.load_model`."""
+    return sorted(_PRESETS)
+
+
+def get_preset(name: str, **overrides) -> tuple[Callable[[VGGTConfig], nn.Module], VGGTConfig]:
+    """The builder of ``name`` and its config with ``overrides`` applied."""
+    if name not in _PRESETS:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    preset = _PRESETS[name]
+    return preset.build, preset.config.replace(**overrides)

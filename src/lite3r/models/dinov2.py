@@ -1,0 +1,81 @@
+"""DINOv2 ViT with register tokens, used by VGGT as its patch embedding (``aggregator.patch_embed``).
+
+Only what VGGT reads is computed: the normalised patch tokens. The class token, the register tokens and the
+(unused) ``mask_token`` still exist because they are part of the official state dict.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from lite3r.models.layers import Block, PatchEmbed
+
+
+class DinoVisionTransformer(nn.Module):
+    """ViT-L/14 with 4 registers in VGGT; ``img_size`` only sets the size of the learned position table,
+    which is resized (bicubic, antialiased, as in the official code) for every other input size."""
+
+    def __init__(
+        self,
+        img_size: int = 518,
+        patch_size: int = 14,
+        embed_dim: int = 1024,
+        depth: int = 24,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        num_register_tokens: int = 4,
+        init_values: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.num_register_tokens = num_register_tokens
+        self.grad_checkpointing = False
+        grid = img_size // patch_size
+        self.patch_embed = PatchEmbed(patch_size, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, embed_dim))
+        self.register_tokens = nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, init_values=init_values, norm_eps=1e-6) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        # Masked-image-modelling token from DINOv2 pre-training: never used by VGGT, kept for strict loading.
+        self.mask_token = nn.Parameter(torch.zeros(1, embed_dim), requires_grad=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        nn.init.normal_(self.register_tokens, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """Position table ``[1, 1 + grid_h*grid_w, C]`` (class token first) for a ``grid_h x grid_w`` patch grid."""
+        side = int((self.pos_embed.shape[1] - 1) ** 0.5)
+        if (grid_h, grid_w) == (side, side):
+            return self.pos_embed
+        table = self.pos_embed.float()
+        patch_table = table[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        patch_table = F.interpolate(patch_table, size=(grid_h, grid_w), mode="bicubic", antialias=True)
+        patch_table = patch_table.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)
+        return torch.cat((table[:, :1], patch_table), dim=1).to(self.pos_embed.dtype)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` (already normalised) -> normalised patch tokens ``[N, (H/p)*(W/p), C]``."""
+        n, _, h, w = images.shape
+        x = self.patch_embed(images)
+        x = torch.cat((self.cls_token.expand(n, -1, -1), x), dim=1)
+        x = x + self.position_embedding(h // self.patch_size, w // self.patch_size)
+        x = torch.cat((x[:, :1], self.register_tokens.expand(n, -1, -1), x[:, 1:]), dim=1)
+        for block in self.blocks:
+            x = checkpoint(block, x, use_reentrant=False) if self._checkpointing() else block(x)
+        return self.norm(x[:, 1 + self.num_register_tokens :])
+
+    def _checkpointing(self) -> bool:
+        return self.grad_checkpointing and self.training and torch.is_grad_enabled()

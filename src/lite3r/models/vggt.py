@@ -1,0 +1,157 @@
+"""VGGT (Wang et al., CVPR 2025): images of one scene in, cameras, depth and world points out.
+
+The state dict has the official facebookresearch/vggt layout (``aggregator``, ``camera_head``, ``point_head``,
+``depth_head``, ``track_head``), so an official checkpoint loads with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from lite3r.models.aggregator import Aggregator
+from lite3r.models.heads import CameraHead, DPTHead
+from lite3r.models.track_head import TrackHead
+
+
+class ConfigError(ValueError):
+    """An invalid model configuration (unknown field, inconsistent sizes)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VGGTConfig:
+    """Sizes of a VGGT model. The defaults are VGGT-1B, as built by the official ``VGGT()``."""
+
+    img_size: int = 518  # sets the DINOv2 position table (37 x 37 patches); any multiple of 14 runs
+    patch_size: int = 14
+    embed_dim: int = 1024
+    depth: int = 24  # frame blocks = global blocks = aggregator layers
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = 4
+    rope_freq: float = 100.0
+    init_values: float = 0.01  # LayerScale init of aggregator and camera-trunk blocks
+    dinov2_depth: int = 24
+    dinov2_num_heads: int = 16
+    camera_trunk_depth: int = 4
+    camera_num_heads: int = 16
+    camera_iterations: int = 4
+    dpt_features: int = 256
+    dpt_out_channels: tuple[int, int, int, int] = (256, 512, 1024, 1024)
+    dpt_layers: tuple[int, int, int, int] = (4, 11, 17, 23)
+    track_features: int = 128
+    track_hidden_size: int = 384
+    track_depth: int = 6
+    keep_all_layers: bool = False  # True: the aggregator keeps every layer output, as the official code does
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dpt_out_channels", tuple(self.dpt_out_channels))
+        object.__setattr__(self, "dpt_layers", tuple(self.dpt_layers))
+        problems = []
+        if self.img_size % self.patch_size:
+            problems.append(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.embed_dim % (4 * self.num_heads):
+            problems.append(
+                f"embed_dim {self.embed_dim} / num_heads {self.num_heads} must give a head size divisible by 4 "
+                "(2D RoPE splits each head into rows/columns and sin/cos halves)"
+            )
+        if len(self.dpt_layers) != 4 or not all(0 <= i < self.depth for i in self.dpt_layers):
+            problems.append(f"dpt_layers {self.dpt_layers} must be 4 layer indices in [0, depth={self.depth})")
+        if len(self.dpt_out_channels) != 4:
+            problems.append(f"dpt_out_channels {self.dpt_out_channels} must have 4 entries")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def replace(self, **overrides) -> VGGTConfig:
+        """A copy with ``overrides`` applied; unknown names raise :class:`ConfigError` listing the valid ones."""
+        valid = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(overrides) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown VGGT config field(s) {', '.join(unknown)}; valid fields: {', '.join(valid)}")
+        return dataclasses.replace(self, **overrides)
+
+
+class VGGT(nn.Module):
+    """``model(images)`` with ``images`` ``[S, 3, H, W]`` or ``[B, S, 3, H, W]`` in ``[0, 1]`` (H, W multiples
+    of 14) returns ``pose_enc [B, S, 9]``, ``depth [B, S, H, W, 1]``, ``depth_conf [B, S, H, W]``,
+    ``world_points [B, S, H, W, 3]``, ``world_points_conf [B, S, H, W]``. Frame 0 of each scene is the
+    reference camera.
+    """
+
+    def __init__(self, config: VGGTConfig | None = None) -> None:
+        super().__init__()
+        c = config or VGGTConfig()
+        self.config = c
+        self.aggregator = Aggregator(
+            img_size=c.img_size,
+            patch_size=c.patch_size,
+            embed_dim=c.embed_dim,
+            depth=c.depth,
+            num_heads=c.num_heads,
+            mlp_ratio=c.mlp_ratio,
+            num_register_tokens=c.num_register_tokens,
+            rope_freq=c.rope_freq,
+            init_values=c.init_values,
+            dinov2_depth=c.dinov2_depth,
+            dinov2_num_heads=c.dinov2_num_heads,
+            keep_layers=None if c.keep_all_layers else {*c.dpt_layers, c.depth - 1},
+        )
+        dim_in = 2 * c.embed_dim  # frame and global outputs concatenated
+        self.camera_head = CameraHead(
+            dim_in, c.camera_trunk_depth, c.camera_num_heads, c.mlp_ratio, c.init_values, c.camera_iterations
+        )
+        dpt = dict(
+            patch_size=c.patch_size, features=c.dpt_features, out_channels=c.dpt_out_channels, layers=c.dpt_layers
+        )
+        self.point_head = DPTHead(dim_in, output_dim=4, activation="inv_log", **dpt)
+        self.depth_head = DPTHead(dim_in, output_dim=2, activation="exp", **dpt)
+        self.track_head = TrackHead(
+            dim_in,
+            c.patch_size,
+            c.track_features,
+            c.track_hidden_size,
+            c.track_depth,
+            out_channels=c.dpt_out_channels,
+            layers=c.dpt_layers,
+        )
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute aggregator blocks in the backward pass (only while training with gradients enabled)."""
+        self.aggregator.set_grad_checkpointing(enable)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        images = self._check_images(images)
+        H, W = images.shape[-2:]
+        layers = self.aggregator(images)
+        start = self.aggregator.patch_start_idx
+        # As in the official model, the heads run in full precision even under autocast.
+        with torch.autocast(images.device.type, enabled=False):
+            pose_enc = self.camera_head(layers[self.config.depth - 1])[-1]
+            depth, depth_conf = self.depth_head(layers, (H, W), start)
+            world_points, world_points_conf = self.point_head(layers, (H, W), start)
+        return {
+            "pose_enc": pose_enc,
+            "depth": depth,
+            "depth_conf": depth_conf,
+            "world_points": world_points,
+            "world_points_conf": world_points_conf,
+        }
+
+    def _check_images(self, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor) or images.ndim not in (4, 5):
+            got = f"shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"VGGT expects images [S, 3, H, W] or [B, S, 3, H, W]; got {got}")
+        if not images.is_floating_point():
+            raise ValueError(f"VGGT expects float images in [0, 1]; got {images.dtype} (divide uint8 images by 255)")
+        if images.ndim == 4:
+            images = images.unsqueeze(0)
+        *_, C, H, W = images.shape
+        p = self.config.patch_size
+        if C != 3 or H % p or W % p or H == 0 or W == 0:
+            raise ValueError(
+                f"VGGT expects 3-channel images with height and width multiples of {p}; "
+                f"got {C} channels, {H}x{W} (resize or crop, e.g. to {max(p, H // p * p)}x{max(p, W // p * p)})"
+            )
+        return images

@@ -1,0 +1,35 @@
+"""Shared fixtures: the golden official tiny checkpoint and a seeded tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lite3r.models import load_model
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+OUTPUT_KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
+
+
+@pytest.fixture(scope="session")
+def official_tiny() -> dict:
+    """``weights`` (official key layout), ``images`` and the official ``outputs`` for them, written by
+    ``scripts/compare_official_vggt.py --model vggt-tiny --frames 3 --height 56 --width 70 --save-fixture``."""
+    tensors = load_file(FIXTURES / "vggt_tiny_official.safetensors")
+    split = {"weights": {}, "outputs": {}}
+    for name, tensor in tensors.items():
+        group, key = name.split(".", 1)
+        if group == "input":
+            split["images"] = tensor
+        else:
+            split[{"model": "weights", "output": "outputs"}[group]][key] = tensor
+    return split
+
+
+@pytest.fixture(scope="module")
+def tiny() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return load_model("vggt-tiny")
