@@ -113,11 +113,11 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
         if images is not None:
             from lite3r.data import load_images
 
-            views = load_images(images, mode=mode, target_size=model.img_size)
+            views = load_images(images, mode=mode, target_size=model.config.img_size)
         else:
             from lite3r.data.synthetic import make_scene
 
-            h, w = hw or (model.img_size, model.img_size)
+            h, w = hw or (model.config.img_size, model.config.img_size)
             scene = make_scene(synthetic, height=h, width=w, seed=seed)
             views = scene.images
         progress.update(task, advance=1, description=f"running {model_name} on {len(views)} views")

@@ -20,7 +20,7 @@ _WRAPPER_KEYS = ("model", "state_dict")  # training checkpoints: {"model": sd, "
 _SHOWN = 5  # how many offending keys an error message lists
 
 
-class CheckpointError(Exception):
+class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
