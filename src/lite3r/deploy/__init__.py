@@ -9,6 +9,12 @@ _EXPORTS = {
     "FP8UnsupportedError": "lite3r.deploy.fp8",
     "check_fp8_device": "lite3r.deploy.fp8",
     "convert_to_fp8": "lite3r.deploy.fp8",
+    "BuildReport": "lite3r.deploy.engine",
+    "EngineFromOnnx": "lite3r.deploy.engine",
+    "build_engine": "lite3r.deploy.engine",
+    "parse_frames": "lite3r.deploy.engine",
+    "DeployError": "lite3r.deploy._trt",
+    "TensorRTNotInstalledError": "lite3r.deploy._trt",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,0 +1,262 @@
+"""Engine builds from small ONNX graphs generated here: TensorRT-RTX on this CPU, datacenter TensorRT where it
+is installed (``tensorrt`` marker). Graphs follow the export contract: input ``images [1, S, 3, H, W]``."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper as onh
+import pytest
+
+from lite3r.deploy import DeployError, TensorRTNotInstalledError, build_engine, parse_frames
+from lite3r.deploy.engine import FrameRange, OnnxParseError
+
+needs_rtx = pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt_rtx_bindings") is None,
+    reason="needs TensorRT-RTX (pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings)",
+)
+FLOAT = onnx.TensorProto.FLOAT
+OPSETS = [oh.make_opsetid("", 19), oh.make_opsetid("lite3r", 1)]
+
+
+def _images(shape=(1, "S", 3, 14, 14)):
+    return oh.make_tensor_value_info("images", FLOAT, list(shape))
+
+
+def _save(tmp_path, nodes, functions=(), initializers=(), shape=(1, "S", 3, 14, 14), name="model.onnx"):
+    graph = oh.make_graph(
+        nodes, "g", [_images(shape)], [oh.make_tensor_value_info("depth", FLOAT, list(shape))], list(initializers)
+    )
+    model = oh.make_model(graph, opset_imports=OPSETS, functions=list(functions))
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path / name
+    onnx.save(model, path)
+    return path
+
+
+def _function(op_type, body, inputs=("x",), outputs=("y",), attributes=("kh",)):
+    return oh.make_function("lite3r", op_type, list(inputs), list(outputs), body, opset_imports=OPSETS,
+                            attributes=list(attributes))  # fmt: skip
+
+
+def _sla_like(tmp_path, node_name="attn_0"):
+    """One custom node (``SparseLinearAttention``-like: attributes, plugin_namespace) with a 2-op body."""
+    body = [oh.make_node("Relu", ["x"], ["t"]), oh.make_node("Mul", ["t", "t"], ["y"])]
+    node = oh.make_node("SparseLinearAttention", ["images"], ["depth"], domain="lite3r", name=node_name, kh=0.05,
+                        plugin_namespace="lite3r")  # fmt: skip
+    return _save(tmp_path, [node], [_function("SparseLinearAttention", body)])
+
+
+# --- frames ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [("2:8:32", (2, 8, 32)), (" 8 ", (8, 8, 8)), ("1:1:4", (1, 1, 4))])
+def test_parse_frames(text, expected):
+    assert parse_frames(text) == FrameRange(*expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a:b:c", "must be integers"),
+        ("2.5", "must be integers"),
+        ("", "must be integers"),
+        ("8:2:32", "MIN <= OPT <= MAX"),
+        ("0:1:2", "positive integers"),
+        ("-1", "positive integers"),
+        ("1:2", "MIN:OPT:MAX"),
+    ],
+)
+def test_parse_frames_rejects_bad_input(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_frames(text)
+
+
+# --- TensorRT-RTX builds ---------------------------------------------------------------------------------------
+
+
+@needs_rtx
+def test_rtx_build_inlines_custom_node_function_body(tmp_path):
+    report = build_engine(_sla_like(tmp_path), tmp_path / "out" / "model.engine", target="tensorrt-rtx",
+                          frames="1:2:4")  # fmt: skip
+
+    assert report.engine_path.stat().st_size == report.engine_bytes > 0
+    assert "[I]" in report.log_path.read_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.build.log", "model.engine"]
+    assert (report.frames, report.image_size) == (FrameRange(1, 2, 4), (14, 14))
+    [node] = report.custom_nodes
+    assert (node.node, node.op_type, node.resolved, node.layers) == ("attn_0", "SparseLinearAttention", "function", 2)
+    assert report.sla_resolution == "function"
+    assert "attn_0 (SparseLinearAttention): function body inlined, 2 layers" in report.summary()
+
+
+@needs_rtx
+def test_rtx_build_reports_nested_and_unnamed_custom_nodes(tmp_path):
+    """An unnamed outer node (parser name ``node_of_<output>``) whose body calls another custom node."""
+    inner = _function("SparseLinearAttentionCore", [oh.make_node("Relu", ["x"], ["y"])])
+    outer_body = [
+        oh.make_node("SparseLinearAttentionCore", ["x"], ["t"], domain="lite3r", name="core", plugin_namespace="lite3r"),
+        oh.make_node("Mul", ["t", "t"], ["u"]),
+        oh.make_node("Neg", ["u"], ["y"]),
+    ]
+    outer = _function("SparseLinearAttention", outer_body)
+    node = oh.make_node("SparseLinearAttention", ["images"], ["depth"], domain="lite3r", kh=0.1,
+                        plugin_namespace="lite3r")  # fmt: skip
+    path = _save(tmp_path, [node], [outer, inner])
+
+    report = build_engine(path, tmp_path / "model.engine", target="tensorrt-rtx", frames=(1, 1, 2))
+
+    [resolution] = report.custom_nodes
+    assert (resolution.node, resolution.resolved, resolution.layers) == ("node_of_depth", "function", 3)
+
+
+@needs_rtx
+def test_rtx_builds_strongly_typed_fp8_qdq_graph(tmp_path):
+    weight = onh.from_array(np.random.default_rng(0).standard_normal((14, 14)).astype(np.float32), "w")
+    scales = [onh.from_array(np.array(s, np.float32), n) for n, s in (("x_scale", 0.05), ("w_scale", 0.02))]
+    zero = oh.make_tensor("zero", onnx.TensorProto.FLOAT8E4M3FN, [], [0.0])
+    nodes = [
+        oh.make_node("QuantizeLinear", ["images", "x_scale", "zero"], ["xq"]),
+        oh.make_node("DequantizeLinear", ["xq", "x_scale"], ["xd"]),
+        oh.make_node("QuantizeLinear", ["w", "w_scale", "zero"], ["wq"]),
+        oh.make_node("DequantizeLinear", ["wq", "w_scale"], ["wd"]),
+        oh.make_node("MatMul", ["xd", "wd"], ["depth"]),
+    ]
+    path = _save(tmp_path, nodes, initializers=[weight, *scales, zero])
+
+    report = build_engine(path, tmp_path / "fp8.engine", target="tensorrt-rtx", frames="2:4:8", verbose=True)
+
+    log = report.log_path.read_text()
+    assert "[E]" not in log and "[V]" in log
+    assert report.engine_bytes > 0 and report.custom_nodes == [] and report.sla_resolution == "none"
+
+
+@needs_rtx
+def test_rtx_ignores_timing_cache_and_says_so(tmp_path):
+    cache = tmp_path / "timing.cache"
+    report = build_engine(_sla_like(tmp_path), tmp_path / "model.engine", target="tensorrt-rtx", timing_cache=cache)
+    assert report.timing_cache is None and not cache.exists()
+    assert any("no timing cache" in note for note in report.notes)
+
+
+@needs_rtx
+def test_fixed_frame_count_is_taken_from_the_model(tmp_path):
+    path = _sla_like(tmp_path)
+    static = onnx.load(path)
+    static.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 3
+    onnx.save(static, path)
+    report = build_engine(path, tmp_path / "model.engine", target="tensorrt-rtx")
+    assert report.frames == FrameRange(3, 3, 3)
+    with pytest.raises(ValueError, match="exactly 3 frames"):
+        build_engine(path, tmp_path / "model.engine", target="tensorrt-rtx", frames="1:2:4")
+
+
+# --- errors ----------------------------------------------------------------------------------------------------
+
+
+def _failed(tmp_path, **options):
+    out = tmp_path / "out"
+    with pytest.raises(Exception) as info:
+        build_engine(options.pop("onnx", tmp_path / "model.onnx"), out / "model.engine", **options)
+    assert not out.exists() or not any(out.iterdir()), "a failed build left files behind"
+    return info.value
+
+
+@needs_rtx
+def test_parser_error_names_the_node(tmp_path):
+    mystery = oh.make_node("Mystery", ["images"], ["depth"], domain="lite3r", name="odd_one")
+    path = _save(tmp_path, [mystery])
+    error = _failed(tmp_path, onnx=path, target="tensorrt-rtx")
+    assert isinstance(error, OnnxParseError) and isinstance(error, DeployError)
+    assert "TensorRT-RTX could not parse model.onnx" in str(error) and "'odd_one' (Mystery)" in str(error)
+
+
+@needs_rtx
+@pytest.mark.parametrize(
+    ("shape", "options", "message"),
+    [
+        ((1, "S", 3, 14, 14), {"image_size": (28, 28)}, "exported for 14x14 images"),
+        ((1, "S", 3, "H", "W"), {}, "dynamic image size; pass image_size"),
+        (("S", 4), {}, r"input 'images' has shape \(-1, 4\)"),
+    ],
+)
+def test_profile_rejects_shapes_it_cannot_serve(tmp_path, shape, options, message):
+    node = oh.make_node("Relu", ["images"], ["depth"])
+    path = _save(tmp_path, [node], shape=shape)
+    with pytest.raises(ValueError, match=message):
+        build_engine(path, tmp_path / "out" / "model.engine", target="tensorrt-rtx", **options)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"target": "onnxruntime"}, ValueError, "unknown TensorRT target 'onnxruntime'"),
+        ({"target": "tensorrt-rtx", "frames": (4, 2, 8)}, ValueError, "MIN <= OPT <= MAX"),
+        ({"target": "tensorrt-rtx", "image_size": (0, 14)}, ValueError, "two positive integers"),
+        ({"target": "tensorrt-rtx", "workspace": -1}, ValueError, "positive number of bytes"),
+    ],
+)
+def test_bad_options_fail_before_any_work(tmp_path, options, error, message):
+    _sla_like(tmp_path)
+    failure = _failed(tmp_path, **options)
+    assert isinstance(failure, error) and message in str(failure)
+
+
+def test_missing_and_invalid_onnx_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_engine(tmp_path / "nope.onnx", tmp_path / "model.engine", target="tensorrt-rtx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not a protobuf\xff" * 8)
+    with pytest.raises(OnnxParseError, match="is not an ONNX model"):
+        build_engine(garbage, tmp_path / "model.engine", target="tensorrt-rtx")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="datacenter TensorRT is installed here")
+def test_missing_datacenter_tensorrt_is_one_clear_error(tmp_path):
+    error = _failed(tmp_path, onnx=_sla_like(tmp_path), target="tensorrt")
+    assert isinstance(error, TensorRTNotInstalledError) and isinstance(error, ImportError)
+    assert str(error).startswith("datacenter TensorRT is not installed")
+    assert "pip install 'lite3r[tensorrt]' on a machine with an NVIDIA GPU" in str(error)
+
+
+# --- datacenter TensorRT (needs `tensorrt` and a GPU) -----------------------------------------------------------
+
+
+def _sla_core_graph(tmp_path, heads=2, length=128, dim=64):
+    """A model whose only node is the SLA core plugin op, fed by graph inputs of the plugin's contract."""
+    bf16, f32, i32 = onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.INT32
+    nq = length // 64
+    inputs = [
+        oh.make_tensor_value_info(name, dtype, shape)
+        for name, dtype, shape in [
+            ("q", bf16, [1, heads, length, dim]), ("k", bf16, [1, heads, length, dim]),
+            ("v", bf16, [1, heads, length, dim]), ("lut", i32, [1, heads, nq, 1]),
+            ("kv_state", bf16, [heads, nq, dim * dim]), ("k_state", f32, [heads, nq, dim]),
+        ]
+    ]  # fmt: skip
+    weights = [onh.from_array(np.zeros((dim, dim), np.float32), "proj_w"), onh.from_array(np.zeros(dim, np.float32), "proj_b")]
+    core = oh.make_node(
+        "SparseLinearAttentionCore", ["q", "k", "v", "proj_w", "proj_b", "lut", "kv_state", "k_state"], ["out"],
+        domain="lite3r", name="core_0", plugin_namespace="lite3r", block_q=64, block_k=64, feature_map="softmax",
+        scale=dim**-0.5,
+    )  # fmt: skip
+    out = oh.make_tensor_value_info("out", bf16, [1, heads, length, dim])
+    model = oh.make_model(oh.make_graph([core], "core", inputs, [out], weights), opset_imports=OPSETS)
+    path = tmp_path / "core.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.tensorrt
+def test_datacenter_build_uses_the_sla_plugin_and_saves_the_timing_cache(tmp_path):
+    cache = tmp_path / "timing.cache"
+    report = build_engine(_sla_core_graph(tmp_path), tmp_path / "core.engine", target="tensorrt", timing_cache=cache)
+    [node] = report.custom_nodes
+    assert (node.node, node.resolved, node.plugin_layers) == ("core_0", "plugin", ("core_0",))
+    assert cache.stat().st_size > 0 and report.timing_cache == cache
+    rebuilt = build_engine(_sla_core_graph(tmp_path), tmp_path / "core2.engine", target="tensorrt", timing_cache=cache)
+    assert rebuilt.engine_bytes > 0
