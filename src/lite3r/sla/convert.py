@@ -1,0 +1,70 @@
+"""``convert_to_sla``: a student copy of a model whose chosen attention layers run Sparse-Linear Attention."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Callable
+
+from torch import nn
+
+from lite3r.models.attention import Attention
+from lite3r.sla.module import SparseLinearAttention
+from lite3r.sla.op import _check_backend_name
+from lite3r.sla.reference import check_options
+
+LayerFilter = Callable[[str, nn.Module], bool]
+
+# VGGT's aggregator alternates frame attention (within one frame) and global attention (all frames); these are
+# the only long-sequence layers. DINOv2 patch-embed blocks and the camera-head trunk are never converted.
+LAYER_PATTERNS = {
+    "global": re.compile(r"(?:^|\.)global_blocks\.\d+\.attn$"),
+    "all": re.compile(r"(?:^|\.)(?:global|frame)_blocks\.\d+\.attn$"),
+}
+
+
+def _layer_filter(layers: str | LayerFilter) -> LayerFilter:
+    if callable(layers):
+        return layers
+    if layers not in LAYER_PATTERNS:
+        raise ValueError(f"layers must be one of {tuple(LAYER_PATTERNS)} or a callable (name, module) -> bool; "
+                         f"got {layers!r}")
+    pattern = LAYER_PATTERNS[layers]
+    return lambda name, module: bool(pattern.search(name))
+
+
+def convert_to_sla(
+    model: nn.Module,
+    layers: str | LayerFilter = "global",
+    *,
+    kh: float = 0.05,
+    kl: float = 0.10,
+    block_q: int = 64,
+    block_k: int = 64,
+    feature_map: str = "softmax",
+    backend: str = "auto",
+) -> nn.Module:
+    """Return a deep copy of ``model`` whose selected ``Attention`` layers use a ``SparseLinearAttention`` core.
+
+    ``layers``: ``"global"`` (``aggregator.global_blocks.{i}.attn``), ``"all"`` (global and frame blocks), or a
+    callable ``(qualified_name, module) -> bool`` over the model's ``Attention`` modules. The teacher is left
+    untouched and shares no storage with the student; in the student only the new ``proj_lin`` parameters
+    require gradients. ``proj_lin`` takes the device and dtype of each layer's ``qkv`` weight.
+    """
+    check_options(kh, kl, block_q, block_k, feature_map)
+    _check_backend_name(backend)
+    keep = _layer_filter(layers)
+    student = copy.deepcopy(model)
+    student.requires_grad_(False)
+    chosen = [(name, m) for name, m in student.named_modules() if isinstance(m, Attention) and keep(name, m)]
+    if not chosen:
+        names = [name for name, m in student.named_modules() if isinstance(m, Attention)][:3]
+        raise ValueError(f"layers={layers!r} matched no Attention layer (the model's start with {names})")
+    for name, attn in chosen:
+        if isinstance(attn.core, SparseLinearAttention):
+            raise ValueError(f"{name} already uses SparseLinearAttention; convert the dense teacher instead")
+        attn.core = SparseLinearAttention(
+            attn.head_dim, kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map,
+            backend=backend, device=attn.qkv.weight.device, dtype=attn.qkv.weight.dtype,
+        )
+    return student

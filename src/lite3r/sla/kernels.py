@@ -1,0 +1,453 @@
+"""Triton kernels for Sparse-Linear Attention (forward and backward), one source for CUDA and the interpreter.
+
+Design (docs/sla.md has the reasoning and the numbers):
+
+* The linear branch never re-reads K/V per query block. ``key_state_kernel`` turns every key block ``j`` into
+  ``S_j = phi(K_j)^T V_j`` (``[D, D]``) and ``z_j = sum phi(K_j)``; one batched GEMM over the block map,
+  ``M = marginal @ S``, gives each query block its marginal state, which the fused kernel loads once.
+* ``forward_kernel`` runs FlashAttention-style online softmax over the query block's critical key blocks
+  (indices from a LUT), adds ``phi(q) M_i / (phi(q) . z_i + eps)`` projected by ``proj_lin`` in the epilogue,
+  and writes ``O`` once.
+* The backward recomputes the softmax statistics (one extra ``Q K^T`` pass in ``backward_query_kernel``) so
+  that the registered op has a single output. ``backward_query_kernel`` also back-propagates the linear branch
+  to ``phi(q)`` and emits ``dM_i``; a GEMM ``marginal^T @ dM`` gives ``dS_j``, which
+  ``backward_key_kernel`` folds into ``dK_j, dV_j`` next to the block-sparse ``dK, dV`` (critical query blocks
+  of a key block come from a CSR transpose of the LUT).
+
+The ``@triton.jit`` functions take plain pointers, strides and integers with constexpr tile sizes, so they can
+be compiled ahead of time (TensorRT plugin). The host wrappers below own allocation and launch only.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lite3r.sla.reference import FEATURE_MAPS, LINEAR_EPS, MARGINAL, BlockMap
+
+
+
+@triton.jit
+def _feature_map(x, FEATURE_MAP: tl.constexpr):
+    """phi over the last axis of a float32 tile; FEATURE_MAP indexes reference.FEATURE_MAPS."""
+    if FEATURE_MAP == 0:
+        e = tl.exp(x - tl.max(x, 1)[:, None])
+        return e / tl.sum(e, 1)[:, None]
+    elif FEATURE_MAP == 1:
+        return tl.where(x > 0, x + 1.0, tl.exp(x))
+    else:
+        return tl.maximum(x, 0.0)
+
+
+@triton.jit
+def _feature_map_grad(x, phi, dphi, FEATURE_MAP: tl.constexpr):
+    """dL/dx from dL/dphi for the feature maps of ``_feature_map``."""
+    if FEATURE_MAP == 0:
+        return phi * (dphi - tl.sum(dphi * phi, 1)[:, None])
+    elif FEATURE_MAP == 1:
+        return tl.where(x > 0, dphi, dphi * phi)
+    else:
+        return tl.where(x > 0, dphi, 0.0)
+
+
+@triton.jit
+def key_state_kernel(
+    K, V, KV_STATE, K_STATE,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    num_heads, seq_len,
+    HEAD_DIM: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
+):
+    """Per key block: ``S_j = phi(K_j)^T V_j`` -> KV_STATE ``[BH, nk, D*D]``, ``z_j`` -> K_STATE ``[BH, nk, D]``."""
+    kblock = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // num_heads
+    h = bh % num_heads
+    num_kblocks = tl.cdiv(seq_len, BLOCK_K)
+    keys = kblock * BLOCK_K + tl.arange(0, BLOCK_K)
+    key_ok = keys < seq_len
+    dims = tl.arange(0, HEAD_DIM)
+    k = tl.load(K + b.to(tl.int64) * stride_kb + h * stride_kh + keys[:, None] * stride_kl + dims[None, :],
+                mask=key_ok[:, None], other=0.0)
+    v = tl.load(V + b.to(tl.int64) * stride_vb + h * stride_vh + keys[:, None] * stride_vl + dims[None, :],
+                mask=key_ok[:, None], other=0.0)
+    phi = tl.where(key_ok[:, None], _feature_map(k.to(tl.float32), FEATURE_MAP), 0.0)
+    kv = tl.dot(tl.trans(phi.to(v.dtype)), v)
+    state = (bh.to(tl.int64) * num_kblocks + kblock)
+    tl.store(KV_STATE + state * HEAD_DIM * HEAD_DIM + dims[:, None] * HEAD_DIM + dims[None, :],
+             kv.to(KV_STATE.dtype.element_ty))
+    tl.store(K_STATE + state * HEAD_DIM + dims, tl.sum(phi, 0))
+
+
+@triton.jit
+def _linear_branch(q, state, KV_STATE, K_STATE, eps, HEAD_DIM: tl.constexpr, FEATURE_MAP: tl.constexpr):
+    """phi(q), the query block's marginal state (M_i, z_i) and O_l = phi(q) M_i / (phi(q) . z_i + eps)."""
+    dims = tl.arange(0, HEAD_DIM)
+    phi = _feature_map(q.to(tl.float32), FEATURE_MAP)
+    kv = tl.load(KV_STATE + state * HEAD_DIM * HEAD_DIM + dims[:, None] * HEAD_DIM + dims[None, :])
+    z = tl.load(K_STATE + state * HEAD_DIM + dims)
+    denominator = tl.sum(phi * z[None, :], 1) + eps
+    out = tl.dot(phi.to(kv.dtype), kv) / denominator[:, None]
+    return phi, kv, z, denominator, out
+
+
+@triton.jit
+def forward_kernel(
+    Q, K, V, OUT, LUT, KV_STATE, K_STATE, W, BIAS,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_ob, stride_oh, stride_ol,
+    num_heads, seq_len, num_critical, sm_scale, eps,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
+):
+    """One query block: online softmax over its critical key blocks + proj_lin(linear branch)."""
+    qblock = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // num_heads
+    h = bh % num_heads
+    state = bh.to(tl.int64) * tl.cdiv(seq_len, BLOCK_Q) + qblock
+    rows = qblock * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    row_ok = rows < seq_len
+    cols = tl.arange(0, BLOCK_K)
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + h * stride_qh + rows[:, None] * stride_ql + dims[None, :],
+                mask=row_ok[:, None], other=0.0)
+    k_base = K + b.to(tl.int64) * stride_kb + h * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + h * stride_vh
+    qk_scale = sm_scale * 1.4426950408889634  # exp2 domain
+
+    row_max = tl.full([BLOCK_Q], float("-inf"), tl.float32)
+    row_sum = tl.zeros([BLOCK_Q], tl.float32)
+    acc = tl.zeros([BLOCK_Q, HEAD_DIM], tl.float32)
+    for t in range(num_critical):
+        keys = tl.load(LUT + state * num_critical + t) * BLOCK_K + cols
+        key_ok = keys < seq_len
+        k = tl.load(k_base + keys[:, None] * stride_kl + dims[None, :], mask=key_ok[:, None], other=0.0)
+        v = tl.load(v_base + keys[:, None] * stride_vl + dims[None, :], mask=key_ok[:, None], other=0.0)
+        s = tl.where(key_ok[None, :], tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(s, 1))
+        p = tl.exp2(s - new_max[:, None])
+        alpha = tl.exp2(row_max - new_max)
+        row_sum = row_sum * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        row_max = new_max
+    out = acc / row_sum[:, None]
+
+    _, _, _, _, linear_out = _linear_branch(q, state, KV_STATE, K_STATE, eps, HEAD_DIM, FEATURE_MAP)
+    w = tl.load(W + dims[:, None] * HEAD_DIM + dims[None, :]).to(q.dtype)  # proj_lin.weight [out, in]
+    out += tl.dot(linear_out.to(q.dtype), tl.trans(w)) + tl.load(BIAS + dims).to(tl.float32)[None, :]
+    tl.store(OUT + b.to(tl.int64) * stride_ob + h * stride_oh + rows[:, None] * stride_ol + dims[None, :],
+             out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def backward_query_kernel(
+    Q, K, V, OUT, DOUT, LUT, KV_STATE, K_STATE, W, BIAS,
+    DQ, LSE, DELTA, DKV_STATE, DK_STATE, LINEAR_OUT,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_ob, stride_oh, stride_ol,
+    stride_db, stride_dh, stride_dl,
+    stride_lb, stride_lh, stride_ll,
+    num_heads, seq_len, num_critical, sm_scale, eps,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
+):
+    """One query block: dQ (sparse + linear), the softmax statistics and delta for ``backward_key_kernel``,
+    dM_i / dz_i of the linear branch, and O_l (for proj_lin's weight gradient).
+
+    DQ is contiguous ``[B, H, L, D]``, LSE and DELTA ``[BH, L]``; DOUT's strides are stride_d*, LINEAR_OUT's stride_l*.
+    """
+    qblock = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // num_heads
+    h = bh % num_heads
+    state = bh.to(tl.int64) * tl.cdiv(seq_len, BLOCK_Q) + qblock
+    rows = qblock * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    row_ok = rows < seq_len
+    cols = tl.arange(0, BLOCK_K)
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + h * stride_qh + rows[:, None] * stride_ql + dims[None, :],
+                mask=row_ok[:, None], other=0.0)
+    out = tl.load(OUT + b.to(tl.int64) * stride_ob + h * stride_oh + rows[:, None] * stride_ol + dims[None, :],
+                  mask=row_ok[:, None], other=0.0)
+    # Padding rows get dout = 0, which zeroes their share of every gradient below.
+    dout = tl.load(DOUT + b.to(tl.int64) * stride_db + h * stride_dh + rows[:, None] * stride_dl + dims[None, :],
+                   mask=row_ok[:, None], other=0.0)
+    k_base = K + b.to(tl.int64) * stride_kb + h * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + h * stride_vh
+    dense_rows = bh.to(tl.int64) * seq_len + rows
+
+    # Linear branch: out = O_s + O_l W^T + bias, O_l = num / den.
+    phi, kv, z, denominator, linear_out = _linear_branch(q, state, KV_STATE, K_STATE, eps, HEAD_DIM, FEATURE_MAP)
+    w = tl.load(W + dims[:, None] * HEAD_DIM + dims[None, :]).to(q.dtype)
+    bias = tl.load(BIAS + dims).to(tl.float32)
+    d_linear = tl.dot(dout, w)
+    d_linear_dot_out = tl.sum(d_linear * linear_out, 1)
+    d_numerator = d_linear / denominator[:, None]
+    d_denominator = -d_linear_dot_out / denominator
+    d_phi = tl.dot(d_numerator.to(kv.dtype), tl.trans(kv)) + d_denominator[:, None] * z[None, :]
+    d_kv = tl.dot(tl.trans(phi.to(kv.dtype)), d_numerator.to(kv.dtype))
+    tl.store(DKV_STATE + state * HEAD_DIM * HEAD_DIM + dims[:, None] * HEAD_DIM + dims[None, :],
+             d_kv.to(DKV_STATE.dtype.element_ty))
+    tl.store(DK_STATE + state * HEAD_DIM + dims, tl.sum(phi * d_denominator[:, None], 0))
+    tl.store(LINEAR_OUT + b.to(tl.int64) * stride_lb + h * stride_lh + rows[:, None] * stride_ll + dims[None, :],
+             linear_out.to(LINEAR_OUT.dtype.element_ty), mask=row_ok[:, None])
+    dq = _feature_map_grad(q.to(tl.float32), phi, d_phi, FEATURE_MAP)
+
+    # delta = rowsum(dO * O_s), with O_s = out - O_l W^T - bias.
+    dout32 = dout.to(tl.float32)
+    delta = tl.sum(dout32 * (out.to(tl.float32) - bias[None, :]), 1) - d_linear_dot_out
+
+    # Pass 1: softmax statistics over the critical blocks (log2 domain).
+    qk_scale = sm_scale * 1.4426950408889634
+    row_max = tl.full([BLOCK_Q], float("-inf"), tl.float32)
+    row_sum = tl.zeros([BLOCK_Q], tl.float32)
+    for t in range(num_critical):
+        keys = tl.load(LUT + state * num_critical + t) * BLOCK_K + cols
+        key_ok = keys < seq_len
+        k = tl.load(k_base + keys[:, None] * stride_kl + dims[None, :], mask=key_ok[:, None], other=0.0)
+        s = tl.where(key_ok[None, :], tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(s, 1))
+        row_sum = row_sum * tl.exp2(row_max - new_max) + tl.sum(tl.exp2(s - new_max[:, None]), 1)
+        row_max = new_max
+    lse = row_max + tl.log2(row_sum)
+
+    # Pass 2: dQ of the sparse branch.
+    dq_sparse = tl.zeros([BLOCK_Q, HEAD_DIM], tl.float32)
+    for t in range(num_critical):
+        keys = tl.load(LUT + state * num_critical + t) * BLOCK_K + cols
+        key_ok = keys < seq_len
+        k = tl.load(k_base + keys[:, None] * stride_kl + dims[None, :], mask=key_ok[:, None], other=0.0)
+        v = tl.load(v_base + keys[:, None] * stride_vl + dims[None, :], mask=key_ok[:, None], other=0.0)
+        p = tl.where(key_ok[None, :], tl.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None]), 0.0)
+        dp = tl.dot(dout, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        dq_sparse += tl.dot(ds.to(k.dtype), k)
+    dq += dq_sparse * sm_scale
+
+    tl.store(DQ + dense_rows[:, None] * HEAD_DIM + dims[None, :], dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + dense_rows, lse, mask=row_ok)
+    tl.store(DELTA + dense_rows, delta, mask=row_ok)
+
+
+@triton.jit
+def backward_key_kernel(
+    Q, K, V, DOUT, LSE, DELTA, CSR_OFFSETS, CSR_QBLOCKS, DKV_STATE, DK_STATE,
+    DK, DV,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_db, stride_dh, stride_dl,
+    num_heads, seq_len, sm_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
+):
+    """One key block: dK, dV from the query blocks that hold it critical (CSR lists) plus the linear branch
+    through ``dS_j`` (DKV_STATE ``[BH, nk, D*D]``) and ``dz_j`` (DK_STATE ``[BH, nk, D]``).
+
+    DK, DV are contiguous ``[B, H, L, D]``.
+    """
+    kblock = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // num_heads
+    h = bh % num_heads
+    state = bh.to(tl.int64) * tl.cdiv(seq_len, BLOCK_K) + kblock
+    keys = kblock * BLOCK_K + tl.arange(0, BLOCK_K)
+    key_ok = keys < seq_len
+    lanes = tl.arange(0, BLOCK_Q)
+    dims = tl.arange(0, HEAD_DIM)
+    k = tl.load(K + b.to(tl.int64) * stride_kb + h * stride_kh + keys[:, None] * stride_kl + dims[None, :],
+                mask=key_ok[:, None], other=0.0)
+    v = tl.load(V + b.to(tl.int64) * stride_vb + h * stride_vh + keys[:, None] * stride_vl + dims[None, :],
+                mask=key_ok[:, None], other=0.0)
+    q_base = Q + b.to(tl.int64) * stride_qb + h * stride_qh
+    dout_base = DOUT + b.to(tl.int64) * stride_db + h * stride_dh
+    qk_scale = sm_scale * 1.4426950408889634
+
+    dk = tl.zeros([BLOCK_K, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_K, HEAD_DIM], tl.float32)
+    start = tl.load(CSR_OFFSETS + state)
+    end = tl.load(CSR_OFFSETS + state + 1)
+    for t in range(start, end):
+        rows = tl.load(CSR_QBLOCKS + t) * BLOCK_Q + lanes
+        row_ok = rows < seq_len
+        q = tl.load(q_base + rows[:, None] * stride_ql + dims[None, :], mask=row_ok[:, None], other=0.0)
+        dout = tl.load(dout_base + rows[:, None] * stride_dl + dims[None, :], mask=row_ok[:, None], other=0.0)
+        # lse = +inf on padding rows makes their probabilities exactly zero.
+        lse = tl.load(LSE + bh.to(tl.int64) * seq_len + rows, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + bh.to(tl.int64) * seq_len + rows, mask=row_ok, other=0.0)
+        p_t = tl.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
+        dv += tl.dot(p_t.to(dout.dtype), dout)
+        ds_t = p_t * (tl.dot(v, tl.trans(dout)) - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q)
+    dk *= sm_scale
+
+    # Linear branch: S_j = phi(K_j)^T V_j, z_j = sum phi(K_j).
+    phi = _feature_map(k.to(tl.float32), FEATURE_MAP)
+    d_kv = tl.load(DKV_STATE + state * HEAD_DIM * HEAD_DIM + dims[:, None] * HEAD_DIM + dims[None, :])
+    d_z = tl.load(DK_STATE + state * HEAD_DIM + dims)
+    d_phi = tl.dot(v.to(d_kv.dtype), tl.trans(d_kv)) + d_z[None, :]
+    dv += tl.dot(phi.to(d_kv.dtype), d_kv)
+    dk += _feature_map_grad(k.to(tl.float32), phi, d_phi, FEATURE_MAP)
+
+    dense_rows = bh.to(tl.int64) * seq_len + keys
+    tl.store(DK + dense_rows[:, None] * HEAD_DIM + dims[None, :], dk.to(DK.dtype.element_ty), mask=key_ok[:, None])
+    tl.store(DV + dense_rows[:, None] * HEAD_DIM + dims[None, :], dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
+
+
+# ----------------------------------------------------------------------------------------------- host side
+
+
+def _launch_options(head_dim: int, block_q: int) -> dict[str, int]:
+    return {"num_warps": 4 if head_dim * block_q <= 64 * 64 else 8, "num_stages": 3}
+
+
+def _strides(x: torch.Tensor) -> tuple[int, int, int]:
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _with_unit_last_stride(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _feature_code(feature_map: str) -> int:
+    return FEATURE_MAPS.index(feature_map)
+
+
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Linear-branch states (sums over up to L tokens) stay bf16 for bf16 inputs; fp16 would overflow at long L,
+    so fp16 inputs get fp32 states (exact fp32 GEMMs: correct, slower)."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+
+
+def _marginal_weights(blocks: BlockMap, dtype: torch.dtype) -> torch.Tensor:
+    """The block map as a 0/1 matrix ``[BH, nq, nk]`` that selects marginal key blocks in a GEMM."""
+    return (blocks.classes == MARGINAL).to(dtype).flatten(0, 1)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """``[B, H, L, D]`` -> ``[B*H*L, D]`` in memory order (a view for any dense layout), for reductions."""
+    order = sorted(range(3), key=lambda i: -x.stride(i))
+    return x.permute(*order, 3).reshape(-1, x.shape[-1])
+
+
+def _bmm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched ``a @ b`` of half-precision operands with a float32 result, so sums over many blocks lose
+    nothing to output rounding. The interpreter (CPU) path upcasts instead."""
+    if a.is_cuda:
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.bmm(a.float(), b.float())
+
+
+def marginal_states(
+    k: torch.Tensor, v: torch.Tensor, marginal: torch.Tensor, block_k: int, feature_map: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query block, ``M_i = sum_marginal S_j`` (``[BH, nq, D*D]``, in ``marginal``'s dtype) and ``z_i``
+    (fp32 ``[BH, nq, D]``)."""
+    batch, heads, length, dim = k.shape
+    num_kblocks = triton.cdiv(length, block_k)
+    kv_state = torch.empty(batch * heads, num_kblocks, dim * dim, device=k.device, dtype=marginal.dtype)
+    k_state = torch.empty(batch * heads, num_kblocks, dim, device=k.device, dtype=torch.float32)
+    key_state_kernel[(num_kblocks, batch * heads)](
+        k, v, kv_state, k_state, *_strides(k), *_strides(v), heads, length,
+        HEAD_DIM=dim, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map), num_warps=4,
+    )
+    return _bmm_fp32(marginal, kv_state), torch.bmm(marginal.float(), k_state)
+
+
+def critical_csr(critical: torch.Tensor, num_kblocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transpose the LUT: for every (batch*head, key block), the query blocks that hold it critical.
+
+    Returns ``offsets`` int32 ``[BH * nk + 1]`` and ``qblocks`` int32, row ``r`` being
+    ``qblocks[offsets[r]:offsets[r + 1]]`` in ascending order.
+    """
+    batch, heads, num_qblocks, n_critical = critical.shape
+    device = critical.device
+    head = torch.arange(batch * heads, device=device).view(-1, 1, 1)
+    rows = (head * num_kblocks + critical.flatten(0, 1).long()).flatten()
+    qblocks = torch.arange(num_qblocks, device=device).view(1, -1, 1).expand(batch * heads, -1, n_critical)
+    sorted_rows, order = torch.sort(rows, stable=True)
+    offsets = torch.searchsorted(sorted_rows, torch.arange(batch * heads * num_kblocks + 1, device=device))
+    return offsets.to(torch.int32), qblocks.flatten()[order].to(torch.int32)
+
+
+def sla_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    blocks: BlockMap,
+    block_q: int,
+    block_k: int,
+    feature_map: str,
+) -> torch.Tensor:
+    """SLA forward through the fused kernel; ``q, k, v`` fp16/bf16 ``[B, H, L, D]``, D in (64, 128)."""
+    q, k, v = (_with_unit_last_stride(x) for x in (q, k, v))
+    batch, heads, length, dim = q.shape
+    marginal = _marginal_weights(blocks, _state_dtype(q.dtype))
+    kv_state, k_state = marginal_states(k, v, marginal, block_k, feature_map)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    grid = (triton.cdiv(length, block_q), batch * heads)
+    forward_kernel[grid](
+        q, k, v, out, blocks.critical.contiguous(), kv_state, k_state, weight.contiguous(), bias.contiguous(),
+        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+        heads, length, blocks.critical.shape[-1], dim**-0.5, LINEAR_EPS,
+        HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
+        **_launch_options(dim, block_q),
+    )
+    return out
+
+
+def sla_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    out: torch.Tensor,
+    blocks: BlockMap,
+    block_q: int,
+    block_k: int,
+    feature_map: str,
+) -> tuple[torch.Tensor, ...]:
+    """Gradients ``(dq, dk, dv, dweight, dbias)`` of ``sla_forward``; ``out`` is its saved output."""
+    q, k, v, out, dout = (_with_unit_last_stride(x) for x in (q, k, v, out, dout))
+    batch, heads, length, dim = q.shape
+    num_qblocks, num_kblocks = triton.cdiv(length, block_q), triton.cdiv(length, block_k)
+    feature = _feature_code(feature_map)
+    marginal = _marginal_weights(blocks, _state_dtype(q.dtype))
+    kv_state, k_state = marginal_states(k, v, marginal, block_k, feature_map)
+
+    def new(*shape, dtype=q.dtype):
+        return torch.empty(shape, device=q.device, dtype=dtype)
+
+    dq, linear_out = new(*q.shape), torch.empty_like(dout, dtype=torch.float32)
+    lse, delta = new(batch * heads, length, dtype=torch.float32), new(batch * heads, length, dtype=torch.float32)
+    d_kv_query = new(batch * heads, num_qblocks, dim * dim, dtype=marginal.dtype)
+    d_k_query = new(batch * heads, num_qblocks, dim, dtype=torch.float32)
+    backward_query_kernel[(num_qblocks, batch * heads)](
+        q, k, v, out, dout, blocks.critical.contiguous(), kv_state, k_state, weight.contiguous(), bias.contiguous(),
+        dq, lse, delta, d_kv_query, d_k_query, linear_out,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(linear_out),
+        heads, length, blocks.critical.shape[-1], dim**-0.5, LINEAR_EPS,
+        HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=feature, **_launch_options(dim, block_q),
+    )
+
+    d_kv_key = _bmm_fp32(marginal.transpose(1, 2), d_kv_query)
+    d_k_key = torch.bmm(marginal.transpose(1, 2).float(), d_k_query)
+    offsets, qblocks = critical_csr(blocks.critical, num_kblocks)
+    dk, dv = new(*q.shape), new(*q.shape)
+    backward_key_kernel[(num_kblocks, batch * heads)](
+        q, k, v, dout, lse, delta, offsets, qblocks, d_kv_key, d_k_key,
+        dk, dv,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(dout),
+        heads, length, dim**-0.5,
+        HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=feature, **_launch_options(dim, block_k),
+    )
+    dweight = (_rows(dout).t().float() @ _rows(linear_out)).to(weight.dtype)
+    dbias = dout.sum(dim=(0, 1, 2), dtype=torch.float32).to(bias.dtype)
+    return dq, dk, dv, dweight, dbias

@@ -1,0 +1,176 @@
+"""``lite3r::sparse_linear_attention``: SLA as one registered PyTorch op.
+
+``torch.compile`` and ``torch.export`` see a single node (the ONNX exporter maps it to one custom node), with a
+fake implementation for shape propagation and a registered autograd formula. The op has one output; its
+backward (``lite3r::sparse_linear_attention_backward``, also registered so compiled backward graphs trace
+it) recomputes the block map, the linear-branch states and the softmax statistics instead of saving them.
+
+Dispatch: Triton kernels for CUDA fp16/bf16 with head dim 64 or 128, the PyTorch reference elsewhere.
+``backend="triton"|"reference"`` forces one; with ``"auto"``, the ``LITE3R_SLA_BACKEND`` environment variable
+may force one too (tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from lite3r.sla import reference
+
+BACKENDS = ("auto", "triton", "reference")
+BACKEND_ENV = "LITE3R_SLA_BACKEND"
+TRITON_DTYPES = (torch.float16, torch.bfloat16)
+TRITON_HEAD_DIMS = (64, 128)
+
+
+def _check_backend_name(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+
+
+def _triton_unsupported(q: torch.Tensor) -> str | None:
+    """Why the Triton kernels cannot run on ``q``, or None."""
+    if q.dtype not in TRITON_DTYPES:
+        return f"dtype {q.dtype} (the kernels take {TRITON_DTYPES})"
+    if q.shape[-1] not in TRITON_HEAD_DIMS:
+        return f"head dim {q.shape[-1]} (the kernels take {TRITON_HEAD_DIMS})"
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        return "CPU tensors (the kernels need CUDA, or TRITON_INTERPRET=1 for the interpreter)"
+    return None
+
+
+def resolve_backend(backend: str, q: torch.Tensor) -> str:
+    """The backend that runs for ``q``: ``"triton"`` or ``"reference"``."""
+    _check_backend_name(backend)
+    if backend == "auto":
+        backend = os.environ.get(BACKEND_ENV, "auto")
+        _check_backend_name(backend)
+    if backend == "auto":
+        return "triton" if q.is_cuda and _triton_unsupported(q) is None else "reference"
+    if backend == "triton" and (reason := _triton_unsupported(q)):
+        raise ValueError(f"backend='triton' cannot run on {reason}; use backend='auto' or 'reference'")
+    return backend
+
+
+@torch.library.custom_op("lite3r::sparse_linear_attention", mutates_args=())
+def _sparse_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    kh: float,
+    kl: float,
+    block_q: int,
+    block_k: int,
+    feature_map: str,
+    backend: str,
+) -> torch.Tensor:
+    if resolve_backend(backend, q) == "triton":
+        from lite3r.sla import kernels
+
+        blocks = reference.block_map(q, k, kh, kl, block_q, block_k)
+        return kernels.sla_forward(q, k, v, weight, bias, blocks, block_q, block_k, feature_map)
+    return reference.sparse_linear_attention_reference(
+        q, k, v, weight, bias, kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map
+    ).contiguous()
+
+
+@_sparse_linear_attention.register_fake
+def _(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map, backend):
+    return q.new_empty(q.shape)
+
+
+@torch.library.custom_op("lite3r::sparse_linear_attention_backward", mutates_args=())
+def _sparse_linear_attention_backward(
+    grad: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    out: torch.Tensor,
+    kh: float,
+    kl: float,
+    block_q: int,
+    block_k: int,
+    feature_map: str,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if resolve_backend(backend, q) == "triton":
+        from lite3r.sla import kernels
+
+        blocks = reference.block_map(q, k, kh, kl, block_q, block_k)
+        return kernels.sla_backward(grad, q, k, v, weight, bias, out, blocks, block_q, block_k, feature_map)
+
+    def forward(*inputs):
+        return reference.sparse_linear_attention_reference(
+            *inputs, kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map
+        )
+
+    # Autograd is switched off inside an op's implementation; functorch's vjp still differentiates.
+    _, pullback = torch.func.vjp(forward, q, k, v, weight, bias)
+    return tuple(g.contiguous() for g in pullback(grad))
+
+
+@_sparse_linear_attention_backward.register_fake
+def _(grad, q, k, v, weight, bias, out, kh, kl, block_q, block_k, feature_map, backend):
+    return tuple(x.new_empty(x.shape) for x in (q, k, v, weight, bias))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, weight, bias, *options = inputs
+    ctx.save_for_backward(q, k, v, weight, bias, output)
+    ctx.options = options
+
+
+def _backward(ctx, grad):
+    grads = torch.ops.lite3r.sparse_linear_attention_backward(grad, *ctx.saved_tensors, *ctx.options)
+    return (*grads, *(None for _ in ctx.options))
+
+
+_sparse_linear_attention.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_inputs(q, k, v, weight, bias) -> None:
+    if not (q.dim() == 4 and q.shape == k.shape == v.shape):
+        raise ValueError(
+            f"q, k, v must share one shape [B, H, L, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if not (q.is_floating_point() and q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one floating dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    dim = q.shape[-1]
+    if weight.shape != (dim, dim) or bias.shape != (dim,):
+        raise ValueError(
+            f"proj_lin must be [D, D] weight and [D] bias for head dim D={dim}; "
+            f"got {tuple(weight.shape)} and {tuple(bias.shape)}"
+        )
+    if len({x.device for x in (q, k, v, weight, bias)}) != 1:
+        raise ValueError("q, k, v and proj_lin must be on one device")
+
+
+def sparse_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    kh: float = 0.05,
+    kl: float = 0.10,
+    block_q: int = 64,
+    block_k: int = 64,
+    feature_map: str = "softmax",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """SLA of ``q, k, v [B, H, L, D]`` with ``proj_lin`` = (``weight [D, D]``, ``bias [D]``); returns ``[B, H, L, D]``.
+
+    Differentiable in all five tensors. See ``reference.sparse_linear_attention_reference`` for the definition.
+    """
+    _check_inputs(q, k, v, weight, bias)
+    reference.check_options(kh, kl, block_q, block_k, feature_map)
+    _check_backend_name(backend)
+    return torch.ops.lite3r.sparse_linear_attention(
+        q, k, v, weight, bias, float(kh), float(kl), block_q, block_k, feature_map, backend
+    )

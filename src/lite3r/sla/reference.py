@@ -1,0 +1,189 @@
+"""Sparse-Linear Attention in plain PyTorch: the specification the Triton kernels are tested against.
+
+Runs on any device and dtype and accumulates in float32 (float64 for float64 inputs), so it doubles as the
+CPU implementation. Memory grows with ``L * kh * L`` (critical blocks are gathered per query block), not
+``L * L``. Every rounding and edge-case rule lives here; docs/sla.md explains them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+FEATURE_MAPS = ("softmax", "elu", "relu")
+BLOCK_SIZES = (64, 128)
+CRITICAL, MARGINAL, NEGLIGIBLE = 1, 0, -1
+# Added to the linear branch's denominator: keeps a query block with no marginal key block finite (its
+# numerator is then exactly zero, so its linear output is zero) and is negligible next to any real sum.
+LINEAR_EPS = 1e-6
+# Guards ceil/floor against float noise such as 0.1 * 30 == 3.0000000000000004.
+_ROUNDING_SLACK = 1e-9
+
+
+class BlockMap(NamedTuple):
+    """Which key blocks each query block attends to, shared by the reference and the kernels.
+
+    ``classes``: int8 ``[B, H, nq, nk]``, ``CRITICAL`` (1), ``MARGINAL`` (0) or ``NEGLIGIBLE`` (-1).
+    ``critical``: int32 ``[B, H, nq, n_critical]``, the critical key-block indices in ascending order.
+    """
+
+    classes: torch.Tensor
+    critical: torch.Tensor
+
+
+def check_options(kh: float, kl: float, block_q: int, block_k: int, feature_map: str) -> None:
+    """Reject bad SLA options with one clear message before any tensor work starts."""
+    if not 0.0 <= kh <= 1.0 or not 0.0 <= kl <= 1.0:
+        raise ValueError(f"kh and kl are fractions of key blocks in [0, 1]; got kh={kh}, kl={kl}")
+    if kh + kl > 1.0:
+        raise ValueError(f"kh + kl must not exceed 1 (critical and negligible blocks never overlap); got {kh + kl}")
+    if block_q not in BLOCK_SIZES or block_k not in BLOCK_SIZES:
+        raise ValueError(f"block_q and block_k must be one of {BLOCK_SIZES}; got {block_q}, {block_k}")
+    if feature_map not in FEATURE_MAPS:
+        raise ValueError(f"feature_map must be one of {FEATURE_MAPS}; got {feature_map!r}")
+
+
+def block_counts(num_key_blocks: int, kh: float, kl: float) -> tuple[int, int]:
+    """Number of critical and negligible key blocks per query block.
+
+    ``n_critical = clamp(ceil(kh * nk), 1, nk)``: at least one block, so softmax attention is always defined.
+    ``n_negligible = min(floor(kl * nk), nk - n_critical)``: rounding down keeps more marginal blocks.
+    """
+    n_critical = min(num_key_blocks, max(1, math.ceil(kh * num_key_blocks - _ROUNDING_SLACK)))
+    n_negligible = min(num_key_blocks - n_critical, math.floor(kl * num_key_blocks + _ROUNDING_SLACK))
+    return n_critical, n_negligible
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def pool_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Mean of ``x [B, H, L, D]`` over each block of ``block`` tokens; a short last block averages its real
+    tokens only. Returns ``[B, H, ceil(L / block), D]`` in float32 (float64 for float64 inputs)."""
+    dtype = _accumulation_dtype(x.dtype)
+    length = x.shape[-2]
+    full = length // block
+    parts = []
+    if full:
+        parts.append(x[..., : full * block, :].unflatten(-2, (full, block)).mean(-2, dtype=dtype))
+    if length % block:
+        parts.append(x[..., full * block :, :].mean(-2, keepdim=True, dtype=dtype))
+    return torch.cat(parts, dim=-2)
+
+
+@torch.no_grad()
+def block_map(q: torch.Tensor, k: torch.Tensor, kh: float, kl: float, block_q: int, block_k: int) -> BlockMap:
+    """Classify key blocks per query block by ``softmax(pool(q) pool(k)^T / sqrt(D))``.
+
+    Softmax is monotone, so ranking the scores ranks P without the ties that float underflow of P would
+    create. Ties between equal scores go to the lower key-block index (stable sort).
+    """
+    scores = pool_blocks(q, block_q) @ pool_blocks(k, block_k).transpose(-1, -2)
+    num_key_blocks = scores.shape[-1]
+    n_critical, n_negligible = block_counts(num_key_blocks, kh, kl)
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    by_rank = torch.full((num_key_blocks,), MARGINAL, dtype=torch.int8, device=q.device)
+    by_rank[:n_critical] = CRITICAL
+    by_rank[num_key_blocks - n_negligible :] = NEGLIGIBLE
+    classes = torch.empty_like(order, dtype=torch.int8).scatter_(-1, order, by_rank.expand_as(order))
+    critical = order[..., :n_critical].sort(dim=-1).values.to(torch.int32)
+    return BlockMap(classes, critical)
+
+
+def _pad_to_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """``[B, H, L, D]`` -> ``[B, H, n_blocks, block, D]``, zero-padded at the end."""
+    n_blocks = -(-x.shape[-2] // block)
+    return F.pad(x, (0, 0, 0, n_blocks * block - x.shape[-2])).unflatten(-2, (n_blocks, block))
+
+
+def feature_map_fn(x: torch.Tensor, name: str) -> torch.Tensor:
+    """phi of the linear branch, applied per token over the head dimension."""
+    if name == "softmax":
+        return torch.softmax(x, dim=-1)
+    if name == "elu":
+        return F.elu(x) + 1
+    if name == "relu":
+        return F.relu(x)
+    raise ValueError(f"feature_map must be one of {FEATURE_MAPS}; got {name!r}")
+
+
+def critical_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, critical: torch.Tensor, block_q: int, block_k: int
+) -> torch.Tensor:
+    """O_s: exact softmax attention (scale 1/sqrt(D)) of each query block over its critical key blocks.
+
+    Computes in the dtype of ``q``; padding keys of a short last block are masked out.
+    """
+    batch, heads, length, dim = q.shape
+    keys = _pad_to_blocks(k, block_k)
+    values = _pad_to_blocks(v, block_k)
+    b = torch.arange(batch, device=q.device)[:, None, None, None]
+    h = torch.arange(heads, device=q.device)[None, :, None, None]
+    idx = critical.long()
+    # [B, H, nq, n_critical * block_k, D]: the keys each query block sees.
+    gathered_k = keys[b, h, idx].flatten(3, 4)
+    gathered_v = values[b, h, idx].flatten(3, 4)
+    key_pos = (idx[..., None] * block_k + torch.arange(block_k, device=q.device)).flatten(3)
+    scores = _pad_to_blocks(q, block_q) @ gathered_k.transpose(-1, -2) / math.sqrt(dim)
+    scores = scores.masked_fill((key_pos >= length)[..., None, :], float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ gathered_v
+    return out.flatten(2, 3)[..., :length, :]
+
+
+def linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    marginal: torch.Tensor,
+    block_q: int,
+    block_k: int,
+    feature_map: str,
+) -> torch.Tensor:
+    """O_l: ``phi(q) (sum phi(k)^T v) / (phi(q) . sum phi(k) + eps)``, sums over each query block's marginal
+    key blocks (``marginal``: bool ``[B, H, nq, nk]``). Computes in the dtype of ``q``."""
+    length = q.shape[-2]
+    phi_k = _pad_to_blocks(feature_map_fn(k, feature_map), block_k)  # padding is added after phi: it is zero
+    per_block_kv = phi_k.transpose(-1, -2) @ _pad_to_blocks(v, block_k)  # [B, H, nk, D, D]
+    per_block_k = phi_k.sum(-2)  # [B, H, nk, D]
+    weights = marginal.to(q.dtype)
+    kv_state = torch.einsum("bhij,bhjde->bhide", weights, per_block_kv)
+    k_state = weights @ per_block_k
+    phi_q = _pad_to_blocks(feature_map_fn(q, feature_map), block_q)  # [B, H, nq, BQ, D]
+    numerator = phi_q @ kv_state
+    denominator = (phi_q * k_state[..., None, :]).sum(-1, keepdim=True) + LINEAR_EPS
+    return (numerator / denominator).flatten(2, 3)[..., :length, :]
+
+
+def sparse_linear_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    kh: float = 0.05,
+    kl: float = 0.10,
+    block_q: int = 64,
+    block_k: int = 64,
+    feature_map: str = "softmax",
+    blocks: BlockMap | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``O = O_s + proj_lin(O_l)`` for ``q, k, v [B, H, L, D]``; ``weight [D, D]``, ``bias [D]`` is ``proj_lin``.
+
+    ``blocks`` defaults to ``block_map(q, k, ...)``; pass one to compare implementations on the same map.
+    ``compute_dtype`` defaults to float32 (float64 for float64 inputs); a low-precision value gives the
+    baseline error of the tolerance rule in docs/sla.md. Returns the dtype of ``q``.
+    """
+    check_options(kh, kl, block_q, block_k, feature_map)
+    if blocks is None:
+        blocks = block_map(q, k, kh, kl, block_q, block_k)
+    dtype = compute_dtype or _accumulation_dtype(q.dtype)
+    q32, k32, v32 = (x.to(dtype) for x in (q, k, v))
+    sparse_out = critical_attention(q32, k32, v32, blocks.critical, block_q, block_k)
+    linear_out = linear_attention(q32, k32, v32, blocks.classes == MARGINAL, block_q, block_k, feature_map)
+    return (sparse_out + F.linear(linear_out, weight.to(dtype), bias.to(dtype))).to(q.dtype)
