@@ -151,3 +151,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny, monkeypatch):
 def test_track_head_refuses_to_run(tiny):
     with pytest.raises(NotImplementedError, match="tracking is not implemented in lite3r"):
         tiny.track_head()
+
+
+def test_dpt_frame_chunks_match_a_single_pass(tiny):
+    images = torch.rand(1, 3, 3, 56, 56)
+    with torch.no_grad():
+        layers = tiny.aggregator(images)
+        start = tiny.aggregator.patch_start_idx
+        whole = tiny.point_head(layers, (56, 56), start, frames_chunk_size=8)
+        chunked = tiny.point_head(layers, (56, 56), start, frames_chunk_size=2)
+    for a, b in zip(whole, chunked):  # equal up to batch-size-dependent convolution rounding
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
