@@ -1,0 +1,78 @@
+"""Parity gates: per-output tolerances and metric limits, defined once.
+
+Two questions, two gates (docs/deploy.md has the reasoning):
+
+* ``EXPORT_GATE`` (tight): does an exported artifact (ONNX, engine) compute what the PyTorch student computes?
+  Same math, so differences are float noise. The 99.9th percentile of the error is checked rather than its
+  maximum because an FP8 graph may round a handful of activations to the neighbouring FP8 value where the
+  fake-quantised student does not; a real export bug moves far more than 0.1 % of the elements.
+  Confidences are ``1 + exp(x)``: their relative error is the absolute error of ``x``, hence 1e-2.
+* ``RECONSTRUCTION_GATE`` (loose): is the student (SLA, FP8) still a good stand-in for the dense teacher?
+  Median errors per output, plus reconstruction metrics of the student against the teacher's prediction:
+  depth AbsRel and the relative camera-pose errors (``lite3r.metrics``).
+
+Polygraphy semantics: an output fails when the chosen statistic of the absolute error exceeds ``atol`` *and*
+that of the relative error (relative to the reference) exceeds ``rtol``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+OUTPUT_NAMES = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
+Statistic = Literal["max", "mean", "median", "quantile"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    stat: Statistic = "max"
+    quantile: float = 0.999  # used when stat == "quantile"
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    tolerances: Mapping[str, Tolerance]
+    metric_limits: Mapping[str, float] = field(default_factory=dict)  # metric name -> largest passing value
+
+    def compare_func(self) -> Any:
+        """Polygraphy ``SimpleCompareFunc`` with this gate's per-output tolerances."""
+        from polygraphy.comparator import SimpleCompareFunc
+
+        tol = self.tolerances
+        return SimpleCompareFunc(
+            atol={k: t.atol for k, t in tol.items()},
+            rtol={k: t.rtol for k, t in tol.items()},
+            check_error_stat={k: t.stat for k, t in tol.items()},
+            error_quantile={k: t.quantile for k, t in tol.items()},
+        )
+
+
+_TIGHT = Tolerance(atol=1e-3, rtol=1e-3, stat="quantile")
+_TIGHT_CONF = Tolerance(atol=1e-2, rtol=1e-2, stat="quantile")
+
+EXPORT_GATE = Gate(
+    "export",
+    {
+        "pose_enc": Tolerance(atol=1e-3, rtol=1e-3, stat="max"),  # 9 numbers per frame: every one counts
+        "depth": _TIGHT,
+        "depth_conf": _TIGHT_CONF,
+        "world_points": _TIGHT,
+        "world_points_conf": _TIGHT_CONF,
+    },
+)
+
+RECONSTRUCTION_GATE = Gate(
+    "reconstruction",
+    {
+        "pose_enc": Tolerance(atol=2e-2, rtol=5e-2, stat="median"),
+        "depth": Tolerance(atol=1e-3, rtol=5e-2, stat="median"),
+        "depth_conf": Tolerance(atol=1e-1, rtol=5e-1, stat="median"),
+        "world_points": Tolerance(atol=1e-2, rtol=1e-1, stat="median"),
+        "world_points_conf": Tolerance(atol=1e-1, rtol=5e-1, stat="median"),
+    },
+    metric_limits={"depth_abs_rel": 0.05, "rotation_error_deg": 2.0, "translation_error_deg": 5.0},
+)

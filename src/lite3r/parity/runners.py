@@ -1,0 +1,83 @@
+"""Polygraphy runners for every artifact of the pipeline, all fed ``{"images": float32 [1, S, 3, H, W]}``.
+
+``TorchRunner`` runs a lite3r model (teacher or student) that returns the official output dict; Polygraphy's
+own ``PytRunner`` expects tuple outputs on CUDA, so it does not fit. ONNX models run in ONNX Runtime (CPU)
+through ``OnnxrtRunner``; engines through ``TrtRunner`` where datacenter TensorRT is installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import OrderedDict
+from typing import Iterable
+
+import numpy as np
+import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
+
+from lite3r.parity.gates import OUTPUT_NAMES
+
+INPUT_NAME = "images"
+
+
+class TorchRunner(BaseRunner):
+    """Runs a PyTorch model on the device of its parameters and returns its official outputs as float32."""
+
+    def __init__(self, model: torch.nn.Module, name: str) -> None:
+        super().__init__(name=name)
+        self.model = model
+
+    def activate_impl(self) -> None:
+        self.model.eval()
+        self.device = next(self.model.parameters(), torch.empty(0)).device
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return TensorMetadata().add(INPUT_NAME, np.float32, (1, None, 3, None, None))
+
+    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        images = torch.from_numpy(feed_dict[INPUT_NAME]).to(self.device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            outputs = self.model(images)
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict(
+            (k, np.ascontiguousarray(outputs[k].float().cpu().numpy())) for k in OUTPUT_NAMES if k in outputs
+        )
+
+
+def onnx_runner(onnx_path: str | os.PathLike, name: str = "onnx") -> BaseRunner:
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"]), name=name)
+
+
+def engine_runner(engine_path: str | os.PathLike, name: str = "tensorrt") -> BaseRunner:
+    """A ``TrtRunner`` for a datacenter TensorRT engine (TensorRT-RTX engines are not run by Polygraphy)."""
+    from lite3r.deploy._trt import import_tensorrt
+    from lite3r.plugins.tensorrt_sla import register_sla_plugin
+
+    import_tensorrt("tensorrt")
+    with contextlib.suppress(ImportError):  # TensorRT < 10.8 has no tensorrt.plugin, so no SLA plugin either
+        register_sla_plugin()
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    return TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path))), name=name)
+
+
+def feed_dicts(scenes: Iterable[torch.Tensor | np.ndarray]) -> list[OrderedDict[str, np.ndarray]]:
+    """Feeds from image tensors ``[S, 3, H, W]`` or ``[1, S, 3, H, W]`` (floats in [0, 1])."""
+    feeds = []
+    for i, images in enumerate(scenes):
+        array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        if array.ndim == 4:
+            array = array[None]
+        if array.ndim != 5 or array.shape[0] != 1 or array.shape[2] != 3:
+            raise ValueError(f"input {i} has shape {list(array.shape)}; expected [S, 3, H, W] or [1, S, 3, H, W]")
+        feeds.append(OrderedDict([(INPUT_NAME, np.ascontiguousarray(array, dtype=np.float32))]))
+    if not feeds:
+        raise ValueError("parity needs at least one input scene")
+    return feeds
