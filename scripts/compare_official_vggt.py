@@ -28,8 +28,7 @@ from unittest import mock
 
 import torch
 
-from lite3r.models import VGGT, VGGTConfig
-from lite3r.models._checkpoint import load_state_dict_strict
+from lite3r.models import VGGT, VGGTConfig, load_state_dict_strict
 from lite3r.models._registry import get_preset
 
 OUTPUT_KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lite3r.models import load_model
-from lite3r.models._checkpoint import load_state_dict_strict
+from lite3r.models import load_model, load_state_dict_strict
 
 from conftest import OUTPUT_KEYS
 

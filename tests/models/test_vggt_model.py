@@ -42,17 +42,19 @@ def test_scenes_in_a_batch_are_independent(tiny):
         torch.testing.assert_close(batched[key], torch.cat([s[key] for s in single]), msg=key)
 
 
-def test_first_frame_is_the_reference(tiny):
+def test_first_frame_is_the_reference(official_tiny):
+    # Trained-like weights: at random init the two camera-token variants differ by only ~1e-6.
+    model = load_model("vggt-tiny")
+    model.load_state_dict(official_tiny["weights"])
     images = torch.rand(3, 3, 56, 56)
     with torch.no_grad():
-        pose = tiny(images)["pose_enc"][0]
-        swapped = tiny(images[[1, 0, 2]])["pose_enc"][0]
-    # Frames 1 and 2 are both "other" frames: swapping them permutes their poses. Swapping the reference
-    # frame changes the poses because the reference has its own camera token.
-    with torch.no_grad():
-        others_swapped = tiny(images[[0, 2, 1]])["pose_enc"][0]
+        pose = model(images)["pose_enc"][0]
+        others_swapped = model(images[[0, 2, 1]])["pose_enc"][0]
+        reference_swapped = model(images[[1, 0, 2]])["pose_enc"][0]
+    # Frames 1 and 2 are both "other" frames: swapping them only permutes their poses.
     torch.testing.assert_close(others_swapped, pose[[0, 2, 1]], rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(swapped[[1, 0, 2]], pose, atol=1e-3)
+    # The reference frame has its own camera and register tokens: making frame 1 the reference changes poses.
+    assert (reference_swapped[[1, 0, 2]] - pose).abs().max() > 0.1
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from lite3r.models._builder import load_model
-from lite3r.models._checkpoint import CheckpointError, checkpoint_filter_fn
+from lite3r.models._checkpoint import CheckpointError, checkpoint_filter_fn, load_state_dict_strict, read_checkpoint
 from lite3r.models._registry import list_models
 from lite3r.models.vggt import VGGT, ConfigError, VGGTConfig
 
-__all__ = ["VGGT", "CheckpointError", "ConfigError", "VGGTConfig", "checkpoint_filter_fn", "list_models", "load_model"]
+__all__ = [
+    "VGGT",
+    "CheckpointError",
+    "ConfigError",
+    "VGGTConfig",
+    "checkpoint_filter_fn",
+    "list_models",
+    "load_model",
+    "load_state_dict_strict",
+    "read_checkpoint",
+]
