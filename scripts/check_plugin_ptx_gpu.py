@@ -43,7 +43,8 @@ class Driver:
             return
         text = ctypes.c_char_p()
         self.lib.cuGetErrorString(status, ctypes.byref(text))
-        hint = " (driver older than the PTX ISA: pass --ptx-version, e.g. 84)" if status == CUDA_ERROR_UNSUPPORTED_PTX_VERSION else ""
+        old_driver = status == CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+        hint = " (driver older than the PTX ISA: pass --ptx-version, e.g. 84)" if old_driver else ""
         raise RuntimeError(f"{what} failed: CUDA error {status} {text.value.decode() if text.value else ''}{hint}")
 
     def load(self, ptx: str, name: str, shared_mem: int) -> ctypes.c_void_p:

@@ -49,7 +49,8 @@ def test_sla_kernel_ptx_signature_is_the_plugin_launch():
     declared = [name for name, _ in INPUTS] + list(EXTRA_ARGS) + ["out"]
     assert [a.name for a in kernel.args[: len(declared)]] == declared
     kinds = [a.kind for a in kernel.args]
-    assert kinds == ["ptr"] * len(INPUTS) + ["i32"] * len(EXTRA_ARGS) + ["ptr"] + ["null"] * (len(kinds) - len(declared))
+    hidden = len(kinds) - len(declared)
+    assert kinds == ["ptr"] * len(INPUTS) + ["i32"] * len(EXTRA_ARGS) + ["ptr"] + ["null"] * hidden
     ptx_types = entry_param_types(kernel.ptx, kernel.name)
     assert len(ptx_types) == len(kernel.args)
     assert [t == ".u32" for t in ptx_types] == [k == "i32" for k in kinds]

@@ -89,7 +89,8 @@ def _worst(per_scene: Sequence[Any], kind: str) -> dict[str, float]:
 def _output_parity(name: str, gate: Gate, per_scene: Sequence[Any]) -> OutputParity:
     tol = gate.tolerances[name]
     passed = all(bool(r) for r in per_scene)
-    return OutputParity(name, passed, tol.stat, tol.atol, tol.rtol, _worst(per_scene, "absdiff"), _worst(per_scene, "reldiff"))
+    absdiff, reldiff = _worst(per_scene, "absdiff"), _worst(per_scene, "reldiff")
+    return OutputParity(name, passed, tol.stat, tol.atol, tol.rtol, absdiff, reldiff)
 
 
 def _compare(run_results: Any, candidate: str, reference: str, gate: Gate) -> Comparison:

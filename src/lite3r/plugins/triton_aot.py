@@ -95,7 +95,9 @@ def _launch_args(name: str, args: Sequence[KernelArg], ptx_types: Sequence[str])
     launch = (*args, *hidden)
     for i, (arg, ptx_type) in enumerate(zip(launch, ptx_types)):
         if ptx_type not in _PTX_TYPES[arg.kind]:
-            raise KernelAbiError(f"{name}: PTX parameter {i} is {ptx_type}, but the launcher passes {arg.kind} {arg.name!r}")
+            raise KernelAbiError(
+                f"{name}: PTX parameter {i} is {ptx_type}, but the launcher passes {arg.kind} {arg.name!r}"
+            )
     return launch
 
 
