@@ -27,3 +27,12 @@ def calibrated(float_model, scenes):
     from lite3r.calibration import calibrate_fp8
 
     return calibrate_fp8(copy.deepcopy(float_model), scenes)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Toy-sized ops are overhead-bound: on a busy 2-core machine extra threads only add waiting (~10x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

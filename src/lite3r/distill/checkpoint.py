@@ -1,0 +1,105 @@
+"""What distillation writes: a resumable checkpoint, and the trained student as two small portable files.
+
+- ``checkpoint.pt``: step, ``proj_lin`` tensors, optimizer state, RNG states, the config and the quant state
+  (as the plain dict of ``quant_state.json``). Loaded with ``weights_only=True``: no pickled code runs.
+- ``proj_lin.safetensors``: the trained parameters only (everything else is the teacher's), with the SLA
+  options in the file's metadata, so :func:`load_student` rebuilds the student from the teacher.
+- ``quant_state.json``: the FP8 scales (see :mod:`lite3r.calibration.state`), when the student is quantized.
+
+Every file is written to a temporary name and renamed, so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lite3r._io import atomic_write_bytes
+from lite3r.sla.module import SparseLinearAttention
+
+CHECKPOINT = "checkpoint.pt"
+PROJ_LIN = "proj_lin.safetensors"
+QUANT_STATE = "quant_state.json"
+SLA_OPTIONS = ("kh", "kl", "block_q", "block_k", "feature_map")
+
+
+class StudentFileError(ValueError):
+    """A student or checkpoint file that is missing or does not fit the model."""
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise StudentFileError(f"checkpoint not found: {path}") from None
+
+
+def save_student(student: nn.Module, out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``proj_lin.safetensors`` (and ``quant_state.json`` for an FP8-quantized student) into ``out_dir``."""
+    from safetensors.torch import save
+
+    out_dir = Path(out_dir)
+    cores = [m for m in student.modules() if isinstance(m, SparseLinearAttention)]
+    if not cores:
+        raise StudentFileError("the model has no SLA layer (build the student with lite3r.convert_to_sla)")
+    options = {k: getattr(cores[0], k) for k in SLA_OPTIONS}
+    tensors = {n: t.contiguous() for n, t in trainable_state(student).items()}
+    atomic_write_bytes(out_dir / PROJ_LIN, save(tensors, metadata={"sla_options": json.dumps(options)}))
+    written = [out_dir / PROJ_LIN]
+    if _is_quantized(student):
+        from lite3r.calibration.state import save_quant_state
+
+        written.append(save_quant_state(student, out_dir / QUANT_STATE))
+    return written
+
+
+def load_student(teacher: nn.Module, out_dir: str | os.PathLike, *, fp8: bool = True) -> nn.Module:
+    """Rebuild a distilled student: ``convert_to_sla(teacher)`` with the saved layers, options and ``proj_lin``,
+    then (when ``fp8`` and the folder has one) the FP8 fake quantizers of ``quant_state.json``."""
+    from safetensors import safe_open
+
+    from lite3r.sla import convert_to_sla
+
+    path = Path(out_dir) / PROJ_LIN
+    if not path.is_file():
+        raise StudentFileError(f"no distilled student in {out_dir} (missing {PROJ_LIN})")
+    with safe_open(path, framework="pt") as f:
+        options = json.loads(f.metadata()["sla_options"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    layers = {k.rsplit(".core.", 1)[0] for k in tensors}
+    student = convert_to_sla(teacher, layers=lambda name, module: name in layers, **options)
+    expected = set(trainable_state(student))
+    if expected != set(tensors):
+        raise StudentFileError(f"{path} holds {len(tensors)} tensors that do not match the student's {len(expected)}")
+    student.load_state_dict(tensors, strict=False)
+    quant_path = Path(out_dir) / QUANT_STATE
+    if fp8 and quant_path.is_file():
+        from lite3r.calibration.state import load_quant_state
+
+        load_quant_state(student, quant_path)
+    return student
+
+
+def _is_quantized(model: nn.Module) -> bool:
+    if "modelopt.torch.quantization" not in sys.modules:  # never imported: nothing can be quantized
+        return False
+    from modelopt.torch.quantization.utils import is_quantized
+
+    return is_quantized(model)
