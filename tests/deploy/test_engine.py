@@ -11,7 +11,7 @@ import onnx.helper as oh
 import onnx.numpy_helper as onh
 import pytest
 
-from lite3r.deploy import DeployError, TensorRTNotInstalledError, build_engine, parse_frames
+from lite3r.deploy import DeployError, EngineFromOnnx, TensorRTNotInstalledError, build_engine, parse_frames
 from lite3r.deploy.engine import FrameRange, OnnxParseError
 
 needs_rtx = pytest.mark.skipif(
@@ -141,6 +141,15 @@ def test_rtx_ignores_timing_cache_and_says_so(tmp_path):
     report = build_engine(_sla_like(tmp_path), tmp_path / "model.engine", target="tensorrt-rtx", timing_cache=cache)
     assert report.timing_cache is None and not cache.exists()
     assert any("no timing cache" in note for note in report.notes)
+
+
+@needs_rtx
+def test_engine_from_onnx_builds_once(tmp_path):
+    loader = EngineFromOnnx(_sla_like(tmp_path), tmp_path / "model.engine", target="tensorrt-rtx", frames=(1, 2, 2))
+    assert not (tmp_path / "model.engine").exists()  # lazy: nothing happens until it is called
+    report = loader()
+    (tmp_path / "model.engine").unlink()
+    assert loader() is report and not (tmp_path / "model.engine").exists()
 
 
 @needs_rtx
