@@ -15,6 +15,15 @@ from lite3r.quant import FP8Recipe
 E4M3 = torch.float8_e4m3fn
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Toy-sized ops are overhead-bound: on a busy 2-core machine extra threads only add waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _toy(per_channel: bool = False, seed: int = 0):
     """Two linears (one with bias); the second is calibrated on larger activations than the first."""
     torch.manual_seed(seed)
