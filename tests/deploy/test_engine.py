@@ -245,7 +245,7 @@ def _sla_core_graph(tmp_path, heads=2, length=128, dim=64):
         for name, dtype, shape in [
             ("q", bf16, [1, heads, length, dim]), ("k", bf16, [1, heads, length, dim]),
             ("v", bf16, [1, heads, length, dim]), ("lut", i32, [1, heads, nq, 1]),
-            ("kv_state", bf16, [heads, nq, dim * dim]), ("k_state", f32, [heads, nq, dim]),
+            ("kv_state", f32, [heads, nq, dim * dim]), ("k_state", f32, [heads, nq, dim]),
         ]
     ]  # fmt: skip
     weights = [onh.from_array(np.zeros((dim, dim), np.float32), "proj_w"),

@@ -29,7 +29,7 @@ HEAD_DIMS = (64, 128)  # what forward_kernel supports (lite3r.sla.kernels)
 # Plugin inputs in node order, with their Triton element types; "io" follows q's dtype.
 INPUTS = (
     ("q", "io"), ("k", "io"), ("v", "io"), ("proj_w", "fp32"), ("proj_b", "fp32"),
-    ("lut", "i32"), ("kv_state", "bf16"), ("k_state", "fp32"),
+    ("lut", "i32"), ("kv_state", "fp32"), ("k_state", "fp32"),
 )  # fmt: skip
 EXTRA_ARGS = ("num_heads", "seq_len", "num_critical")
 OUTPUTS = ("out",)

@@ -14,7 +14,7 @@ from lite3r.plugins.sla_kernel import CORE_OP, NAMESPACE, compile_sla_kernel, ex
 
 PLUGIN_ID = f"{NAMESPACE}::{CORE_OP}"
 # Type combinations per I/O (q, k, v, proj_w, proj_b, lut, kv_state, k_state, out); "|" ties q, k, v, out.
-IO_TYPES = "FP16|BF16, FP16|BF16, FP16|BF16, FP32, FP32, INT32, BF16, FP32, FP16|BF16"
+IO_TYPES = "FP16|BF16, FP16|BF16, FP16|BF16, FP32, FP32, INT32, FP32, FP32, FP16|BF16"
 _registered = False
 
 
