@@ -66,6 +66,14 @@ def test_fp8_gemm_equals_fp32_emulation_and_fake_quant(per_channel):
     assert not torch.allclose(got, nn.functional.linear(x, linear.weight, linear.bias), rtol=1e-3, atol=1e-3)
 
 
+def test_output_dtype_follows_autocast_like_nn_linear():
+    model, x = _toy()
+    fp8 = FP8Linear.from_linear(model[0], model[0].weight_quantizer.amax, model[0].input_quantizer.amax)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fp8(x).dtype == nn.Linear(32, 48)(x).dtype == torch.bfloat16
+    assert fp8(x).dtype == torch.float32 and fp8(x.bfloat16()).dtype == torch.bfloat16
+
+
 def test_convert_swaps_exactly_the_quantized_linears():
     model, x = _toy()
     with torch.no_grad():
