@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lite3r.deploy._trt import DeployError
+
 console = Console(stderr=True)
 out_console = Console()
 
@@ -26,7 +28,7 @@ def _one_line_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, OSError, NotImplementedError) as e:
+        except (ValueError, OSError, NotImplementedError, DeployError) as e:
             if os.environ.get("LITE3R_DEBUG"):
                 raise
             raise click.ClickException(str(e)) from None
@@ -137,11 +139,91 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
         out_console.print(f"wrote {path}")
 
 
-def export_main() -> None:
-    """Entry point of ``lite3r-export`` (the whole chain); grows with the export issue."""
-    click.echo("lite3r-export: the export chain is not built yet; use `lite3r predict`.", err=True)
-    sys.exit(2)
+@main.command()
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Engine file to write.")
+@click.option("--target", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True)
+@click.option("--frames", default="2:8:32", show_default=True, help="Frame range min:opt:max.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="Read before, written after.")
+@click.option("--verbose", is_flag=True, help="Keep TensorRT's verbose messages in the build log.")
+@_one_line_errors
+def build(onnx_path, out, target, frames, timing_cache, verbose):
+    """Build a strongly typed (FP8 from the graph's Q/DQ) TensorRT or TensorRT-RTX engine from an ONNX file."""
+    from lite3r.deploy import build_engine
 
+    with console.status(f"building {target} engine"):
+        report = build_engine(onnx_path, out, target=target, frames=frames, timing_cache=timing_cache, verbose=verbose)
+    out_console.print(report.summary())
+
+
+@click.command(name="lite3r-export")
+@click.argument("model_name", metavar="MODEL")
+@click.option("--fp8/--no-fp8", default=False, help="FP8 (e4m3) Q/DQ from QAT or PTQ scales.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Official teacher weights.")
+@click.option("--distill-steps", default=0, show_default=True, type=int,
+              help="Distillation (+ FP8 QAT with --fp8) steps; 0 = PTQ calibration only.")
+@click.option("--calib", type=click.Path(path_type=Path), help="Calibration images: a folder (DTU/BlendedMVS/images).")
+@click.option("--synthetic", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Synthetic calibration scenes when no --calib.")
+@click.option("--frames", default="2:8:32", show_default=True, help="Engine frame range min:opt:max.")
+@click.option("--target", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnx"]), default="auto",
+              show_default=True, help="auto: TensorRT, else TensorRT-RTX, else ONNX only.")
+@click.option("--size", help="View size HxW (multiples of 14); default: the model's image size.")
+@click.option("--kh", default=0.05, show_default=True, help="SLA critical-block fraction.")
+@click.option("--kl", default=0.10, show_default=True, help="SLA negligible-block fraction.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Where distillation/calibration run.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@_one_line_errors
+def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, frames, target, size, kh, kl, seed,
+                device, out):
+    """Teacher → SLA student → FP8 → ONNX → engine → parity, into one folder; exits 1 when a parity gate fails."""
+    from lite3r.pipeline import export_model
+
+    stages = ["load teacher", "convert to SLA", "FP8 / distill", "save student", "export ONNX", "build engine",
+              "parity"]
+    with _stages(len(stages)) as progress:
+        task = progress.add_task("starting", total=len(stages))
+
+        def on_stage(name):
+            progress.update(task, completed=stages.index(name), description=name)
+
+        summary = export_model(
+            model_name, out, fp8=fp8, checkpoint=checkpoint, distill_steps=distill_steps, calib=calib,
+            synthetic=synthetic, frames=frames, target=target, image_size=_parse_size(size), kh=kh, kl=kl,
+            seed=seed, device=device, on_stage=on_stage,
+        )
+        progress.update(task, completed=len(stages), description="done")
+
+    table = Table(title=f"lite3r-export {model_name} -> {out}")
+    table.add_column("stage")
+    table.add_column("status")
+    table.add_column("s", justify="right")
+    table.add_column("detail", overflow="fold")
+    for s in summary.stages:
+        style = "green" if s.status == "done" else "yellow"
+        table.add_row(s.name, f"[{style}]{s.status}[/]", f"{s.seconds:.1f}", s.detail)
+    out_console.print(table)
+    files = Table(title="artifacts")
+    files.add_column("file")
+    files.add_column("size", justify="right")
+    for name, size_bytes in summary.artifacts.items():
+        files.add_row(name, f"{size_bytes / 2**20:.2f} MiB")
+    out_console.print(files)
+    if not summary.passed:
+        console.print(f"[red]parity FAILED: {'; '.join(summary.parity_failures) or 'see parity.md'}[/]")
+        sys.exit(1)
+    out_console.print("[green]parity passed[/]")
+
+
+def _attach_training_commands() -> None:
+    from lite3r.cli_train import calibrate_command, distill_command
+
+    main.add_command(distill_command, "distill")
+    main.add_command(calibrate_command, "calibrate")
+
+
+_attach_training_commands()
 
 if __name__ == "__main__":
     main()

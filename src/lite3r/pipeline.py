@@ -1,0 +1,225 @@
+"""The whole chain behind ``lite3r-export``: teacher → SLA student → FP8 (QAT or PTQ) → ONNX → engine → parity.
+
+Everything is checked before any work starts (frames, checkpoint, target, output folder), every artifact
+is written into a staging folder, and the output folder receives the complete set at the end, so a failure
+never leaves a half-written export behind. A parity gate that fails still delivers the artifacts and the
+reports (they are complete and explain the failure); the caller decides the exit status from
+``ExportSummary.passed``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lite3r._io import check_writable_dir, staged_output
+
+TARGETS = ("auto", "tensorrt", "tensorrt-rtx", "onnx")
+_TRT_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx_bindings"}
+
+
+class ExportError(ValueError):
+    """Bad options for the export chain (caught before any work is done)."""
+
+
+@dataclass
+class StageReport:
+    name: str
+    status: str  # "done" or "skipped"
+    detail: str
+    seconds: float = 0.0
+
+
+@dataclass
+class ExportSummary:
+    out: Path
+    stages: list[StageReport] = field(default_factory=list)
+    artifacts: dict[str, int] = field(default_factory=dict)  # file name -> bytes
+    parity_passed: bool | None = None
+    parity_failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.parity_passed is not False
+
+
+def resolve_target(target: str) -> str:
+    """``auto`` picks datacenter TensorRT, then TensorRT-RTX, then ONNX only; an explicit TensorRT must import."""
+    if target not in TARGETS:
+        raise ExportError(f"--target must be one of {', '.join(TARGETS)}; got {target!r}")
+    if target == "auto":
+        for name, module in _TRT_MODULES.items():
+            if importlib.util.find_spec(module) is not None:
+                return name
+        return "onnx"
+    if target in _TRT_MODULES and importlib.util.find_spec(_TRT_MODULES[target]) is None:
+        from lite3r.deploy._trt import TensorRTNotInstalledError  # noqa: F401 (same message as build_engine)
+
+        hint = {
+            "tensorrt": "datacenter TensorRT is not installed: pip install 'lite3r[tensorrt]' on a machine with an "
+            "NVIDIA GPU, or use --target tensorrt-rtx / onnx",
+            "tensorrt-rtx": "TensorRT-RTX is not installed: pip install 'lite3r[tensorrt-rtx]', or use --target onnx",
+        }[target]
+        raise ExportError(f"--target {target}: {hint}")
+    return target
+
+
+def _calibration_data(calib: str | Path | None, synthetic: int, views: int, size: tuple[int, int], seed: int):
+    if calib is not None:
+        from lite3r.data.datasets import open_scenes
+
+        return open_scenes(calib, num_views=views, size=size[1])
+    from lite3r.data.synthetic import SyntheticScenes
+
+    return SyntheticScenes(synthetic, views, size[0], size[1], seed=seed)
+
+
+def export_model(
+    model_name: str,
+    out: str | Path,
+    *,
+    fp8: bool = True,
+    checkpoint: str | Path | None = None,
+    distill_steps: int = 0,
+    calib: str | Path | None = None,
+    synthetic: int = 4,
+    frames: str = "2:8:32",
+    target: str = "auto",
+    image_size: tuple[int, int] | None = None,
+    kh: float = 0.05,
+    kl: float = 0.10,
+    parity_scenes: int = 2,
+    seed: int = 0,
+    device: str = "cpu",
+    on_stage: Callable[[str], None] | None = None,
+) -> ExportSummary:
+    """Run the chain and write ``student.safetensors``, ``quant_state.json``, ``model.onnx``, ``model.engine``
+    (+ build log, where a TensorRT is installed), ``parity.json`` and ``parity.md`` into ``out``."""
+    import lite3r
+    from lite3r.deploy.engine import parse_frames
+    from lite3r.predict import resolve_device
+
+    frame_range = parse_frames(frames)
+    target = resolve_target(target)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ExportError(f"checkpoint not found: {checkpoint}")
+    if calib is not None and not Path(calib).is_dir():
+        raise ExportError(f"--calib {calib}: not a folder")
+    if distill_steps < 0:
+        raise ExportError(f"--distill-steps must be >= 0; got {distill_steps}")
+    dev = resolve_device(device)
+    check_writable_dir(out)
+
+    summary = ExportSummary(out=Path(out))
+    notify = on_stage or (lambda name: None)
+
+    def stage(name: str, work: Callable[[], tuple[str, str] | str]) -> Any:
+        notify(name)
+        start = time.perf_counter()
+        result = work()
+        status, detail = result if isinstance(result, tuple) else ("done", result)
+        summary.stages.append(StageReport(name, status, detail, time.perf_counter() - start))
+
+    state: dict[str, Any] = {}
+    with staged_output(out) as stage_dir:
+
+        def load():
+            torch.manual_seed(seed)
+            state["teacher"] = lite3r.load_model(model_name, checkpoint=checkpoint).to(dev)
+            size = image_size or (state["teacher"].config.img_size,) * 2
+            state["size"] = size
+            weights = f"weights {checkpoint}" if checkpoint else f"RANDOM weights (seed {seed}; no --checkpoint)"
+            return f"{model_name}, {weights}, views {size[0]}x{size[1]}"
+
+        def convert():
+            state["student"] = lite3r.convert_to_sla(state["teacher"], layers="global", kh=kh, kl=kl)
+            return f"SLA in the global-attention layers (kh={kh}, kl={kl})"
+
+        def quantize():
+            data = _calibration_data(calib, synthetic, frame_range.min, state["size"], seed)
+            if distill_steps:
+                from lite3r.distill import distill
+
+                result = distill(state["teacher"], state["student"], data, distill_steps, fp8_qat=fp8)
+                return f"{distill_steps} distillation steps" + (" with FP8 QAT" if fp8 else "") + f": {result}"
+            if not fp8:
+                return "skipped", "no --fp8 and no --distill-steps: student keeps proj_lin = 0 (block-sparse)"
+            from lite3r.calibration import calibrate_fp8
+
+            calibrate_fp8(state["student"], data)
+            return f"FP8 PTQ calibration on {min(len(data), 4)} scenes ({'folder ' + str(calib) if calib else 'synthetic'})"
+
+        def save():
+            from lite3r.distill.checkpoint import save_student
+
+            written = save_student(state["student"], stage_dir)
+            return ", ".join(p.name for p in written)
+
+        def export():
+            from lite3r.exporter import export_onnx
+
+            quant = stage_dir / "quant_state.json"
+            report = export_onnx(
+                state["student"].cpu(),
+                stage_dir / "model.onnx",
+                image_size=state["size"],
+                example_frames=frame_range.min,
+                quant_state=quant if quant.exists() else None,
+            )
+            return str(report)
+
+        def build():
+            if target == "onnx":
+                return "skipped", "no TensorRT installed (or --target onnx): no engine built; the ONNX is the artifact"
+            from lite3r.deploy import build_engine
+
+            report = build_engine(
+                stage_dir / "model.onnx", stage_dir / "model.engine", target=target, frames=frame_range,
+                image_size=state["size"],
+            )
+            state["engine"] = stage_dir / "model.engine" if target == "tensorrt" else None
+            return report.summary()
+
+        def parity():
+            from lite3r.data.synthetic import make_scene
+            from lite3r.parity import check
+
+            scenes = [
+                make_scene(frame_range.min, *state["size"], seed=seed + 1000 + i).images for i in range(parity_scenes)
+            ]
+            result = check(
+                stage_dir, scenes, student=state["student"].cpu(), teacher=state["teacher"].cpu(),
+                onnx_path=stage_dir / "model.onnx", engine_path=state.get("engine"),
+            )
+            summary.parity_passed = result.passed
+            summary.parity_failures = list(getattr(result, "failures", []))
+            return ("PASSED" if result.passed else "FAILED") + f" on {parity_scenes} held-out synthetic scenes"
+
+        for name, work in (
+            ("load teacher", load),
+            ("convert to SLA", convert),
+            ("FP8 / distill", quantize),
+            ("save student", save),
+            ("export ONNX", export),
+            ("build engine", build),
+            ("parity", parity),
+        ):
+            stage(name, work)
+        (stage_dir / "export_summary.json").write_text(json.dumps(_summary_json(summary), indent=2) + "\n")
+        summary.artifacts = {p.name: p.stat().st_size for p in sorted(stage_dir.iterdir()) if p.is_file()}
+    return summary
+
+
+def _summary_json(summary: ExportSummary) -> dict[str, Any]:
+    return {
+        "stages": [vars(s) for s in summary.stages],
+        "parity_passed": summary.parity_passed,
+        "parity_failures": summary.parity_failures,
+    }
