@@ -143,7 +143,9 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
-        "gemm": [row for frames in args.gemm_frames for row in bench_gemms(teacher, frames, args.size, args.reps, device)],
+        "gemm": [
+            row for frames in args.gemm_frames for row in bench_gemms(teacher, frames, args.size, args.reps, device)
+        ],
     }
     student = lite3r.convert_to_sla(teacher, layers="global", kh=args.kh, kl=0.10)
     del teacher

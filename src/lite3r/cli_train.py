@@ -30,8 +30,8 @@ def _one_line_errors(fn):
 
 def _model_options(fn):
     options = [
-        click.option("--model", "model_name", default="vggt", show_default=True, help="Model preset (vggt, vggt-tiny)."),
-        click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Official .pt/.safetensors."),
+        click.option("--model", "model_name", default="vggt", show_default=True, help="Preset (vggt, vggt-tiny)."),
+        click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Official .pt/.safetensors"),
         click.option("--data", default="synthetic", show_default=True, help=DATA_HELP),
         click.option("--views", default=2, show_default=True, type=click.IntRange(min=1), help="Views per scene."),
         click.option("--size", type=click.IntRange(min=14), help="View width (multiple of 14); default: the model's."),

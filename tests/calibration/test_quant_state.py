@@ -63,7 +63,8 @@ def test_per_channel_weight_scales_round_trip(float_model, scenes):
     assert weight["axis"] == 0 and len(weight["amax"]) == layer.out_features
     torch.testing.assert_close(torch.tensor(weight["amax"]), layer.weight.detach().abs().amax(dim=1))
     restored = apply_quant_state(copy.deepcopy(float_model), state)
-    torch.testing.assert_close(_outputs(restored, scenes[0].images)["depth"], _outputs(model, scenes[0].images)["depth"])
+    images = scenes[0].images
+    torch.testing.assert_close(_outputs(restored, images)["depth"], _outputs(model, images)["depth"])
 
 
 @pytest.mark.parametrize(

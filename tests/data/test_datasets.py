@@ -32,7 +32,8 @@ def _write_cam(path, extrinsics, intrinsics):
 
 
 def _write_png(path, image):
-    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path, format="PNG")  # lossless, whatever the name
+    pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(path, format="PNG")  # lossless, whatever the file's extension
 
 
 def _write_pairs(path, pairs):

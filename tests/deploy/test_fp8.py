@@ -47,7 +47,8 @@ def test_stored_weight_is_modelopts_fake_quantized_weight(per_channel):
         assert fp8.weight.dtype == E4M3
         dequantized = fp8.weight.float() * (fp8.weight_scale.reshape(-1, 1) if per_channel else fp8.weight_scale)
         torch.testing.assert_close(dequantized, linear.weight_quantizer(linear.weight), rtol=0, atol=0)
-        torch.testing.assert_close(dequantized, _fake_quant(linear.weight, linear.weight_quantizer.amax), rtol=1e-6, atol=0)
+        by_definition = _fake_quant(linear.weight, linear.weight_quantizer.amax)
+        torch.testing.assert_close(dequantized, by_definition, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("per_channel", [False, True])

@@ -47,7 +47,9 @@ def item_images(item: Any) -> torch.Tensor:
     """The images ``[B, S, 3, H, W]`` of a data item: a Scene, a dict with ``images``, or an image tensor."""
     images = item.images if isinstance(item, Scene) else item.get("images") if isinstance(item, dict) else item
     if not isinstance(images, torch.Tensor) or images.ndim not in (4, 5):
-        raise DatasetError(f"a data item must be a Scene or images [S, 3, H, W] / [B, S, 3, H, W]; got {_describe(item)}")
+        raise DatasetError(
+            f"a data item must be a Scene or images [S, 3, H, W] / [B, S, 3, H, W]; got {_describe(item)}"
+        )
     return images if images.ndim == 5 else images.unsqueeze(0)
 
 
@@ -134,7 +136,10 @@ def dtu_scenes(
 def blendedmvs_scenes(root: str | os.PathLike, num_views: int, *, size: int = 518, scans=None) -> MVSScenes:
     """BlendedMVS scans under ``root`` (or ``root`` itself a scan folder); see the module docstring."""
     root = _folder(root)
-    scan_dirs = [root] if (root / "blended_images").is_dir() else sorted(p.parent for p in root.glob("*/blended_images"))
+    if (root / "blended_images").is_dir():
+        scan_dirs = [root]
+    else:
+        scan_dirs = sorted(p.parent for p in root.glob("*/blended_images"))
     by_name = {p.name: p for p in scan_dirs}
     found: dict[str, list[View]] = {}
     pairs: dict[str, dict[int, list[int]]] = {}
@@ -269,7 +274,9 @@ def _reindex(pairs: dict[int, list[int]], views: list[View], view_id) -> dict[in
     """Translate a pair file's view ids into positions in ``views`` (dropping views that are absent)."""
     position = {view_id(v): i for i, v in enumerate(views)}
     return {
-        position[ref]: [position[s] for s in sources if s in position] for ref, sources in pairs.items() if ref in position
+        position[ref]: [position[s] for s in sources if s in position]
+        for ref, sources in pairs.items()
+        if ref in position
     }
 
 

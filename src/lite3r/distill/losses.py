@@ -40,7 +40,9 @@ class LossWeights:
 
 def sla_layer_names(student: nn.Module) -> list[str]:
     """Names of the student's attention layers whose core is SLA (the layers attention distillation taps)."""
-    return [n for n, m in student.named_modules() if isinstance(m, Attention) and isinstance(m.core, SparseLinearAttention)]
+    return [
+        n for n, m in student.named_modules() if isinstance(m, Attention) and isinstance(m.core, SparseLinearAttention)
+    ]
 
 
 class AttentionTaps:
@@ -112,7 +114,7 @@ def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def confidence_weighted_error(student: torch.Tensor, teacher: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
-    """``Σ c·|s - t| / Σ c·|t|`` over pixels; ``student``/``teacher`` are ``[..., H, W, C]``, ``c`` ``[..., H, W]``."""
+    """``Σ c·|s - t| / Σ c·|t|`` over pixels; ``student``, ``teacher`` ``[..., H, W, C]``, ``c`` ``[..., H, W]``."""
     teacher, confidence = teacher.detach().float(), confidence.detach().float()
     error = (student.float() - teacher).norm(dim=-1)
     return (confidence * error).sum() / (confidence * teacher.norm(dim=-1)).sum().clamp_min(1e-12)

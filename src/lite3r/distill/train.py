@@ -193,7 +193,9 @@ def _check_student(teacher: nn.Module, student: nn.Module) -> list[nn.Parameter]
         raise DistillError("the student has no trainable parameters; build it with lite3r.convert_to_sla(teacher)")
     others = [n for n, _ in trainable if ".proj_lin." not in f".{n}"]
     if others:
-        raise DistillError(f"only SLA proj_lin may be trained, but {len(others)} other parameters are ({others[0]}, ...)")
+        raise DistillError(
+            f"only SLA proj_lin may be trained, but {len(others)} other parameters are ({others[0]}, ...)"
+        )
     return [p for _, p in trainable]
 
 
@@ -286,7 +288,11 @@ class _progress_bar:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.bar = Progress(
-            TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[terms]}")
+            TextColumn("distill"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[terms]}"),
         )
         self.bar.start()
         task = self.bar.add_task("distill", total=self.steps, completed=self.start, terms="")
