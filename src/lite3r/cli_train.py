@@ -108,9 +108,7 @@ def distill_command(model_name, checkpoint, data, views, size, scenes, seed, dev
                            seed=seed)
     result = distill(teacher, student, dataset, steps, fp8_qat=fp8_qat, config=config,
                      recipe=_recipe(fp8_layers, fp8_skip), out_dir=out, resume=not no_resume, progress=True)
-    if result.history:
-        first, last = result.history[0], result.history[-1]
-        click.echo(f"loss {first['loss']:.4g} (step {first['step']}) -> {last['loss']:.4g} (step {last['step']})")
+    click.echo(str(result))
     for path in result.files:
         click.echo(f"wrote {path}")
 

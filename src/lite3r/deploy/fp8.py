@@ -77,7 +77,7 @@ class FP8Linear(nn.Module):
         check_fp8_device(x.device)
         out_dtype = _output_dtype(x)
         x2d = x.reshape(-1, self.in_features)
-        xq = _quantize_input(x2d, self.input_scale_reciprocal)
+        xq = _quantize_input(x2d, self.input_scale_reciprocal).contiguous()  # _scaled_mm: row-major input
         scale_a = self.input_scale
         if self.weight_scale.ndim:  # per-channel weights: _scaled_mm's row-wise mode wants [M, 1] x [1, N]
             scale_a = scale_a.expand(x2d.shape[0], 1).contiguous()

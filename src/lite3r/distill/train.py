@@ -64,10 +64,16 @@ class DistillConfig:
 
 @dataclass
 class DistillResult:
-    student: nn.Module
-    history: list[dict[str, Any]]  # one record per step run in this call (the JSON log's lines)
+    student: nn.Module = field(repr=False)
+    history: list[dict[str, Any]] = field(repr=False)  # one record per step run in this call (the log's lines)
     files: list[Path]
     peak_memory_bytes: int | None  # CUDA only
+
+    def __str__(self) -> str:
+        if not self.history:
+            return "no steps run (the checkpoint was already complete)"
+        first, last = self.history[0], self.history[-1]
+        return f"loss {first['loss']:.4g} (step {first['step']}) -> {last['loss']:.4g} (step {last['step']})"
 
 
 def default_data(teacher: nn.Module, num_views: int = 2, num_scenes: int = 8, seed: int = 0) -> list[Scene]:
