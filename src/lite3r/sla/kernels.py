@@ -317,8 +317,9 @@ def _feature_code(feature_map: str) -> int:
 
 
 def _state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Linear-branch states (sums over up to L tokens) stay bf16 for bf16 inputs; fp16 would overflow at long L,
-    so fp16 inputs get fp32 states (exact fp32 GEMMs: correct, slower)."""
+    """dtype of the GEMM operands S_j and dM_i: bf16 for bf16 inputs (tensor-core GEMMs); fp16 could overflow
+    on these sums at long L, so fp16 inputs get fp32 (exact fp32 GEMMs: correct, slower). The GEMM results
+    M_i and dS_j are always fp32."""
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
@@ -336,7 +337,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def _bmm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Batched ``a @ b`` of half-precision operands with a float32 result, so sums over many blocks lose
     nothing to output rounding. The interpreter (CPU) path upcasts instead."""
-    if a.is_cuda:
+    if a.is_cuda and a.dtype != torch.float32:
         return torch.bmm(a, b, out_dtype=torch.float32)
     return torch.bmm(a.float(), b.float())
 
@@ -344,8 +345,8 @@ def _bmm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def marginal_states(
     k: torch.Tensor, v: torch.Tensor, marginal: torch.Tensor, block_k: int, feature_map: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per query block, ``M_i = sum_marginal S_j`` (``[BH, nq, D*D]``, in ``marginal``'s dtype) and ``z_i``
-    (fp32 ``[BH, nq, D]``)."""
+    """Per query block, ``M_i = sum_marginal S_j`` (fp32 ``[BH, nq, D*D]``) and ``z_i`` (fp32 ``[BH, nq, D]``);
+    ``S_j`` is computed in ``marginal``'s dtype."""
     batch, heads, length, dim = k.shape
     num_kblocks = triton.cdiv(length, block_k)
     kv_state = torch.empty(batch * heads, num_kblocks, dim * dim, device=k.device, dtype=marginal.dtype)
@@ -373,6 +374,32 @@ def critical_csr(critical: torch.Tensor, num_kblocks: int) -> tuple[torch.Tensor
     return offsets.to(torch.int32), qblocks.flatten()[order].to(torch.int32)
 
 
+def launch_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    critical: torch.Tensor,
+    kv_state: torch.Tensor,
+    k_state: torch.Tensor,
+    block_q: int,
+    block_k: int,
+    feature_map: str,
+) -> torch.Tensor:
+    """The fused forward kernel alone, given the LUT and the query blocks' marginal states."""
+    batch, heads, length, dim = q.shape
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    forward_kernel[(triton.cdiv(length, block_q), batch * heads)](
+        q, k, v, out, critical.contiguous(), kv_state, k_state, weight.contiguous(), bias.contiguous(),
+        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+        heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
+        HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
+        **_launch_options(dim, block_q),
+    )
+    return out
+
+
 def sla_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -384,21 +411,76 @@ def sla_forward(
     block_k: int,
     feature_map: str,
 ) -> torch.Tensor:
-    """SLA forward through the fused kernel; ``q, k, v`` fp16/bf16 ``[B, H, L, D]``, D in (64, 128)."""
+    """SLA forward: marginal states, then the fused kernel. ``q, k, v`` fp16/bf16 ``[B, H, L, D]``, D in (64, 128)."""
     q, k, v = (_with_unit_last_stride(x) for x in (q, k, v))
-    batch, heads, length, dim = q.shape
     marginal = _marginal_weights(blocks, _state_dtype(q.dtype))
     kv_state, k_state = marginal_states(k, v, marginal, block_k, feature_map)
-    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    grid = (triton.cdiv(length, block_q), batch * heads)
-    forward_kernel[grid](
-        q, k, v, out, blocks.critical.contiguous(), kv_state, k_state, weight.contiguous(), bias.contiguous(),
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-        heads, length, blocks.critical.shape[-1], dim**-0.5, LINEAR_EPS,
+    return launch_forward(q, k, v, weight, bias, blocks.critical, kv_state, k_state, block_q, block_k, feature_map)
+
+
+def launch_backward_query(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    out: torch.Tensor,
+    critical: torch.Tensor,
+    kv_state: torch.Tensor,
+    k_state: torch.Tensor,
+    block_q: int,
+    block_k: int,
+    feature_map: str,
+) -> tuple[torch.Tensor, ...]:
+    """``backward_query_kernel``: returns ``(dq, lse, delta, dM [BH, nq, D*D], dz [BH, nq, D], O_l)``."""
+    batch, heads, length, dim = q.shape
+    num_qblocks = triton.cdiv(length, block_q)
+    device = q.device
+    dq = torch.empty(q.shape, device=device, dtype=q.dtype)
+    linear_out = torch.empty_like(dout, dtype=torch.float32)
+    lse = torch.empty(batch * heads, length, device=device, dtype=torch.float32)
+    delta = torch.empty(batch * heads, length, device=device, dtype=torch.float32)
+    d_kv = torch.empty(batch * heads, num_qblocks, dim * dim, device=device, dtype=_state_dtype(q.dtype))
+    d_k = torch.empty(batch * heads, num_qblocks, dim, device=device, dtype=torch.float32)
+    backward_query_kernel[(num_qblocks, batch * heads)](
+        q, k, v, out, dout, critical.contiguous(), kv_state, k_state, weight.contiguous(), bias.contiguous(),
+        dq, lse, delta, d_kv, d_k, linear_out,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(linear_out),
+        heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
         **_launch_options(dim, block_q),
     )
-    return out
+    return dq, lse, delta, d_kv, d_k, linear_out
+
+
+def launch_backward_key(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    csr: tuple[torch.Tensor, torch.Tensor],
+    d_kv: torch.Tensor,
+    d_k: torch.Tensor,
+    block_q: int,
+    block_k: int,
+    feature_map: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``backward_key_kernel``: ``(dk, dv)`` from the CSR-transposed LUT and the key blocks' ``dS_j, dz_j``."""
+    batch, heads, length, dim = q.shape
+    dk = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    dv = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    backward_key_kernel[(triton.cdiv(length, block_k), batch * heads)](
+        q, k, v, dout, lse, delta, *csr, d_kv, d_k,
+        dk, dv,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(dout),
+        heads, length, dim**-0.5,
+        HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
+        **_launch_options(dim, block_k),
+    )
+    return dk, dv
 
 
 def sla_backward(
@@ -416,38 +498,15 @@ def sla_backward(
 ) -> tuple[torch.Tensor, ...]:
     """Gradients ``(dq, dk, dv, dweight, dbias)`` of ``sla_forward``; ``out`` is its saved output."""
     q, k, v, out, dout = (_with_unit_last_stride(x) for x in (q, k, v, out, dout))
-    batch, heads, length, dim = q.shape
-    num_qblocks, num_kblocks = triton.cdiv(length, block_q), triton.cdiv(length, block_k)
-    feature = _feature_code(feature_map)
     marginal = _marginal_weights(blocks, _state_dtype(q.dtype))
     kv_state, k_state = marginal_states(k, v, marginal, block_k, feature_map)
-
-    def new(*shape, dtype=q.dtype):
-        return torch.empty(shape, device=q.device, dtype=dtype)
-
-    dq, linear_out = new(*q.shape), torch.empty_like(dout, dtype=torch.float32)
-    lse, delta = new(batch * heads, length, dtype=torch.float32), new(batch * heads, length, dtype=torch.float32)
-    d_kv_query = new(batch * heads, num_qblocks, dim * dim, dtype=marginal.dtype)
-    d_k_query = new(batch * heads, num_qblocks, dim, dtype=torch.float32)
-    backward_query_kernel[(num_qblocks, batch * heads)](
-        q, k, v, out, dout, blocks.critical.contiguous(), kv_state, k_state, weight.contiguous(), bias.contiguous(),
-        dq, lse, delta, d_kv_query, d_k_query, linear_out,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(linear_out),
-        heads, length, blocks.critical.shape[-1], dim**-0.5, LINEAR_EPS,
-        HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=feature, **_launch_options(dim, block_q),
+    dq, lse, delta, d_kv_query, d_k_query, linear_out = launch_backward_query(
+        dout, q, k, v, weight, bias, out, blocks.critical, kv_state, k_state, block_q, block_k, feature_map
     )
-
     d_kv_key = _bmm_fp32(marginal.transpose(1, 2), d_kv_query)
     d_k_key = torch.bmm(marginal.transpose(1, 2).float(), d_k_query)
-    offsets, qblocks = critical_csr(blocks.critical, num_kblocks)
-    dk, dv = new(*q.shape), new(*q.shape)
-    backward_key_kernel[(num_kblocks, batch * heads)](
-        q, k, v, dout, lse, delta, offsets, qblocks, d_kv_key, d_k_key,
-        dk, dv,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(dout),
-        heads, length, dim**-0.5,
-        HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=feature, **_launch_options(dim, block_k),
-    )
+    csr = critical_csr(blocks.critical, blocks.classes.shape[-1])
+    dk, dv = launch_backward_key(dout, q, k, v, lse, delta, csr, d_kv_key, d_k_key, block_q, block_k, feature_map)
     dweight = (_rows(dout).t().float() @ _rows(linear_out)).to(weight.dtype)
     dbias = dout.sum(dim=(0, 1, 2), dtype=torch.float32).to(bias.dtype)
     return dq, dk, dv, dweight, dbias

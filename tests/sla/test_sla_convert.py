@@ -1,0 +1,184 @@
+"""SparseLinearAttention as an attention core, and convert_to_sla on a toy VGGT-shaped model and vggt-tiny."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import lite3r
+from lite3r.models.attention import Attention, DenseAttentionCore
+from lite3r.sla import SparseLinearAttention, block_map, convert_to_sla
+from lite3r.sla.reference import critical_attention
+
+DIM, HEADS, FRAMES, TOKENS = 64, 2, 3, 70
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = Attention(DIM, HEADS, qk_norm=True)
+
+    def forward(self, x):
+        return x + self.attn(x)
+
+
+def _blocks(n):
+    return nn.ModuleList(Block() for _ in range(n))
+
+
+class ToyAggregator(nn.Module):
+    """VGGT's layout: patch-embed blocks, then frame attention (per frame) and global attention (all frames)."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.blocks = _blocks(1)
+        self.frame_blocks, self.global_blocks = _blocks(2), _blocks(2)
+
+    def forward(self, x):  # [B, S, P, C]
+        b, s, p, c = x.shape
+        x = x.reshape(b * s, p, c)
+        for block in self.patch_embed.blocks:
+            x = block(x)
+        for frame, global_ in zip(self.frame_blocks, self.global_blocks):
+            x = global_(frame(x).reshape(b, s * p, c)).reshape(b * s, p, c)
+        return x.reshape(b, s, p, c)
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.aggregator = ToyAggregator()
+        self.camera_head = nn.Module()
+        self.camera_head.trunk = _blocks(1)
+
+    def forward(self, x):
+        x = self.aggregator(x)
+        return self.camera_head.trunk[0](x.flatten(1, 2))
+
+
+class BlockSparseCore(nn.Module):
+    """What an untrained SLA core must compute: softmax attention over the critical blocks only."""
+
+    def forward(self, q, k, v):
+        return critical_attention(q, k, v, block_map(q, k, 0.05, 0.10, 64, 64).critical, 64, 64)
+
+
+def _cores(model):
+    return {name: type(m.core) for name, m in model.named_modules() if isinstance(m, Attention)}
+
+
+@pytest.fixture
+def teacher():
+    torch.manual_seed(0)
+    return Toy().eval()
+
+
+def _images():
+    return torch.randn(2, FRAMES, TOKENS, DIM)
+
+
+def test_core_contract_and_zero_initialised_proj_lin():
+    core = SparseLinearAttention(32, kh=0.2)
+    q, k, v = (torch.randn(2, 2, 150, 32, dtype=torch.bfloat16) for _ in range(3))
+    out = core(q, k, v)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert not core.proj_lin.weight.any() and not core.proj_lin.bias.any()
+    assert "kh=0.2" in repr(core)
+
+
+def test_global_converts_only_global_blocks(teacher):
+    student = convert_to_sla(teacher)
+    converted = {n for n, t in _cores(student).items() if t is SparseLinearAttention}
+    assert converted == {"aggregator.global_blocks.0.attn", "aggregator.global_blocks.1.attn"}
+
+
+def test_all_adds_frame_blocks_never_patch_embed_or_camera_trunk(teacher):
+    cores = _cores(convert_to_sla(teacher, layers="all"))
+    assert {n for n, t in cores.items() if t is DenseAttentionCore} == {
+        "aggregator.patch_embed.blocks.0.attn",
+        "camera_head.trunk.0.attn",
+    }
+
+
+def test_callable_selects_layers(teacher):
+    student = convert_to_sla(teacher, layers=lambda name, module: name.endswith("frame_blocks.1.attn"))
+    assert [n for n, t in _cores(student).items() if t is SparseLinearAttention] == ["aggregator.frame_blocks.1.attn"]
+
+
+def test_only_proj_lin_is_trainable(teacher):
+    student = convert_to_sla(teacher, layers="all")
+    trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+    expected = {f"aggregator.{kind}_blocks.{i}.attn.core.proj_lin.{p}"
+                for kind in ("frame", "global") for i in range(2) for p in ("weight", "bias")}
+    assert trainable == expected
+
+
+def test_teacher_untouched_and_sharing_no_storage(teacher):
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = convert_to_sla(teacher, layers="all")
+    after = teacher.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.requires_grad for p in teacher.parameters())
+    assert set(_cores(teacher).values()) == {DenseAttentionCore}
+    teacher_storage = {t.untyped_storage().data_ptr() for t in [*teacher.parameters(), *teacher.buffers()]}
+    student_storage = {t.untyped_storage().data_ptr() for t in [*student.parameters(), *student.buffers()]}
+    assert not teacher_storage & student_storage
+
+
+def test_untrained_student_is_block_sparse_attention(teacher):
+    student = convert_to_sla(teacher)
+    expected = copy.deepcopy(teacher)
+    for block in expected.aggregator.global_blocks:
+        block.attn.core = BlockSparseCore()
+    images = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(student(images), expected(images))
+        assert not torch.allclose(student(images), teacher(images), atol=1e-3)
+
+
+def test_every_proj_lin_gets_a_gradient(teacher):
+    """Distillation trains proj_lin everywhere: earlier layers' gradients flow through later SLA layers."""
+    student = convert_to_sla(teacher, layers="all", kh=0.2, kl=0.1)
+    student(_images()).square().mean().backward()
+    grads = [m.core.proj_lin.weight.grad for m in student.modules() if isinstance(m, Attention)
+             and isinstance(m.core, SparseLinearAttention)]
+    assert len(grads) == 4 and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize(
+    "layers, options, message",
+    [
+        ("global_only", {}, "layers must be one of"),
+        (lambda name, module: False, {}, "matched no Attention layer"),
+        ("global", {"kh": 2.0}, "kh and kl"),
+        ("global", {"backend": "gpu"}, "backend must be one of"),
+    ],
+)
+def test_bad_arguments_raise_one_clear_error(teacher, layers, options, message):
+    with pytest.raises(ValueError, match=message):
+        convert_to_sla(teacher, layers, **options)
+
+
+def test_converting_a_student_again_is_refused(teacher):
+    with pytest.raises(ValueError, match="already uses SparseLinearAttention"):
+        convert_to_sla(convert_to_sla(teacher))
+
+
+def test_vggt_tiny_converts_and_runs():
+    if "vggt-tiny" not in lite3r.list_models():
+        pytest.skip("vggt-tiny is not registered")
+    torch.manual_seed(0)
+    teacher = lite3r.load_model("vggt-tiny").eval()
+    student = lite3r.convert_to_sla(teacher, layers="all")
+    converted = [n for n, t in _cores(student).items() if t is SparseLinearAttention]
+    assert len(converted) == len(teacher.aggregator.global_blocks) + len(teacher.aggregator.frame_blocks)
+    assert all(".global_blocks." in n or ".frame_blocks." in n for n in converted)
+    images = torch.rand(2, 3, 112, 112)
+    with torch.no_grad():
+        got, want = student(images), teacher(images)
+    assert got.keys() == want.keys()
+    assert all(got[key].shape == want[key].shape and torch.isfinite(got[key]).all() for key in got)

@@ -1,0 +1,101 @@
+"""The registered op: schema, fake implementation and autograd (opcheck), one node under torch.export, backend
+choice, and one clear error per kind of bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lite3r.sla import sparse_linear_attention
+from lite3r.sla.op import BACKEND_ENV, resolve_backend
+from lite3r.sla.reference import sparse_linear_attention_reference
+
+
+def _inputs(length=150, dim=16, dtype=torch.float32, requires_grad=False):
+    q, k, v = (torch.randn(2, 2, length, dim, dtype=dtype, requires_grad=requires_grad) for _ in range(3))
+    weight = torch.randn(dim, dim, requires_grad=requires_grad)
+    bias = torch.randn(dim, requires_grad=requires_grad)
+    return q, k, v, weight, bias
+
+
+def test_opcheck_schema_fake_and_autograd_registration():
+    args = (*_inputs(requires_grad=True), 0.25, 0.25, 64, 64, "softmax", "reference")
+    torch.library.opcheck(torch.ops.lite3r.sparse_linear_attention.default, args)
+
+
+def test_op_output_and_gradients_equal_the_reference():
+    inputs = _inputs(requires_grad=True)
+    out = sparse_linear_attention(*inputs, kh=0.25, kl=0.25, feature_map="elu")
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, inputs, grad)
+    ref = sparse_linear_attention_reference(*inputs, kh=0.25, kl=0.25, feature_map="elu")
+    want = torch.autograd.grad(ref, inputs, grad)
+    torch.testing.assert_close(out, ref)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+class _Core(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.proj_lin = nn.Linear(dim, dim)
+
+    def forward(self, q, k, v):
+        return sparse_linear_attention(q, k, v, self.proj_lin.weight, self.proj_lin.bias)
+
+
+def test_export_sees_one_op_node():
+    q, k, v, *_ = _inputs()
+    graph = torch.export.export(_Core(16), (q, k, v)).graph
+    calls = [node.target for node in graph.nodes if node.op == "call_function"]
+    assert calls == [torch.ops.lite3r.sparse_linear_attention.default]
+
+
+def test_auto_backend_on_cpu_is_the_reference(monkeypatch):
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    assert resolve_backend("auto", torch.zeros(1, 1, 8, 64, dtype=torch.bfloat16)) == "reference"
+
+
+def test_environment_overrides_auto(monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV, "reference")
+    assert resolve_backend("auto", torch.zeros(1, 1, 8, 64)) == "reference"
+    monkeypatch.setenv(BACKEND_ENV, "fastest")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("auto", torch.zeros(1, 1, 8, 64))
+
+
+@pytest.mark.parametrize(
+    "dtype, dim, message",
+    [(torch.float32, 64, "dtype torch.float32"), (torch.bfloat16, 32, "head dim 32"), (torch.bfloat16, 64, "CPU")],
+)
+def test_forced_triton_backend_refuses_what_it_cannot_run(monkeypatch, dtype, dim, message):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match=message):
+        resolve_backend("triton", torch.zeros(1, 1, 8, dim, dtype=dtype))
+
+
+def _replace(inputs, index, value):
+    return tuple(value if i == index else x for i, x in enumerate(inputs))
+
+
+@pytest.mark.parametrize(
+    "index, bad, error, message",
+    [
+        (1, torch.randn(2, 2, 149, 16), ValueError, "share one shape"),
+        (0, torch.randn(2, 150, 16), ValueError, "share one shape"),
+        (2, torch.randn(2, 2, 150, 16, dtype=torch.float64), TypeError, "share one floating dtype"),
+        (3, torch.randn(16, 8), ValueError, "proj_lin must be"),
+        (4, torch.randn(8), ValueError, "proj_lin must be"),
+    ],
+)
+def test_bad_inputs_raise_one_clear_error(index, bad, error, message):
+    with pytest.raises(error, match=message):
+        sparse_linear_attention(*_replace(_inputs(), index, bad))
+
+
+def test_bad_options_raise_before_any_work():
+    with pytest.raises(ValueError, match="block_q and block_k"):
+        sparse_linear_attention(*_inputs(), block_q=96)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        sparse_linear_attention(*_inputs(), backend="cuda")
