@@ -113,6 +113,30 @@ def stage_times(q, k, v, weight, bias, dout, out, kh, kl, block_q, block_k, feat
     return times
 
 
+LAUNCH_CONFIGS = [(4, 2), (4, 3), (4, 4), (8, 2), (8, 3), (8, 4)]
+
+
+def tune(q, k, v, weight, bias, dout, kh, kl, block_q, block_k, feature_map) -> dict[str, dict[str, float]]:
+    """Stage times of the three big kernels for each (num_warps, num_stages) in LAUNCH_CONFIGS."""
+    from lite3r.sla import kernels
+
+    default = kernels._launch_options
+    out = sparse_linear_attention(q, k, v, weight, bias, kh=kh, kl=kl, block_q=block_q, block_k=block_k,
+                                  feature_map=feature_map)
+    results = {}
+    try:
+        for warps, stages in LAUNCH_CONFIGS:
+            kernels._launch_options = lambda *_: {"num_warps": warps, "num_stages": stages}
+            times = stage_times(q, k, v, weight, bias, dout, out, kh, kl, block_q, block_k, feature_map, "cuda")
+            results[f"w{warps}s{stages}"] = {
+                name: times[name] for name in ("forward_kernel", "backward_query_kernel", "backward_key_kernel")
+            }
+            print(f"tune w{warps}s{stages}: {results[f'w{warps}s{stages}']}", flush=True)
+    finally:
+        kernels._launch_options = default
+    return results
+
+
 def check_error(q, k, v, weight, bias, dout, kh, kl, block_q, block_k, feature_map, backend) -> dict[str, float]:
     """Relative error (norm) of the op's output and gradients against the float32 reference on the same map."""
     leaves = [x.detach().requires_grad_() for x in (q, k, v, weight, bias)]
@@ -134,13 +158,16 @@ def run(args) -> dict:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     backend = "reference" if device == "cpu" else "triton"
     heads, dim = args.heads, args.head_dim
-    rows = []
+    rows, tuning = [], {}
     for frames in args.frames:
         length = frames * args.tokens_per_frame
         q, k, v, dout = (torch.randn(1, heads, length, dim, device=device, dtype=dtype) for _ in range(4))
         weight = torch.randn(dim, dim, device=device) / dim**0.5  # a trained-looking proj_lin, not zeros
         bias = torch.randn(dim, device=device) * 0.1
         leaves = [x.detach().requires_grad_() for x in (q, k, v, weight, bias)]
+        if args.tune and frames == args.frames[0]:
+            tuning = tune(q, k, v, weight, bias, dout, args.kh[0], args.kl, args.block_q, args.block_k,
+                          args.feature_map)
         dense_fwd = bench(lambda: F.scaled_dot_product_attention(q, k, v), device)
 
         def dense_step():
@@ -184,7 +211,7 @@ def run(args) -> dict:
         if device == "cuda":
             torch.cuda.empty_cache()
     return {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-            "dtype": args.dtype, "heads": heads, "head_dim": dim, "rows": rows}
+            "dtype": args.dtype, "heads": heads, "head_dim": dim, "rows": rows, "tuning": tuning}
 
 
 def table(result: dict) -> str:
@@ -221,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     parser.add_argument("--check-frames", type=int, nargs="*", default=[8, 32],
                         help="frame counts at which to check the error against the reference")
+    parser.add_argument("--tune", action="store_true",
+                        help="also time the kernels under several launch configurations (first frames, first kh)")
     parser.add_argument("--out", help="write the full results as JSON here")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU, reference backend, tiny sizes: checks that the script runs")
