@@ -127,6 +127,8 @@ def distill(
         out.mkdir(parents=True, exist_ok=True)
         _truncate_log(out / LOG, start)
 
+    if config.grad_checkpointing and not hasattr(student, "set_grad_checkpointing"):
+        raise DistillError(f"grad_checkpointing needs a model with set_grad_checkpointing ({type(student).__name__})")
     names = sla_layer_names(student)
     taps = AttentionTaps(teacher, names), AttentionTaps(student, names)
     student.train()
