@@ -77,38 +77,45 @@ def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
 def stage_times(q, k, v, weight, bias, dout, out, kh, kl, block_q, block_k, feature_map, device) -> dict[str, float]:
     """Each stage of the Triton forward and backward on its own (CUDA only)."""
     from lite3r.sla import kernels
+    from lite3r.sla.reference import block_scores, classify_blocks
 
-    blocks = block_map(q, k, kh, kl, block_q, block_k)
-    marginal = kernels._marginal_weights(blocks, kernels._state_dtype(q.dtype))
-    kv_state, k_state = kernels.marginal_states(k, v, marginal, block_k, feature_map)
-    args = (block_q, block_k, feature_map)
+    options = (block_q, block_k, feature_map)
+    kv_block, k_block, pooled_k = kernels.key_states(k, v, block_k, feature_map)
+    pooled_q = kernels.pool(q, block_q)
+    pre = kernels.precompute(q, k, v, kh, kl, *options)
+    classes = pre.blocks.classes
+    marginal = (classes == 0).to(kv_block.dtype).flatten(0, 1)
     times = {
-        "block_map": bench(lambda: block_map(q, k, kh, kl, block_q, block_k), device),
-        "marginal_states": bench(lambda: kernels.marginal_states(k, v, marginal, block_k, feature_map), device),
-        "forward_kernel": bench(
-            lambda: kernels.launch_forward(q, k, v, weight, bias, blocks.critical, kv_state, k_state, *args), device
-        ),
+        "pool_q": bench(lambda: kernels.pool(q, block_q), device),
+        "key_states": bench(lambda: kernels.key_states(k, v, block_k, feature_map), device),
+        "classify": bench(lambda: classify_blocks(block_scores(pooled_q, pooled_k), kh, kl), device),
+        "marginal_sum_kv": bench(lambda: kernels.marginal_sum(classes, kv_block), device),
+        "marginal_sum_k": bench(lambda: kernels.marginal_sum(classes, k_block), device),
+        "torch_bmm_bf16_kv": bench(lambda: torch.bmm(marginal, kv_block), device),  # for comparison only
+        "precompute": bench(lambda: kernels.precompute(q, k, v, kh, kl, *options), device),
+        "forward_kernel": bench(lambda: kernels.launch_forward(q, k, v, weight, bias, pre, *options), device),
     }
-    query = kernels.launch_backward_query(dout, q, k, v, weight, bias, out, blocks.critical, kv_state, k_state, *args)
-    _, lse, delta, d_kv_query, d_k_query, linear_out = query
-    d_kv_key = kernels._bmm_fp32(marginal.transpose(1, 2), d_kv_query)
-    d_k_key = torch.bmm(marginal.transpose(1, 2).float(), d_k_query)
-    csr = kernels.critical_csr(blocks.critical, blocks.classes.shape[-1])
+    _, lse, delta, d_kv_query, d_k_query, linear_out = kernels.launch_backward_query(
+        dout, q, k, v, weight, bias, out, pre, *options
+    )
+    d_kv_key = kernels.marginal_sum(classes, d_kv_query, transpose=True)
+    d_k_key = kernels.marginal_sum(classes, d_k_query, transpose=True)
+    csr = kernels.critical_csr(pre.blocks.critical, classes.shape[-1])
     times |= {
         "backward_query_kernel": bench(
-            lambda: kernels.launch_backward_query(
-                dout, q, k, v, weight, bias, out, blocks.critical, kv_state, k_state, *args
-            ),
-            device,
+            lambda: kernels.launch_backward_query(dout, q, k, v, weight, bias, out, pre, *options), device
         ),
-        "backward_state_gemm": bench(lambda: kernels._bmm_fp32(marginal.transpose(1, 2), d_kv_query), device),
-        "critical_csr": bench(lambda: kernels.critical_csr(blocks.critical, blocks.classes.shape[-1]), device),
+        "marginal_sum_kv_transposed": bench(
+            lambda: kernels.marginal_sum(classes, d_kv_query, transpose=True), device
+        ),
+        "critical_csr": bench(lambda: kernels.critical_csr(pre.blocks.critical, classes.shape[-1]), device),
         "backward_key_kernel": bench(
-            lambda: kernels.launch_backward_key(dout, q, k, v, lse, delta, csr, d_kv_key, d_k_key, *args), device
+            lambda: kernels.launch_backward_key(dout, q, k, v, lse, delta, csr, d_kv_key, d_k_key, *options), device
         ),
-        "proj_lin_grad": bench(lambda: kernels._rows(dout).t().float() @ kernels._rows(linear_out), device),
+        "proj_lin_grad": bench(lambda: kernels._matmul_fp32(kernels._rows(dout).t(), kernels._rows(linear_out)),
+                               device),
     }
-    counts = csr[0].diff().view(-1)
+    counts = csr[0].diff()
     times["csr_max_over_mean"] = (counts.max() / counts.float().mean()).item()
     return times
 

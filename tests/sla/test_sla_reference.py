@@ -16,6 +16,7 @@ from lite3r.sla.reference import (
     block_counts,
     block_map,
     check_options,
+    classify_blocks,
     critical_attention,
     feature_map_fn,
     linear_attention,
@@ -164,3 +165,12 @@ def test_bad_options_raise_one_clear_error(options, message):
     full = dict(kh=0.05, kl=0.1, block_q=64, block_k=64, feature_map="softmax") | options
     with pytest.raises(ValueError, match=message):
         check_options(**full)
+
+
+def test_ties_go_to_the_lower_key_block_index():
+    scores = torch.tensor([[[[0.5, 1.0, 1.0, -0.0, 0.0, -2.0, -2.0, 1.0]]]])
+    blocks = classify_blocks(scores, kh=0.25, kl=0.25)  # 2 critical, 2 negligible of 8
+    assert blocks.critical.tolist() == [[[[1, 2]]]]
+    assert blocks.classes.tolist() == [[[[0, 1, 1, 0, 0, -1, -1, 0]]]]
+    ties = classify_blocks(torch.zeros(1, 1, 1, 8), kh=0.25, kl=0.25)
+    assert ties.classes.tolist() == [[[[1, 1, 0, 0, 0, 0, -1, -1]]]]

@@ -20,11 +20,13 @@ be compiled ahead of time (TensorRT plugin). The host wrappers below own allocat
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
-from lite3r.sla.reference import FEATURE_MAPS, LINEAR_EPS, MARGINAL, BlockMap
+from lite3r.sla.reference import FEATURE_MAPS, LINEAR_EPS, BlockMap, block_scores, classify_blocks
 
 
 
@@ -52,19 +54,40 @@ def _feature_map_grad(x, phi, dphi, FEATURE_MAP: tl.constexpr):
 
 
 @triton.jit
+def pool_kernel(
+    X, POOLED,
+    stride_xb, stride_xh, stride_xl,
+    num_heads, seq_len,
+    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Mean of each block of BLOCK tokens over its real tokens -> POOLED fp32 ``[BH, n_blocks, D]``."""
+    block = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // num_heads
+    h = bh % num_heads
+    rows = block * BLOCK + tl.arange(0, BLOCK)
+    dims = tl.arange(0, HEAD_DIM)
+    x = tl.load(X + b.to(tl.int64) * stride_xb + h * stride_xh + rows[:, None] * stride_xl + dims[None, :],
+                mask=rows[:, None] < seq_len, other=0.0)
+    count = tl.minimum(seq_len - block * BLOCK, BLOCK)
+    out = bh.to(tl.int64) * tl.cdiv(seq_len, BLOCK) + block
+    tl.store(POOLED + out * HEAD_DIM + dims, tl.sum(x.to(tl.float32), 0) / count)
+
+
+@triton.jit
 def key_state_kernel(
-    K, V, KV_STATE, K_STATE,
+    K, V, KV_STATE, K_STATE, POOLED_K,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     num_heads, seq_len,
     HEAD_DIM: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
 ):
-    """Per key block: ``S_j = phi(K_j)^T V_j`` -> KV_STATE ``[BH, nk, D*D]``, ``z_j`` -> K_STATE ``[BH, nk, D]``."""
+    """Per key block: ``S_j = phi(K_j)^T V_j`` -> KV_STATE ``[BH, nk, D*D]``, ``z_j = sum phi(K_j)`` -> K_STATE
+    ``[BH, nk, D]``, and the block's mean key (for the block map) -> POOLED_K fp32 ``[BH, nk, D]``."""
     kblock = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // num_heads
     h = bh % num_heads
-    num_kblocks = tl.cdiv(seq_len, BLOCK_K)
     keys = kblock * BLOCK_K + tl.arange(0, BLOCK_K)
     key_ok = keys < seq_len
     dims = tl.arange(0, HEAD_DIM)
@@ -72,12 +95,45 @@ def key_state_kernel(
                 mask=key_ok[:, None], other=0.0)
     v = tl.load(V + b.to(tl.int64) * stride_vb + h * stride_vh + keys[:, None] * stride_vl + dims[None, :],
                 mask=key_ok[:, None], other=0.0)
-    phi = tl.where(key_ok[:, None], _feature_map(k.to(tl.float32), FEATURE_MAP), 0.0)
-    kv = tl.dot(tl.trans(phi.to(v.dtype)), v)
-    state = (bh.to(tl.int64) * num_kblocks + kblock)
+    k32 = k.to(tl.float32)
+    phi = tl.where(key_ok[:, None], _feature_map(k32, FEATURE_MAP), 0.0)
+    kv = tl.dot(tl.trans(phi.to(KV_STATE.dtype.element_ty)), v.to(KV_STATE.dtype.element_ty))
+    state = (bh.to(tl.int64) * tl.cdiv(seq_len, BLOCK_K) + kblock)
     tl.store(KV_STATE + state * HEAD_DIM * HEAD_DIM + dims[:, None] * HEAD_DIM + dims[None, :],
              kv.to(KV_STATE.dtype.element_ty))
     tl.store(K_STATE + state * HEAD_DIM + dims, tl.sum(phi, 0))
+    tl.store(POOLED_K + state * HEAD_DIM + dims, tl.sum(k32, 0) / tl.minimum(seq_len - kblock * BLOCK_K, BLOCK_K))
+
+
+@triton.jit
+def marginal_sum_kernel(
+    CLASSES, STATE, OUT,
+    stride_cb, stride_cm, stride_ck,
+    rows, cols, depth,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """``OUT[b] = (CLASSES[b] == MARGINAL (0)) @ STATE[b]`` with fp32 accumulation and an fp32 result.
+
+    CLASSES is the int8 block map (its strides may describe a transpose), STATE ``[batch, depth, cols]`` and OUT
+    ``[batch, rows, cols]`` are contiguous. The mask is built in registers in STATE's dtype (exact 0/1).
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    batch = tl.program_id(2).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for start in range(0, depth, BLOCK_K):
+        ks = start + offs_k
+        classes = tl.load(CLASSES + batch * stride_cb + offs_m[:, None] * stride_cm + ks[None, :] * stride_ck,
+                          mask=(offs_m[:, None] < rows) & (ks[None, :] < depth), other=1)
+        state = tl.load(STATE + (batch * depth + ks[:, None]) * cols + offs_n[None, :],
+                        mask=(ks[:, None] < depth) & (offs_n[None, :] < cols), other=0.0)
+        # tl.where, not a bool cast: the interpreter casts bool to bf16 wrongly (bf16 is raw uint16 there).
+        acc += tl.dot(tl.where(classes == 0, 1.0, 0.0).to(state.dtype), state)
+    tl.store(OUT + (batch * rows + offs_m[:, None]) * cols + offs_n[None, :], acc,
+             mask=(offs_m[:, None] < rows) & (offs_n[None, :] < cols))
 
 
 @triton.jit
@@ -317,15 +373,10 @@ def _feature_code(feature_map: str) -> int:
 
 
 def _state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of the GEMM operands S_j and dM_i: bf16 for bf16 inputs (tensor-core GEMMs); fp16 could overflow
-    on these sums at long L, so fp16 inputs get fp32 (exact fp32 GEMMs: correct, slower). The GEMM results
-    M_i and dS_j are always fp32."""
+    """dtype of the per-block states S_j and dM_i that the marginal GEMMs read: bf16 for bf16 inputs; fp16
+    could overflow on these sums at long L, so fp16 inputs get fp32 (tf32 GEMMs). The GEMM results M_i and
+    dS_j are always fp32."""
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
-
-
-def _marginal_weights(blocks: BlockMap, dtype: torch.dtype) -> torch.Tensor:
-    """The block map as a 0/1 matrix ``[BH, nq, nk]`` that selects marginal key blocks in a GEMM."""
-    return (blocks.classes == MARGINAL).to(dtype).flatten(0, 1)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -334,28 +385,129 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(*order, 3).reshape(-1, x.shape[-1])
 
 
-def _bmm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Batched ``a @ b`` of half-precision operands with a float32 result, so sums over many blocks lose
-    nothing to output rounding. The interpreter (CPU) path upcasts instead."""
-    if a.is_cuda and a.dtype != torch.float32:
-        return torch.bmm(a, b, out_dtype=torch.float32)
-    return torch.bmm(a.float(), b.float())
+def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of half-precision matrices with a float32 result (tensor cores on CUDA; upcast elsewhere)."""
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()
 
 
-def marginal_states(
-    k: torch.Tensor, v: torch.Tensor, marginal: torch.Tensor, block_k: int, feature_map: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per query block, ``M_i = sum_marginal S_j`` (fp32 ``[BH, nq, D*D]``) and ``z_i`` (fp32 ``[BH, nq, D]``);
-    ``S_j`` is computed in ``marginal``'s dtype."""
+def pool(x: torch.Tensor, block: int) -> torch.Tensor:
+    """``reference.pool_blocks`` in one pass: fp32 ``[B, H, n_blocks, D]``."""
+    batch, heads, length, dim = x.shape
+    pooled = torch.empty(batch, heads, triton.cdiv(length, block), dim, device=x.device, dtype=torch.float32)
+    pool_kernel[(pooled.shape[2], batch * heads)](
+        x, pooled, *_strides(x), heads, length, HEAD_DIM=dim, BLOCK=block, num_warps=4
+    )
+    return pooled
+
+
+def key_states(k: torch.Tensor, v: torch.Tensor, block_k: int, feature_map: str) -> tuple[torch.Tensor, ...]:
+    """Per key block ``S_j`` ``[BH, nk, D*D]`` (``_state_dtype``), ``z_j`` fp32 ``[BH, nk, D]`` and the pooled
+    keys fp32 ``[B, H, nk, D]``."""
     batch, heads, length, dim = k.shape
     num_kblocks = triton.cdiv(length, block_k)
-    kv_state = torch.empty(batch * heads, num_kblocks, dim * dim, device=k.device, dtype=marginal.dtype)
-    k_state = torch.empty(batch * heads, num_kblocks, dim, device=k.device, dtype=torch.float32)
+    device = k.device
+    kv_block = torch.empty(batch * heads, num_kblocks, dim * dim, device=device, dtype=_state_dtype(k.dtype))
+    k_block = torch.empty(batch * heads, num_kblocks, dim, device=device, dtype=torch.float32)
+    pooled_k = torch.empty(batch, heads, num_kblocks, dim, device=device, dtype=torch.float32)
     key_state_kernel[(num_kblocks, batch * heads)](
-        k, v, kv_state, k_state, *_strides(k), *_strides(v), heads, length,
+        k, v, kv_block, k_block, pooled_k, *_strides(k), *_strides(v), heads, length,
         HEAD_DIM=dim, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map), num_warps=4,
     )
-    return _bmm_fp32(marginal, kv_state), torch.bmm(marginal.float(), k_state)
+    return kv_block, k_block, pooled_k
+
+
+def marginal_sum(classes: torch.Tensor, state: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """``(classes == MARGINAL) @ state`` per batch*head, or with the map transposed: fp32 ``[BH, rows, cols]``.
+
+    ``classes`` int8 ``[B, H, nq, nk]``; ``state`` contiguous ``[BH, nk, cols]`` (``[BH, nq, cols]`` transposed).
+    """
+    flat = classes.flatten(0, 1)
+    if transpose:
+        flat = flat.transpose(1, 2)
+    batch, rows, depth = flat.shape
+    cols = state.shape[-1]
+    out = torch.empty(batch, rows, cols, device=state.device, dtype=torch.float32)
+    block_n = min(128, triton.next_power_of_2(cols))
+    grid = (triton.cdiv(rows, 128), triton.cdiv(cols, block_n), batch)
+    marginal_sum_kernel[grid](
+        flat, state, out, *flat.stride(), rows, cols, depth,
+        BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=64, num_warps=8, num_stages=3,
+    )
+    return out
+
+
+class Precomputed(NamedTuple):
+    """What both passes derive from q, k, v before their main kernels."""
+
+    blocks: BlockMap
+    kv_state: torch.Tensor  # M_i, fp32 [BH, nq, D*D]
+    k_state: torch.Tensor  # z_i, fp32 [BH, nq, D]
+
+
+def precompute(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kh: float, kl: float, block_q: int, block_k: int,
+    feature_map: str,
+) -> Precomputed:
+    """Block map (pooling in Triton, classification shared with the reference) and marginal states."""
+    kv_block, k_block, pooled_k = key_states(k, v, block_k, feature_map)
+    blocks = classify_blocks(block_scores(pool(q, block_q), pooled_k), kh, kl)
+    return Precomputed(blocks, marginal_sum(blocks.classes, kv_block), marginal_sum(blocks.classes, k_block))
+
+
+def launch_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+    pre: Precomputed, block_q: int, block_k: int, feature_map: str,
+) -> torch.Tensor:
+    """The fused forward kernel alone."""
+    batch, heads, length, dim = q.shape
+    critical = pre.blocks.critical
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    forward_kernel[(triton.cdiv(length, block_q), batch * heads)](
+        q, k, v, out, critical, pre.kv_state, pre.k_state, weight.contiguous(), bias.contiguous(),
+        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+        heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
+        HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
+        **_launch_options(dim, block_q),
+    )
+    return out
+
+
+def sla_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+    kh: float, kl: float, block_q: int, block_k: int, feature_map: str,
+) -> torch.Tensor:
+    """SLA forward; ``q, k, v`` fp16/bf16 ``[B, H, L, D]`` (any strides), D in (64, 128)."""
+    q, k, v = (_with_unit_last_stride(x) for x in (q, k, v))
+    pre = precompute(q, k, v, kh, kl, block_q, block_k, feature_map)
+    return launch_forward(q, k, v, weight, bias, pre, block_q, block_k, feature_map)
+
+
+def launch_backward_query(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor,
+    bias: torch.Tensor, out: torch.Tensor, pre: Precomputed, block_q: int, block_k: int, feature_map: str,
+) -> tuple[torch.Tensor, ...]:
+    """``backward_query_kernel``: returns ``(dq, lse, delta, dM [BH, nq, D*D], dz [BH, nq, D], O_l)``."""
+    batch, heads, length, dim = q.shape
+    num_qblocks = triton.cdiv(length, block_q)
+    critical = pre.blocks.critical
+    device = q.device
+    dq = torch.empty(q.shape, device=device, dtype=q.dtype)
+    linear_out = torch.empty_like(dout)
+    lse = torch.empty(batch * heads, length, device=device, dtype=torch.float32)
+    delta = torch.empty(batch * heads, length, device=device, dtype=torch.float32)
+    d_kv = torch.empty(batch * heads, num_qblocks, dim * dim, device=device, dtype=_state_dtype(q.dtype))
+    d_k = torch.empty(batch * heads, num_qblocks, dim, device=device, dtype=torch.float32)
+    backward_query_kernel[(num_qblocks, batch * heads)](
+        q, k, v, out, dout, critical, pre.kv_state, pre.k_state, weight.contiguous(), bias.contiguous(),
+        dq, lse, delta, d_kv, d_k, linear_out,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(linear_out),
+        heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
+        HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
+        **_launch_options(dim, block_q),
+    )
+    return dq, lse, delta, d_kv, d_k, linear_out
 
 
 def critical_csr(critical: torch.Tensor, num_kblocks: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,107 +518,18 @@ def critical_csr(critical: torch.Tensor, num_kblocks: int) -> tuple[torch.Tensor
     """
     batch, heads, num_qblocks, n_critical = critical.shape
     device = critical.device
-    head = torch.arange(batch * heads, device=device).view(-1, 1, 1)
-    rows = (head * num_kblocks + critical.flatten(0, 1).long()).flatten()
-    qblocks = torch.arange(num_qblocks, device=device).view(1, -1, 1).expand(batch * heads, -1, n_critical)
+    head = torch.arange(batch * heads, device=device, dtype=torch.int32).view(-1, 1, 1)
+    rows = (head * num_kblocks + critical.flatten(0, 1)).flatten()
     sorted_rows, order = torch.sort(rows, stable=True)
-    offsets = torch.searchsorted(sorted_rows, torch.arange(batch * heads * num_kblocks + 1, device=device))
-    return offsets.to(torch.int32), qblocks.flatten()[order].to(torch.int32)
-
-
-def launch_forward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    critical: torch.Tensor,
-    kv_state: torch.Tensor,
-    k_state: torch.Tensor,
-    block_q: int,
-    block_k: int,
-    feature_map: str,
-) -> torch.Tensor:
-    """The fused forward kernel alone, given the LUT and the query blocks' marginal states."""
-    batch, heads, length, dim = q.shape
-    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    forward_kernel[(triton.cdiv(length, block_q), batch * heads)](
-        q, k, v, out, critical.contiguous(), kv_state, k_state, weight.contiguous(), bias.contiguous(),
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-        heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
-        HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        **_launch_options(dim, block_q),
-    )
-    return out
-
-
-def sla_forward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    blocks: BlockMap,
-    block_q: int,
-    block_k: int,
-    feature_map: str,
-) -> torch.Tensor:
-    """SLA forward: marginal states, then the fused kernel. ``q, k, v`` fp16/bf16 ``[B, H, L, D]``, D in (64, 128)."""
-    q, k, v = (_with_unit_last_stride(x) for x in (q, k, v))
-    marginal = _marginal_weights(blocks, _state_dtype(q.dtype))
-    kv_state, k_state = marginal_states(k, v, marginal, block_k, feature_map)
-    return launch_forward(q, k, v, weight, bias, blocks.critical, kv_state, k_state, block_q, block_k, feature_map)
-
-
-def launch_backward_query(
-    dout: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    out: torch.Tensor,
-    critical: torch.Tensor,
-    kv_state: torch.Tensor,
-    k_state: torch.Tensor,
-    block_q: int,
-    block_k: int,
-    feature_map: str,
-) -> tuple[torch.Tensor, ...]:
-    """``backward_query_kernel``: returns ``(dq, lse, delta, dM [BH, nq, D*D], dz [BH, nq, D], O_l)``."""
-    batch, heads, length, dim = q.shape
-    num_qblocks = triton.cdiv(length, block_q)
-    device = q.device
-    dq = torch.empty(q.shape, device=device, dtype=q.dtype)
-    linear_out = torch.empty_like(dout, dtype=torch.float32)
-    lse = torch.empty(batch * heads, length, device=device, dtype=torch.float32)
-    delta = torch.empty(batch * heads, length, device=device, dtype=torch.float32)
-    d_kv = torch.empty(batch * heads, num_qblocks, dim * dim, device=device, dtype=_state_dtype(q.dtype))
-    d_k = torch.empty(batch * heads, num_qblocks, dim, device=device, dtype=torch.float32)
-    backward_query_kernel[(num_qblocks, batch * heads)](
-        q, k, v, out, dout, critical.contiguous(), kv_state, k_state, weight.contiguous(), bias.contiguous(),
-        dq, lse, delta, d_kv, d_k, linear_out,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(linear_out),
-        heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
-        HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        **_launch_options(dim, block_q),
-    )
-    return dq, lse, delta, d_kv, d_k, linear_out
+    all_rows = torch.arange(batch * heads * num_kblocks + 1, device=device, dtype=torch.int32)
+    offsets = torch.searchsorted(sorted_rows, all_rows, out_int32=True)
+    return offsets, (order // n_critical % num_qblocks).to(torch.int32)
 
 
 def launch_backward_key(
-    dout: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    lse: torch.Tensor,
-    delta: torch.Tensor,
-    csr: tuple[torch.Tensor, torch.Tensor],
-    d_kv: torch.Tensor,
-    d_k: torch.Tensor,
-    block_q: int,
-    block_k: int,
-    feature_map: str,
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
+    delta: torch.Tensor, csr: tuple[torch.Tensor, torch.Tensor], d_kv: torch.Tensor, d_k: torch.Tensor,
+    block_q: int, block_k: int, feature_map: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``backward_key_kernel``: ``(dk, dv)`` from the CSR-transposed LUT and the key blocks' ``dS_j, dz_j``."""
     batch, heads, length, dim = q.shape
@@ -484,29 +547,20 @@ def launch_backward_key(
 
 
 def sla_backward(
-    dout: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    out: torch.Tensor,
-    blocks: BlockMap,
-    block_q: int,
-    block_k: int,
-    feature_map: str,
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor,
+    bias: torch.Tensor, out: torch.Tensor, kh: float, kl: float, block_q: int, block_k: int, feature_map: str,
 ) -> tuple[torch.Tensor, ...]:
     """Gradients ``(dq, dk, dv, dweight, dbias)`` of ``sla_forward``; ``out`` is its saved output."""
     q, k, v, out, dout = (_with_unit_last_stride(x) for x in (q, k, v, out, dout))
-    marginal = _marginal_weights(blocks, _state_dtype(q.dtype))
-    kv_state, k_state = marginal_states(k, v, marginal, block_k, feature_map)
+    pre = precompute(q, k, v, kh, kl, block_q, block_k, feature_map)
+    options = (block_q, block_k, feature_map)
     dq, lse, delta, d_kv_query, d_k_query, linear_out = launch_backward_query(
-        dout, q, k, v, weight, bias, out, blocks.critical, kv_state, k_state, block_q, block_k, feature_map
+        dout, q, k, v, weight, bias, out, pre, *options
     )
-    d_kv_key = _bmm_fp32(marginal.transpose(1, 2), d_kv_query)
-    d_k_key = torch.bmm(marginal.transpose(1, 2).float(), d_k_query)
-    csr = critical_csr(blocks.critical, blocks.classes.shape[-1])
-    dk, dv = launch_backward_key(dout, q, k, v, lse, delta, csr, d_kv_key, d_k_key, block_q, block_k, feature_map)
-    dweight = (_rows(dout).t().float() @ _rows(linear_out)).to(weight.dtype)
+    d_kv_key = marginal_sum(pre.blocks.classes, d_kv_query, transpose=True)
+    d_k_key = marginal_sum(pre.blocks.classes, d_k_query, transpose=True)
+    csr = critical_csr(pre.blocks.critical, pre.blocks.classes.shape[-1])
+    dk, dv = launch_backward_key(dout, q, k, v, lse, delta, csr, d_kv_key, d_k_key, *options)
+    dweight = _matmul_fp32(_rows(dout).t(), _rows(linear_out)).to(weight.dtype)
     dbias = dout.sum(dim=(0, 1, 2), dtype=torch.float32).to(bias.dtype)
     return dq, dk, dv, dweight, dbias

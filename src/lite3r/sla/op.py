@@ -70,8 +70,7 @@ def _sparse_linear_attention(
     if resolve_backend(backend, q) == "triton":
         from lite3r.sla import kernels
 
-        blocks = reference.block_map(q, k, kh, kl, block_q, block_k)
-        return kernels.sla_forward(q, k, v, weight, bias, blocks, block_q, block_k, feature_map)
+        return kernels.sla_forward(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map)
     return reference.sparse_linear_attention_reference(
         q, k, v, weight, bias, kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map
     ).contiguous()
@@ -101,8 +100,7 @@ def _sparse_linear_attention_backward(
     if resolve_backend(backend, q) == "triton":
         from lite3r.sla import kernels
 
-        blocks = reference.block_map(q, k, kh, kl, block_q, block_k)
-        return kernels.sla_backward(grad, q, k, v, weight, bias, out, blocks, block_q, block_k, feature_map)
+        return kernels.sla_backward(grad, q, k, v, weight, bias, out, kh, kl, block_q, block_k, feature_map)
 
     def forward(*inputs):
         return reference.sparse_linear_attention_reference(

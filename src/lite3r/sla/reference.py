@@ -75,23 +75,41 @@ def pool_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     return torch.cat(parts, dim=-2)
 
 
-@torch.no_grad()
-def block_map(q: torch.Tensor, k: torch.Tensor, kh: float, kl: float, block_q: int, block_k: int) -> BlockMap:
-    """Classify key blocks per query block by ``softmax(pool(q) pool(k)^T / sqrt(D))``.
+def block_scores(pooled_q: torch.Tensor, pooled_k: torch.Tensor) -> torch.Tensor:
+    """``pool(q) pool(k)^T / sqrt(D)``: the logits of P, ``[B, H, nq, nk]``."""
+    return pooled_q @ pooled_k.transpose(-1, -2) / math.sqrt(pooled_q.shape[-1])
 
-    Softmax is monotone, so ranking the scores ranks P without the ties that float underflow of P would
-    create. Ties between equal scores go to the lower key-block index (stable sort).
+
+def _rank_keys(scores: torch.Tensor) -> torch.Tensor:
+    """Unique int64 keys that order each row by float32 score, ties going to the lower key-block index (ONNX
+    TopK's rule): the float's bits made order-preserving as an int32, above the reversed index."""
+    bits = (scores.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # int32 order == float order
+    reversed_index = torch.arange(scores.shape[-1] - 1, -1, -1, device=scores.device)
+    return (ordered.to(torch.int64) << 32) | reversed_index
+
+
+@torch.no_grad()
+def classify_blocks(scores: torch.Tensor, kh: float, kl: float) -> BlockMap:
+    """Per query block, the ``n_critical`` highest-scoring key blocks are critical and the ``n_negligible``
+    lowest negligible (``block_counts``), ranking in float32 with ties to the lower key-block index.
+
+    Softmax is monotone, so ranking the logits ranks P without the ties that float underflow of P would create.
     """
-    scores = pool_blocks(q, block_q) @ pool_blocks(k, block_k).transpose(-1, -2)
     num_key_blocks = scores.shape[-1]
     n_critical, n_negligible = block_counts(num_key_blocks, kh, kl)
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
-    by_rank = torch.full((num_key_blocks,), MARGINAL, dtype=torch.int8, device=q.device)
-    by_rank[:n_critical] = CRITICAL
-    by_rank[num_key_blocks - n_negligible :] = NEGLIGIBLE
-    classes = torch.empty_like(order, dtype=torch.int8).scatter_(-1, order, by_rank.expand_as(order))
-    critical = order[..., :n_critical].sort(dim=-1).values.to(torch.int32)
-    return BlockMap(classes, critical)
+    keys = _rank_keys(scores)
+    critical = keys.topk(n_critical, dim=-1).indices
+    classes = torch.full_like(scores, MARGINAL, dtype=torch.int8)
+    classes.scatter_(-1, critical, CRITICAL)
+    if n_negligible:
+        classes.scatter_(-1, keys.topk(n_negligible, dim=-1, largest=False).indices, NEGLIGIBLE)
+    return BlockMap(classes, critical.sort(dim=-1).values.to(torch.int32))
+
+
+def block_map(q: torch.Tensor, k: torch.Tensor, kh: float, kl: float, block_q: int, block_k: int) -> BlockMap:
+    """Classify key blocks per query block by ``softmax(pool(q) pool(k)^T / sqrt(D))`` (``classify_blocks``)."""
+    return classify_blocks(block_scores(pool_blocks(q, block_q), pool_blocks(k, block_k)), kh, kl)
 
 
 def _pad_to_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
