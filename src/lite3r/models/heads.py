@@ -83,7 +83,8 @@ class DPTHead(nn.Module):
     Each layer's patch tokens become a feature map at 1/14 resolution, are projected and resized to 4x, 2x, 1x
     and 1/2x, fused coarse-to-fine (RefineNet blocks), upsampled to the image size and mapped to
     ``output_dim`` channels: ``output_dim - 1`` values (``activation``) and one confidence (``1 + exp``).
-    Frames are processed ``frames_chunk_size`` at a time to bound the memory of the full-resolution maps.
+    Frames are processed ``frames_chunk_size`` at a time to bound the memory of the full-resolution maps, except
+    under ``torch.export`` (ONNX export), where all frames go through at once.
     ``feature_only`` builds the track head's variant (wider ``output_conv1``, no output convolution).
     """
 
@@ -152,6 +153,9 @@ class DPTHead(nn.Module):
         if self.feature_only:
             raise NotImplementedError("this DPT head only extracts track features, which lite3r does not run")
         S = layers[self.layers[0]].shape[1]
+        if torch.compiler.is_exporting():
+            # An exported graph must not loop over frames: the frame count is a dynamic axis there.
+            return self._predict(layers, image_size, patch_start_idx, 0, S)
         chunks = [
             self._predict(layers, image_size, patch_start_idx, start, min(start + frames_chunk_size, S))
             for start in range(0, S, frames_chunk_size)
@@ -235,9 +239,10 @@ _MAX_INTERPOLATE_ELEMENTS = 1_610_612_736  # the official bound; larger outputs 
 
 
 def _interpolate(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize with aligned corners, split along the batch when the output would be too large."""
+    """Bilinear resize with aligned corners, split along the batch when the output would be too large (not in
+    an exported graph, where the batch holds the dynamic frame axis and the split would bound it)."""
     n_chunks = size[0] * size[1] * x.shape[0] * x.shape[1] // _MAX_INTERPOLATE_ELEMENTS + 1
-    if n_chunks == 1:
+    if torch.compiler.is_exporting() or n_chunks == 1:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
     chunks = x.chunk(n_chunks, dim=0)
     return torch.cat([F.interpolate(c, size=size, mode="bilinear", align_corners=True) for c in chunks])

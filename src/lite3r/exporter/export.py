@@ -1,0 +1,256 @@
+"""``export_onnx``: a lite3r VGGT (teacher or SLA student, optionally FP8) as one ONNX model with the deployment
+contract: input ``images [1, S, 3, H, W]`` (S dynamic), the five VGGT outputs, one ``lite3r::SparseLinearAttention``
+node per SLA layer plus its model-local functions, FP8 Q/DQ from ``quant_state.json``. docs/exporter.md has the
+decisions and measurements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import onnx
+import torch
+from torch import nn
+
+from lite3r._io import check_writable_dir, staged_output
+from lite3r.calibration.state import QuantStateError, read_quant_state, validate_quant_state
+from lite3r.exporter import graph_passes, sla_onnx
+from lite3r.exporter.qdq import insert_fp8_qdq
+from lite3r.exporter.sla_onnx import SLAExportError, SLAOptions
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
+FRAMES = "frames"  # dim_param of the frame axis
+OPSETS = (19, 20, 21)  # FP8 Q/DQ need 19; onnxruntime >= 1.20 and TensorRT 10 read up to 21
+# Protobuf cannot serialise 2 GiB; above this much tensor data the weights go to ``<name>.data``.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+class ExportError(ValueError):
+    """The model or the export options cannot give a valid ONNX model."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What ``export_onnx`` wrote."""
+
+    path: Path
+    external_data: Path | None  # the weights file, when the model is too large for one protobuf
+    opset: int
+    image_size: tuple[int, int]
+    nodes: int  # top-level graph nodes (an SLA node counts one)
+    sla_nodes: int
+    qdq_pairs: int  # activation Q->DQ pairs plus FP8 weight->DQ pairs
+    file_bytes: int  # model plus external data
+    seconds: float
+
+    def summary(self) -> str:
+        data = f" + {self.external_data.name}" if self.external_data else ""
+        return (
+            f"{self.path}{data}: {self.file_bytes / 2**20:.1f} MiB, opset {self.opset}, images [1, S, 3, "
+            f"{self.image_size[0]}, {self.image_size[1]}], {self.nodes} nodes, {self.sla_nodes} SLA nodes, "
+            f"{self.qdq_pairs} FP8 Q/DQ pairs, exported in {self.seconds:.1f} s"
+        )
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    image_size: int | tuple[int, int] = 518,
+    example_frames: int = 2,
+    quant_state: dict[str, Any] | str | os.PathLike | None = None,
+    opset: int = 21,
+    simplify: bool = True,
+) -> ExportReport:
+    """Export ``model`` (float32 VGGT, dense or SLA) to ``path``; nothing is written unless the whole export and
+    ``onnx.checker`` (full check) succeed.
+
+    ``image_size``: H, W fixed in the graph (multiples of the patch size). ``example_frames``: the frame count
+    traced (the frame axis stays dynamic). ``quant_state``: a ``quant_state.json`` path or dict; its linears get
+    FP8 Q/DQ. ``simplify``: constant folding and graph simplification (the exporter's onnxscript optimizer).
+    """
+    started = time.perf_counter()
+    path = Path(path)
+    size = _check_image_size(model, image_size)
+    if not isinstance(example_frames, int) or example_frames < 2:
+        raise ExportError(f"example_frames must be an integer >= 2 (frame 0 is special in VGGT); got {example_frames!r}")
+    if opset not in OPSETS:
+        raise ExportError(f"opset must be one of {OPSETS} (FP8 Q/DQ need 19); got {opset!r}")
+    _check_model(model)
+    state = _quant_state(model, quant_state)
+    options = _sla_options(model)
+    check_writable_dir(path.parent)  # fail now, not after minutes of tracing
+
+    proto = _trace(model, size, example_frames, opset, simplify)
+    if options is not None:
+        proto.functions.extend(sla_onnx.sla_functions(options, opset))
+        if not any(o.domain == sla_onnx.DOMAIN for o in proto.opset_import):
+            proto.opset_import.append(onnx.helper.make_opsetid(sla_onnx.DOMAIN, 1))
+    qdq_pairs = insert_fp8_qdq(proto, state) if state is not None else 0
+    nodes = len(proto.graph.node)
+    sla_nodes = sum(n.domain == sla_onnx.DOMAIN and n.op_type == sla_onnx.SLA_OP for n in proto.graph.node)
+    external = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES
+
+    with staged_output(path.parent) as stage:
+        target = stage / path.name
+        data_name = f"{path.name}.data"
+        onnx.save_model(proto, target, save_as_external_data=external, location=data_name, size_threshold=1024)
+        del proto
+        try:
+            onnx.checker.check_model(str(target), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"the exported model fails onnx.checker: {str(e).splitlines()[0]}") from None
+        file_bytes = sum(f.stat().st_size for f in stage.iterdir())
+    return ExportReport(
+        path=path,
+        external_data=path.with_name(data_name) if external else None,
+        opset=opset,
+        image_size=size,
+        nodes=nodes,
+        sla_nodes=sla_nodes,
+        qdq_pairs=qdq_pairs,
+        file_bytes=file_bytes,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _check_image_size(model: nn.Module, image_size: int | tuple[int, int]) -> tuple[int, int]:
+    patch = getattr(getattr(model, "config", None), "patch_size", 14)
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 and s % patch == 0 for s in size):
+        hint = "x".join(str(max(patch, round(s / patch) * patch)) for s in size if isinstance(s, (int, float)))
+        raise ExportError(
+            f"image_size must be (H, W) with positive multiples of the patch size {patch}; got {image_size!r}"
+            + (f" (nearest: {hint})" if len(size) == 2 and hint.count("x") == 1 else "")
+        )
+    return size  # type: ignore[return-value]
+
+
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"export_onnx takes a torch.nn.Module (e.g. lite3r.load_model('vggt')); got {type(model).__name__}")
+    if any(type(m).__module__.startswith("modelopt") for m in model.modules()):
+        raise ExportError(
+            "the model carries ModelOpt fake quantizers; export the float model and pass quant_state= "
+            "(lite3r.calibration.quant_state(quantized_model)) to get FP8 Q/DQ"
+        )
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes != {torch.float32}:
+        raise ExportError(f"export a float32 model (model.float()); its parameters are {sorted(map(str, dtypes))}")
+
+
+def _quant_state(model: nn.Module, quant_state: dict[str, Any] | str | os.PathLike | None) -> dict | None:
+    """The validated quant state, checked against the model's modules before any tracing."""
+    if quant_state is None:
+        return None
+    state = (validate_quant_state(quant_state) if isinstance(quant_state, dict) else read_quant_state(quant_state))
+    modules = dict(model.named_modules())
+    sla_cores = [name for name, m in modules.items() if isinstance(m, _sla_core_class())]
+    for entry in state["quantizers"]:
+        name = entry["module"]
+        if not isinstance(modules.get(name), nn.Linear):
+            raise QuantStateError(
+                f"quant state names {name!r}, which is not an nn.Linear layer of this model "
+                "(a quant state of another model or architecture?)"
+            )
+        if any(name.startswith(f"{core}.") for core in sla_cores):
+            raise QuantStateError(f"quant state names {name!r}, inside an SLA core: SLA nodes run unquantized")
+    return state
+
+
+def _sla_core_class() -> type:
+    from lite3r.sla.module import SparseLinearAttention
+
+    return SparseLinearAttention
+
+
+def _sla_options(model: nn.Module) -> SLAOptions | None:
+    cores = [m for m in model.modules() if isinstance(m, _sla_core_class())]
+    found = {SLAOptions(m.kh, m.kl, m.block_q, m.block_k, m.feature_map) for m in cores}
+    if len(found) > 1:
+        raise SLAExportError(
+            f"all SLA layers of an exported model must share one option set (kh, kl, block_q, block_k, "
+            f"feature_map); this model has {len(found)}: {sorted(found)}"
+        )
+    options = next(iter(found), None)
+    if options is not None:
+        sla_onnx.count_fractions(options.kh, options.kl)  # an inexact kh/kl fails here, before tracing
+    return options
+
+
+def _trace(model: nn.Module, size: tuple[int, int], frames: int, opset: int, simplify: bool) -> onnx.ModelProto:
+    """torch.export with a dynamic frame axis (an error, not a silent static graph, if the code specialises it),
+    then the ONNX translation with the SLA op mapped to one custom node."""
+    from torch.fx.experimental import _config as fx_config
+
+    device = next(model.parameters()).device
+    images = torch.rand(1, frames, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        # Size-oblivious guards: "is S - 1 == 1" (true at 2 traced frames) must not turn S into a constant.
+        with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
+            try:
+                program = torch.export.export(
+                    model, (images,), dynamic_shapes={"images": {1: torch.export.Dim(FRAMES, min=2)}}, strict=False
+                )
+            except torch._dynamo.exc.UserError as e:
+                raise ExportError(f"the frame axis cannot stay dynamic: {str(e).strip().splitlines()[0]}") from None
+        keys = list(program.call_spec.out_spec.context)
+        if sorted(keys) != sorted(OUTPUT_NAMES):
+            raise ExportError(f"the model must return a dict with keys {OUTPUT_NAMES}; it returns {keys}")
+        with _sla_schema():
+            onnx_program = torch.onnx.export(
+                program, (images,), dynamo=True, input_names=[INPUT_NAME], output_names=keys, opset_version=opset,
+                custom_translation_table={torch.ops.lite3r.sparse_linear_attention.default: _translate_sla},
+                optimize=simplify, verbose=False,
+            )  # fmt: skip
+    finally:
+        model.train(was_training)
+    proto = onnx_program.model_proto
+    graph_passes.name_axis(proto.graph, proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param, FRAMES)
+    graph_passes.float64_to_float32(proto.graph)
+    ordered = sorted(proto.graph.output, key=lambda o: OUTPUT_NAMES.index(o.name))
+    ordered = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in ordered]
+    del proto.graph.output[:]
+    proto.graph.output.extend(ordered)  # the contract's order, whatever the model's dict order
+    return proto
+
+
+def _translate_sla(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map, backend):
+    """``torch.ops.lite3r.sparse_linear_attention`` -> one ``lite3r::SparseLinearAttention`` node (``backend`` is a
+    PyTorch dispatch choice and has no ONNX meaning)."""
+    from onnxscript.values import Opset
+
+    attributes = SLAOptions(kh, kl, block_q, block_k, feature_map).node_attributes(int(q.shape[-1]))
+    return Opset(sla_onnx.DOMAIN, 1).SparseLinearAttention(q, k, v, weight, bias, **attributes)
+
+
+@contextlib.contextmanager
+def _sla_schema() -> Iterator[None]:
+    """Register the node's ONNX schema while the exporter runs: onnxscript only emits ops it has a schema for."""
+    from onnx import defs
+
+    if defs.has(sla_onnx.SLA_OP, sla_onnx.DOMAIN):
+        yield
+        return
+    param = defs.OpSchema.FormalParameter
+    attr = defs.OpSchema.Attribute
+    schema = defs.OpSchema(
+        sla_onnx.SLA_OP, sla_onnx.DOMAIN, 1,
+        inputs=[param(name, "T") for name in sla_onnx.SLA_INPUTS],
+        outputs=[param("out", "T")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "q, k, v, out")],
+        attributes=[attr(name, getattr(defs.OpSchema.AttrType, kind), "") for name, kind in sla_onnx.SLA_ATTRIBUTES.items()],
+    )  # fmt: skip
+    defs.register_schema(schema)
+    try:
+        yield
+    finally:
+        defs.deregister_schema(sla_onnx.SLA_OP, 1, sla_onnx.DOMAIN)

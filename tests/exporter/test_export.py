@@ -1,0 +1,179 @@
+"""``export_onnx`` on an SLA student of vggt-tiny: the ONNX contract, onnxruntime against PyTorch (also at other
+frame counts than the traced one), FP8 Q/DQ against ModelOpt's fake quantization, and bad inputs."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import lite3r
+from lite3r._io import OutputError
+from lite3r.calibration import QuantStateError
+from lite3r.data import make_scene
+from lite3r.exporter import ExportError, SLAExportError, export_onnx
+from lite3r.sla import SparseLinearAttention
+
+OUTPUTS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
+IMAGE_SIZE = (112, 112)  # as in conftest; asserted against the reports below
+
+
+def dims(info: onnx.ValueInfoProto) -> list:
+    return [d.dim_param or d.dim_value for d in info.type.tensor_type.shape.dim]
+
+
+def run_onnx(path, images: torch.Tensor) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(zip(OUTPUTS, session.run(list(OUTPUTS), {"images": images.numpy()})))
+
+
+def run_torch(model, images: torch.Tensor) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        return {k: v.numpy() for k, v in model(images).items()}
+
+
+@pytest.mark.slow
+def test_student_graph_follows_the_contract(student, float_export):
+    model = onnx.load(float_export.path)
+    onnx.checker.check_model(model, full_check=True)
+    height, width = IMAGE_SIZE
+    assert float_export.image_size == IMAGE_SIZE
+    assert [(i.name, dims(i)) for i in model.graph.input] == [("images", [1, "frames", 3, height, width])]
+    assert [(o.name, dims(o)) for o in model.graph.output] == [
+        ("pose_enc", [1, "frames", 9]),
+        ("depth", [1, "frames", height, width, 1]),
+        ("depth_conf", [1, "frames", height, width]),
+        ("world_points", [1, "frames", height, width, 3]),
+        ("world_points_conf", [1, "frames", height, width]),
+    ]
+    sla = [n for n in model.graph.node if n.domain == "lite3r"]
+    converted = [m for m in student.modules() if isinstance(m, SparseLinearAttention)]
+    assert len(sla) == len(converted) == 6 == float_export.sla_nodes
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in sla[0].attribute}
+    assert attributes == pytest.approx(
+        {"kh": 0.3, "kl": 0.3, "block_q": 64, "block_k": 64, "feature_map": b"softmax", "scale": 16**-0.5,
+         "plugin_namespace": b"lite3r"}  # fmt: skip
+    )
+    assert [list(n.input)[3:] for n in sla][0] == [
+        "aggregator.frame_blocks.0.attn.core.proj_lin.weight", "aggregator.frame_blocks.0.attn.core.proj_lin.bias"
+    ]  # fmt: skip
+    assert sorted((f.domain, f.name) for f in model.functions) == [
+        ("lite3r", "SparseLinearAttention"), ("lite3r", "SparseLinearAttentionCore")
+    ]  # fmt: skip
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert not {"Loop", "If", "Scan", "SequenceConstruct"} & ops.keys()  # no frame loops left in the graph
+    tensors = [*model.graph.initializer, *(a.t for n in model.graph.node for a in n.attribute if a.t.dims)]
+    assert all(t.data_type != onnx.TensorProto.DOUBLE for t in tensors)
+    assert float_export.nodes == len(model.graph.node) and float_export.qdq_pairs == 0
+    assert float_export.external_data is None and float_export.file_bytes == float_export.path.stat().st_size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frames", [2, 3, 4])
+def test_onnxruntime_matches_the_pytorch_student(student, float_export, frames):
+    """Traced at 2 frames; at 3 and 4 the global layers' block maps have all three block classes."""
+    images = make_scene(frames, *IMAGE_SIZE, seed=10 + frames).images[None]
+    expected, actual = run_torch(student, images), run_onnx(float_export.path, images)
+    for name in OUTPUTS:  # float32 end to end; only the order of sums differs
+        np.testing.assert_allclose(actual[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_fp8_graph_quantizes_the_calibrated_linears(fp8_student, fp8_export):
+    _, state = fp8_student
+    model = onnx.load(fp8_export.path)
+    onnx.checker.check_model(model, full_check=True)
+    modules = {e["module"] for e in state["quantizers"]}
+    assert fp8_export.qdq_pairs == len(state["quantizers"]) == 2 * len(modules)
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert ops["QuantizeLinear"] == len(modules) and ops["DequantizeLinear"] == 2 * len(modules)
+    fp8_weights = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT8E4M3FN and t.dims}
+    assert fp8_weights == {f"{m}.weight_fp8" for m in modules}
+    producers = {out: n for n in model.graph.node for out in n.output}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and any(i.endswith("quantizer.dq") for i in node.input):
+            activation, weight = (producers[i] for i in node.input)
+            assert activation.op_type == weight.op_type == "DequantizeLinear"
+            assert producers[activation.input[0]].op_type == "QuantizeLinear"
+            assert weight.input[0] in fp8_weights
+    assert sum(n.op_type == "MatMul" and n.input[1].endswith("weight_quantizer.dq") for n in model.graph.node) == len(modules)
+    assert fp8_export.sla_nodes == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frames", [2, 3])
+def test_fp8_onnxruntime_matches_modelopt_fake_quantization(student, fp8_student, fp8_export, frames):
+    quantized, _ = fp8_student
+    images = make_scene(frames, *IMAGE_SIZE, seed=20 + frames).images[None]
+    fake_quant, actual, full_precision = run_torch(quantized, images), run_onnx(fp8_export.path, images), run_torch(student, images)
+    for name in OUTPUTS:
+        # Same FP8 grid; QuantizeLinear divides by amax/448 where ModelOpt multiplies by 448/amax.
+        np.testing.assert_allclose(actual[name], fake_quant[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    # ... and FP8 really changes the result: the camera head reads the quantized trunk directly.
+    assert np.abs(full_precision["pose_enc"] - fake_quant["pose_enc"]).max() > 1e-2
+
+
+# --- bad inputs: one-line errors before any tracing, and no file -----------------------------------------------
+
+
+def _fails(tmp_path, model, error, match, **options):
+    path = tmp_path / "out" / "model.onnx"
+    with pytest.raises(error, match=match) as info:
+        export_onnx(model, path, **{"image_size": IMAGE_SIZE, **options})
+    assert "\n" not in str(info.value)
+    assert not path.exists() and not path.with_name("model.onnx.data").exists()
+
+
+@pytest.mark.parametrize(
+    "size, match",
+    [((112, 100), r"multiples of the patch size 14; got \(112, 100\) \(nearest: 112x98\)"),
+     (0, r"got 0"), ((112,), r"got \(112,\)")],
+)  # fmt: skip
+def test_image_size_must_be_patch_multiples(tmp_path, tiny, size, match):
+    _fails(tmp_path, tiny, ExportError, match, image_size=size)
+
+
+def test_bad_frames_and_opset(tmp_path, tiny):
+    _fails(tmp_path, tiny, ExportError, r"example_frames must be an integer >= 2", example_frames=1)
+    _fails(tmp_path, tiny, ExportError, r"opset must be one of \(19, 20, 21\) \(FP8 Q/DQ need 19\); got 18", opset=18)
+
+
+def test_unwritable_path(tmp_path, tiny):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match="cannot create output folder"):
+        export_onnx(tiny, tmp_path / "file" / "model.onnx", image_size=IMAGE_SIZE)
+
+
+def _state(module: str) -> dict:
+    entry = {"module": module, "format": "e4m3", "num_bits": [4, 3], "axis": None, "amax": 1.0}
+    return {"format": "lite3r.quant_state", "version": 1, "quantizers": [{**entry, "tensor": "input"}]}
+
+
+def test_quant_state_must_match_the_model(tmp_path, student):
+    _fails(tmp_path, student, QuantStateError, r"names 'aggregator\.frame_blocks\.9\.attn\.qkv', which is not an "
+           r"nn\.Linear layer of this model", quant_state=_state("aggregator.frame_blocks.9.attn.qkv"))  # fmt: skip
+    _fails(tmp_path, student, QuantStateError, r"inside an SLA core: SLA nodes run unquantized",
+           quant_state=_state("aggregator.global_blocks.0.attn.core.proj_lin"))  # fmt: skip
+    _fails(tmp_path, student, QuantStateError, r"quant state not found: .*missing\.json",
+           quant_state=tmp_path / "missing.json")  # fmt: skip
+
+
+def test_sla_options_must_be_one_exact_set(tmp_path, tiny):
+    mixed = lite3r.convert_to_sla(tiny, layers="global", kh=0.3)
+    mixed = lite3r.convert_to_sla(mixed, layers=lambda name, m: ".frame_blocks." in name, kh=0.2)
+    _fails(tmp_path, mixed, SLAExportError, r"must share one option set .* this model has 2")
+    _fails(tmp_path, lite3r.convert_to_sla(tiny, kh=0.1 + 1e-12), SLAExportError, r"no exact small fraction")
+
+
+def test_model_must_be_float32(tmp_path, tiny):
+    _fails(tmp_path, tiny.half(), ExportError, r"export a float32 model \(model\.float\(\)\)")
+
+
+@pytest.mark.slow  # calibration; shared with the FP8 tests
+def test_fake_quantized_model_is_refused(tmp_path, fp8_student):
+    _fails(tmp_path, fp8_student[0], ExportError, r"carries ModelOpt fake quantizers; export the float model and "
+           r"pass quant_state=")  # fmt: skip

@@ -1,0 +1,73 @@
+"""FP8 Q/DQ insertion on small hand-made graphs, against an FP8 round trip computed in PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from lite3r.calibration import QuantStateError
+from lite3r.exporter.qdq import insert_fp8_qdq
+
+RNG = np.random.default_rng(0)
+WEIGHT = RNG.standard_normal((3, 4)).astype(np.float32)  # nn.Linear(4, 3).weight: [out, in]
+
+
+def linear_graph(transposed_initializer: bool) -> onnx.ModelProto:
+    """``y = x @ W^T`` tagged like the PyTorch exporter tags module ``head.fc``: either with the folded ``W^T``
+    initializer (simplified export) or with ``Transpose(W)`` in the graph (``simplify=False``)."""
+    if transposed_initializer:
+        nodes, inits = [], [numpy_helper.from_array(WEIGHT.T.copy(), "w_t")]
+    else:
+        nodes, inits = [helper.make_node("Transpose", ["w"], ["w_t"], perm=[1, 0])], [numpy_helper.from_array(WEIGHT, "w")]
+    matmul = helper.make_node("MatMul", ["x", "w_t"], ["y"])
+    matmul.metadata_props.add(key="pkg.torch.onnx.name_scopes", value="['', 'head', 'head.fc', 'linear']")
+    graph = helper.make_graph(
+        [*nodes, matmul], "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 3])], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def state(input_amax, weight_amax, module="head.fc"):
+    def entry(tensor, amax):
+        axis = 0 if isinstance(amax, list) else None
+        return {"module": module, "tensor": tensor, "format": "e4m3", "num_bits": [4, 3], "axis": axis, "amax": amax}
+
+    return {"quantizers": [entry("input", input_amax), entry("weight", weight_amax)]}
+
+
+def fp8_round_trip(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (x / scale).clamp(-448, 448).to(torch.float8_e4m3fn).float() * scale
+
+
+@pytest.mark.parametrize("transposed_initializer", [True, False])
+@pytest.mark.parametrize("weight_amax", [2.0, [1.5, 2.5, 0.75]])
+def test_qdq_linear_matches_fp8_round_trip(transposed_initializer, weight_amax):
+    model = linear_graph(transposed_initializer)
+    assert insert_fp8_qdq(model, state(3.0, weight_amax)) == 2
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 2
+    [fp8] = [t for t in model.graph.initializer if t.data_type == TensorProto.FLOAT8E4M3FN and t.dims]
+    assert fp8.name == "head.fc.weight_fp8" and "w" not in {t.name for t in model.graph.initializer}
+
+    x = torch.from_numpy(RNG.uniform(-4, 4, (5, 4)).astype(np.float32))  # beyond amax: saturates at 448
+    (y,) = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x.numpy()})
+    weight_scale = torch.tensor(weight_amax, dtype=torch.float32).reshape(-1, 1) / 448
+    expected = fp8_round_trip(x, torch.tensor(3.0) / 448) @ fp8_round_trip(torch.from_numpy(WEIGHT), weight_scale).T
+    np.testing.assert_allclose(y, expected.numpy(), rtol=1e-6, atol=1e-6)
+    assert np.abs(y - x.numpy() @ WEIGHT.T).max() > 1e-3  # the FP8 rounding is really there
+
+
+def test_unknown_module_is_named():
+    with pytest.raises(QuantStateError, match=r"names head\.other, which is no linear layer of the exported graph"):
+        insert_fp8_qdq(linear_graph(True), state(3.0, 2.0, module="head.other"))
+
+
+def test_zero_amax_is_rejected():
+    with pytest.raises(QuantStateError, match=r"head\.fc\.input_quantizer has amax 0"):
+        insert_fp8_qdq(linear_graph(True), state(0.0, 2.0))
