@@ -65,7 +65,10 @@ def fp8_student(student, scenes):
 
 @pytest.fixture(scope="session")
 def fp8_export(student, fp8_student, tmp_path_factory):
-    from lite3r.exporter import export_onnx
+    """Also the external-data case: the size threshold is lowered so that the weights go to ``.data``."""
+    from lite3r.exporter import export, export_onnx
 
     path = tmp_path_factory.mktemp("fp8") / "student_fp8.onnx"
-    return export_onnx(student, path, image_size=IMAGE_SIZE, quant_state=fp8_student[1])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
+        return export_onnx(student, path, image_size=IMAGE_SIZE, quant_state=fp8_student[1])

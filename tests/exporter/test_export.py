@@ -13,7 +13,7 @@ import torch
 
 import lite3r
 from lite3r._io import OutputError
-from lite3r.calibration import QuantStateError
+from lite3r.calibration import QuantStateError, quant_state
 from lite3r.data import make_scene
 from lite3r.exporter import ExportError, SLAExportError, export_onnx
 from lite3r.sla import SparseLinearAttention
@@ -102,6 +102,11 @@ def test_fp8_graph_quantizes_the_calibrated_linears(fp8_student, fp8_export):
             assert weight.input[0] in fp8_weights
     assert sum(n.op_type == "MatMul" and n.input[1].endswith("weight_quantizer.dq") for n in model.graph.node) == len(modules)
     assert fp8_export.sla_nodes == 6
+    # Exported with external data (the size threshold lowered in conftest), as VGGT-1B is.
+    assert fp8_export.external_data == fp8_export.path.with_name("student_fp8.onnx.data")
+    assert fp8_export.file_bytes == fp8_export.path.stat().st_size + fp8_export.external_data.stat().st_size
+    assert not any(t.HasField("raw_data") for t in onnx.load(fp8_export.path, load_external_data=False).graph.initializer
+                   if t.data_location == onnx.TensorProto.EXTERNAL)
 
 
 @pytest.mark.slow
@@ -115,6 +120,19 @@ def test_fp8_onnxruntime_matches_modelopt_fake_quantization(student, fp8_student
         np.testing.assert_allclose(actual[name], fake_quant[name], rtol=1e-4, atol=1e-5, err_msg=name)
     # ... and FP8 really changes the result: the camera head reads the quantized trunk directly.
     assert np.abs(full_precision["pose_enc"] - fake_quant["pose_enc"]).max() > 1e-2
+
+
+@pytest.mark.slow
+def test_fake_quantized_model_exports_its_own_scales(tmp_path, fp8_student, fp8_export):
+    """The ModelOpt model itself (no quant_state): traced with its quantizers off, Q/DQ from its own amax."""
+    quantized, _ = fp8_student
+    report = export_onnx(quantized, tmp_path / "quantized.onnx", image_size=IMAGE_SIZE, example_frames=1)
+    assert (report.qdq_pairs, report.sla_nodes) == (fp8_export.qdq_pairs, fp8_export.sla_nodes)
+    images = make_scene(3, *IMAGE_SIZE, seed=30).images[None]
+    ours, reference = run_onnx(report.path, images), run_onnx(fp8_export.path, images)
+    for name in OUTPUTS:
+        np.testing.assert_array_equal(ours[name], reference[name], err_msg=name)
+    assert quant_state(quantized) == fp8_student[1]  # the quantizers are back on, unchanged
 
 
 # --- bad inputs: one-line errors before any tracing, and no file -----------------------------------------------
@@ -138,7 +156,7 @@ def test_image_size_must_be_patch_multiples(tmp_path, tiny, size, match):
 
 
 def test_bad_frames_and_opset(tmp_path, tiny):
-    _fails(tmp_path, tiny, ExportError, r"example_frames must be an integer >= 2", example_frames=1)
+    _fails(tmp_path, tiny, ExportError, r"example_frames must be a positive integer; got 0", example_frames=0)
     _fails(tmp_path, tiny, ExportError, r"opset must be one of \(19, 20, 21\) \(FP8 Q/DQ need 19\); got 18", opset=18)
 
 
@@ -173,7 +191,3 @@ def test_model_must_be_float32(tmp_path, tiny):
     _fails(tmp_path, tiny.half(), ExportError, r"export a float32 model \(model\.float\(\)\)")
 
 
-@pytest.mark.slow  # calibration; shared with the FP8 tests
-def test_fake_quantized_model_is_refused(tmp_path, fp8_student):
-    _fails(tmp_path, fp8_student[0], ExportError, r"carries ModelOpt fake quantizers; export the float model and "
-           r"pass quant_state=")  # fmt: skip

@@ -49,6 +49,9 @@ class ExportReport:
     file_bytes: int  # model plus external data
     seconds: float
 
+    def __str__(self) -> str:
+        return self.summary()
+
     def summary(self) -> str:
         data = f" + {self.external_data.name}" if self.external_data else ""
         return (
@@ -72,14 +75,16 @@ def export_onnx(
     ``onnx.checker`` (full check) succeed.
 
     ``image_size``: H, W fixed in the graph (multiples of the patch size). ``example_frames``: the frame count
-    traced (the frame axis stays dynamic). ``quant_state``: a ``quant_state.json`` path or dict; its linears get
-    FP8 Q/DQ. ``simplify``: constant folding and graph simplification (the exporter's onnxscript optimizer).
+    traced, at least 2 (a 1-frame trace would fix the frame axis; the graph runs at any S >= 1).
+    ``quant_state``: a ``quant_state.json`` path or dict; its linears get FP8 Q/DQ. A model carrying ModelOpt
+    fake quantizers is traced with them switched off and, without ``quant_state``, gives its own scales.
+    ``simplify``: constant folding and graph simplification (the exporter's onnxscript optimizer).
     """
     started = time.perf_counter()
     path = Path(path)
     size = _check_image_size(model, image_size)
-    if not isinstance(example_frames, int) or example_frames < 2:
-        raise ExportError(f"example_frames must be an integer >= 2 (frame 0 is special in VGGT); got {example_frames!r}")
+    if not isinstance(example_frames, int) or example_frames < 1:
+        raise ExportError(f"example_frames must be a positive integer; got {example_frames!r}")
     if opset not in OPSETS:
         raise ExportError(f"opset must be one of {OPSETS} (FP8 Q/DQ need 19); got {opset!r}")
     _check_model(model)
@@ -87,7 +92,8 @@ def export_onnx(
     options = _sla_options(model)
     check_writable_dir(path.parent)  # fail now, not after minutes of tracing
 
-    proto = _trace(model, size, example_frames, opset, simplify)
+    with _quantizers_disabled(model):
+        proto = _trace(model, size, max(2, example_frames), opset, simplify)
     if options is not None:
         proto.functions.extend(sla_onnx.sla_functions(options, opset))
         if not any(o.domain == sla_onnx.DOMAIN for o in proto.opset_import):
@@ -135,11 +141,6 @@ def _check_image_size(model: nn.Module, image_size: int | tuple[int, int]) -> tu
 def _check_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise ExportError(f"export_onnx takes a torch.nn.Module (e.g. lite3r.load_model('vggt')); got {type(model).__name__}")
-    if any(type(m).__module__.startswith("modelopt") for m in model.modules()):
-        raise ExportError(
-            "the model carries ModelOpt fake quantizers; export the float model and pass quant_state= "
-            "(lite3r.calibration.quant_state(quantized_model)) to get FP8 Q/DQ"
-        )
     dtypes = {p.dtype for p in model.parameters()}
     if dtypes != {torch.float32}:
         raise ExportError(f"export a float32 model (model.float()); its parameters are {sorted(map(str, dtypes))}")
@@ -148,8 +149,12 @@ def _check_model(model: nn.Module) -> None:
 def _quant_state(model: nn.Module, quant_state: dict[str, Any] | str | os.PathLike | None) -> dict | None:
     """The validated quant state, checked against the model's modules before any tracing."""
     if quant_state is None:
-        return None
-    state = (validate_quant_state(quant_state) if isinstance(quant_state, dict) else read_quant_state(quant_state))
+        if not _enabled_quantizers(model):
+            return None
+        from lite3r.calibration.state import quant_state as state_of
+
+        return state_of(model)
+    state = validate_quant_state(quant_state) if isinstance(quant_state, dict) else read_quant_state(quant_state)
     modules = dict(model.named_modules())
     sla_cores = [name for name, m in modules.items() if isinstance(m, _sla_core_class())]
     for entry in state["quantizers"]:
@@ -162,6 +167,28 @@ def _quant_state(model: nn.Module, quant_state: dict[str, Any] | str | os.PathLi
         if any(name.startswith(f"{core}.") for core in sla_cores):
             raise QuantStateError(f"quant state names {name!r}, inside an SLA core: SLA nodes run unquantized")
     return state
+
+
+def _enabled_quantizers(model: nn.Module) -> list[nn.Module]:
+    """ModelOpt fake quantizers that are on (ModelOpt is imported only when the model has its modules)."""
+    if not any(type(m).__module__.startswith("modelopt") for m in model.modules()):
+        return []
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    return [m for m in model.modules() if isinstance(m, TensorQuantizer) and m.is_enabled]
+
+
+@contextlib.contextmanager
+def _quantizers_disabled(model: nn.Module) -> Iterator[None]:
+    """Trace the float computation: FP8 enters the graph as Q/DQ from the quant state, not as traced fake quant."""
+    enabled = _enabled_quantizers(model)
+    for quantizer in enabled:
+        quantizer.disable()
+    try:
+        yield
+    finally:
+        for quantizer in enabled:
+            quantizer.enable()
 
 
 def _sla_core_class() -> type:

@@ -199,12 +199,13 @@ def _sla_body(o: SLAOptions) -> list[onnx.NodeProto]:
     s = _Shapes.of(b, q)
     nq, nk = s.num_blocks(b, o.block_q), s.num_blocks(b, o.block_k)
 
-    # Block map: rank key blocks by pooled scores (unscaled, as the reference: softmax is monotone).
+    # Block map: rank key blocks by the logits of P, pool(q) pool(k)^T / sqrt(D) (reference.block_scores).
     scores = b("MatMul", _pool(b, q, s, nq, o.block_q), b("Transpose", _pool(b, k, s, nk, o.block_k), perm=[0, 1, 3, 2]))
+    scores = b("Div", scores, b("Sqrt", b("Cast", s.dim, to=TensorProto.FLOAT)))
     n_critical = b("Min", nk, b("Max", b.ints(1), b("Div", b("Add", b("Mul", nk, b.ints(kh.numerator)),
                                                               b.ints(kh.denominator - 1)), b.ints(kh.denominator))))
     n_negligible = b("Min", b("Sub", nk, n_critical), b("Div", b("Mul", nk, b.ints(kl.numerator)), b.ints(kl.denominator)))
-    # TopK breaks ties by the lower index, as the reference's stable descending sort does.
+    # TopK ranks ties by the lower key-block index first: the reference's rule (reference.classify_blocks).
     _, order = b("TopK", scores, nk, axis=-1, largest=1, sorted=1, outputs=2, name="order")
     rank = b("Range", b.scalar(0, np.int64), b("Squeeze", nk), b.scalar(1, np.int64))
     is_marginal = b("And", b("GreaterOrEqual", rank, n_critical), b("Less", rank, b("Sub", nk, n_negligible)))
