@@ -25,6 +25,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+import triton
 
 from lite3r.sla import sparse_linear_attention
 from lite3r.sla.reference import block_counts, block_map, sparse_linear_attention_reference
@@ -77,38 +78,39 @@ def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
 def stage_times(q, k, v, weight, bias, dout, out, kh, kl, block_q, block_k, feature_map, device) -> dict[str, float]:
     """Each stage of the Triton forward and backward on its own (CUDA only)."""
     from lite3r.sla import kernels
-    from lite3r.sla.reference import block_scores, classify_blocks
+    from lite3r.sla.reference import block_scores
 
     options = (block_q, block_k, feature_map)
     kv_block, k_block, pooled_k = kernels.key_states(k, v, block_k, feature_map)
     pooled_q = kernels.pool(q, block_q)
+    scores = block_scores(pooled_q, pooled_k)
     pre = kernels.precompute(q, k, v, kh, kl, *options)
-    classes = pre.blocks.classes
-    marginal = (classes == 0).to(kv_block.dtype).flatten(0, 1)
+    nk = kv_block.shape[1]
+    marginal = pre.marginal[..., :nk]
     times = {
         "pool_q": bench(lambda: kernels.pool(q, block_q), device),
         "key_states": bench(lambda: kernels.key_states(k, v, block_k, feature_map), device),
-        "classify": bench(lambda: classify_blocks(block_scores(pooled_q, pooled_k), kh, kl), device),
-        "marginal_sum_kv": bench(lambda: kernels.marginal_sum(classes, kv_block), device),
-        "marginal_sum_k": bench(lambda: kernels.marginal_sum(classes, k_block), device),
-        "torch_bmm_bf16_kv": bench(lambda: torch.bmm(marginal, kv_block), device),  # for comparison only
+        "block_scores": bench(lambda: block_scores(pooled_q, pooled_k), device),
+        "classify": bench(lambda: kernels.classify(scores, kh, kl, kv_block.dtype), device),
+        "marginal_sum_kv": bench(lambda: kernels.marginal_sum(marginal, kv_block, kv_block.dtype), device),
+        "marginal_sum_k": bench(lambda: kernels.marginal_sum(marginal, k_block, torch.float32), device),
         "precompute": bench(lambda: kernels.precompute(q, k, v, kh, kl, *options), device),
         "forward_kernel": bench(lambda: kernels.launch_forward(q, k, v, weight, bias, pre, *options), device),
     }
     _, lse, delta, d_kv_query, d_k_query, linear_out = kernels.launch_backward_query(
         dout, q, k, v, weight, bias, out, pre, *options
     )
-    d_kv_key = kernels.marginal_sum(classes, d_kv_query, transpose=True)
-    d_k_key = kernels.marginal_sum(classes, d_k_query, transpose=True)
-    csr = kernels.critical_csr(pre.blocks.critical, classes.shape[-1])
+    d_kv_key = kernels.marginal_sum(marginal.transpose(1, 2), d_kv_query, torch.float32)
+    d_k_key = kernels.marginal_sum(marginal.transpose(1, 2), d_k_query, torch.float32)
+    csr = kernels.critical_csr(pre.blocks.critical, nk)
     times |= {
         "backward_query_kernel": bench(
             lambda: kernels.launch_backward_query(dout, q, k, v, weight, bias, out, pre, *options), device
         ),
         "marginal_sum_kv_transposed": bench(
-            lambda: kernels.marginal_sum(classes, d_kv_query, transpose=True), device
+            lambda: kernels.marginal_sum(marginal.transpose(1, 2), d_kv_query, torch.float32), device
         ),
-        "critical_csr": bench(lambda: kernels.critical_csr(pre.blocks.critical, classes.shape[-1]), device),
+        "critical_csr": bench(lambda: kernels.critical_csr(pre.blocks.critical, nk), device),
         "backward_key_kernel": bench(
             lambda: kernels.launch_backward_key(dout, q, k, v, lse, delta, csr, d_kv_key, d_k_key, *options), device
         ),
@@ -120,28 +122,47 @@ def stage_times(q, k, v, weight, bias, dout, out, kh, kl, block_q, block_k, feat
     return times
 
 
-LAUNCH_CONFIGS = [(4, 2), (4, 3), (4, 4), (8, 2), (8, 3), (8, 4)]
+LAUNCH_CONFIGS = [(4, 3, 1), (4, 3, 2), (8, 3, 2), (4, 4, 2), (4, 2, 2), (8, 3, 4)]  # warps, stages, STEP_BLOCKS
 
 
 def tune(q, k, v, weight, bias, dout, kh, kl, block_q, block_k, feature_map) -> dict[str, dict[str, float]]:
-    """Stage times of the three big kernels for each (num_warps, num_stages) in LAUNCH_CONFIGS."""
+    """Stage times of the three attention kernels for each configuration in LAUNCH_CONFIGS."""
     from lite3r.sla import kernels
 
-    default = kernels._launch_options
+    default_options, default_step = kernels._launch_options, kernels.STEP_BLOCKS
     out = sparse_linear_attention(q, k, v, weight, bias, kh=kh, kl=kl, block_q=block_q, block_k=block_k,
                                   feature_map=feature_map)
     results = {}
     try:
-        for warps, stages in LAUNCH_CONFIGS:
+        for warps, stages, step in LAUNCH_CONFIGS:
             kernels._launch_options = lambda *_: {"num_warps": warps, "num_stages": stages}
+            kernels.STEP_BLOCKS = step
             times = stage_times(q, k, v, weight, bias, dout, out, kh, kl, block_q, block_k, feature_map, "cuda")
-            results[f"w{warps}s{stages}"] = {
-                name: times[name] for name in ("forward_kernel", "backward_query_kernel", "backward_key_kernel")
-            }
-            print(f"tune w{warps}s{stages}: {results[f'w{warps}s{stages}']}", flush=True)
+            name = f"w{warps}s{stages}x{step}"
+            results[name] = {n: times[n] for n in ("forward_kernel", "backward_query_kernel", "backward_key_kernel")}
+            print(f"tune {name}: {results[name]}", flush=True)
     finally:
-        kernels._launch_options = default
+        kernels._launch_options, kernels.STEP_BLOCKS = default_options, default_step
+    pre = kernels.precompute(q, k, v, kh, kl, block_q, block_k, feature_map)
+    kv_block, _, _ = kernels.key_states(k, v, block_k, feature_map)
+    mask = pre.marginal[..., : kv_block.shape[1]]
+    rows, depth, cols = mask.shape[1], mask.shape[2], kv_block.shape[2]
+    for bm, bn, bk, warps, stages in GEMM_CONFIGS:
+        result = torch.empty(mask.shape[0], rows, cols, device=q.device, dtype=kv_block.dtype)
+        grid = (triton.cdiv(rows, bm), triton.cdiv(cols, bn), mask.shape[0])
+
+        def gemm():
+            kernels.marginal_sum_kernel[grid](mask, kv_block, result, *mask.stride(), rows, cols, depth,
+                                              BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+
+        name = f"gemm{bm}x{bn}x{bk}w{warps}s{stages}"
+        results[name] = {"marginal_sum_kv": bench(gemm, "cuda")}
+        print(f"tune {name}: {results[name]}", flush=True)
     return results
+
+
+GEMM_CONFIGS = [(128, 128, 64, 8, 3), (128, 128, 64, 4, 3), (128, 256, 64, 8, 3), (64, 256, 64, 4, 3),
+                (128, 128, 128, 8, 3), (128, 64, 64, 4, 4)]
 
 
 def check_error(q, k, v, weight, bias, dout, kh, kl, block_q, block_k, feature_map, backend) -> dict[str, float]:

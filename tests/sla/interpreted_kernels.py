@@ -2,7 +2,8 @@
 
 Started in a subprocess by test_sla_kernels_interpreted.py: TRITON_INTERPRET is read when a kernel is
 decorated, so it must be set before lite3r.sla.kernels is imported, and must not leak into other tests.
-Prints the kernels' Python type (proof that the interpreter is on), then one ``run_case`` result per case.
+Prints the kernels' Python type (proof that the interpreter is on), the classification kernel's disagreements
+with the reference, then one ``run_case`` result per case.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton.runtime import interpreter  # noqa: E402
 
-from kernel_checks import CASES, run_case  # noqa: E402
+from kernel_checks import CASES, classify_mismatches, run_case  # noqa: E402
 
 
 def _patch_interpreter_bf16_dot() -> None:
@@ -37,11 +38,27 @@ def _patch_interpreter_bf16_dot() -> None:
     interpreter.InterpreterBuilder.create_dot = create_dot
 
 
+def _patch_interpreter_sort() -> None:
+    """The interpreter runs ``tl.sort``'s bitonic network element by element (about 0.5 s per row); numpy's sort
+    computes the same function at once. The compiled tl.sort is exercised by the CUDA tests."""
+
+    def sort(x, dim=None, descending=False):
+        dim, descending = (getattr(a, "value", a) for a in (dim, descending))
+        data = np.sort(x.handle.data, axis=-1 if dim is None else dim)
+        if descending:
+            data = np.flip(data, axis=-1 if dim is None else dim).copy()
+        return tl.core.tensor(interpreter.TensorHandle(data, x.handle.dtype), x.type)
+
+    tl.sort = sort
+
+
 def main(names: list[str]) -> None:
     from lite3r.sla import kernels
 
     print(json.dumps({"kernel_type": type(kernels.forward_kernel).__name__}), flush=True)
     _patch_interpreter_bf16_dot()
+    _patch_interpreter_sort()
+    print(json.dumps({"classify_mismatches": classify_mismatches()}), flush=True)
     for name in names or CASES:
         print(json.dumps(run_case(name, **CASES[name])), flush=True)
 

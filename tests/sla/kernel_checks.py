@@ -28,7 +28,7 @@ CASES = {
     "bf16-softmax-d128": dict(dtype=torch.bfloat16, feature_map="softmax", block_q=64, block_k=64, length=150,
                               head_dim=128, batch=1),
     "bf16-softmax-strided": dict(dtype=torch.bfloat16, feature_map="softmax", block_q=64, block_k=64, length=180,
-                                 strided=True),
+                                 strided=True, batch=1, heads=2),
 }
 
 
@@ -89,6 +89,26 @@ def run_case(name, dtype, feature_map, block_q, block_k, length, head_dim=64, ba
     }
     unwritten = [n for n, g in zip(OUTPUTS, got) if not torch.isfinite(g).all()]
     return {"case": name, "seed": seed, "errors": errors, "unwritten": unwritten}
+
+
+def classify_mismatches(device="cpu") -> int:
+    """Rows where the classification kernel and ``reference.classify_blocks`` disagree, over random scores and
+    scores full of ties (including -0.0 against 0.0), at several key-block counts."""
+    from lite3r.sla import kernels
+    from lite3r.sla.reference import classify_blocks
+
+    mismatches = 0
+    for num_kblocks in (3, 37, 130):
+        random_scores = torch.randn(1, 2, 2, num_kblocks, device=device)
+        tied = torch.randint(-2, 3, (1, 2, 2, num_kblocks), device=device).float() * 0.5
+        tied[tied == 0] = torch.tensor(-0.0)
+        for scores in (random_scores, tied):
+            got, marginal = kernels.classify(scores, 0.2, 0.3, torch.float32)
+            want = classify_blocks(scores, 0.2, 0.3)
+            same = (got.classes == want.classes).all(-1) & (got.critical == want.critical).all(-1)
+            same &= (marginal[..., :num_kblocks].view(want.classes.shape) == (want.classes == 0)).all(-1)
+            mismatches += int((~same).sum())
+    return mismatches
 
 
 def _max_err(x, ref):

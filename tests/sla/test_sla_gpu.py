@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_checks import CASES, run_case, violations
+from kernel_checks import CASES, classify_mismatches, run_case, violations
 from lite3r.sla.op import resolve_backend
 
 pytestmark = pytest.mark.gpu
@@ -19,6 +19,10 @@ def test_kernels_match_reference_on_cuda(name, length):
     result = run_case(name, **case, kh=0.1, kl=0.1, device="cuda")
     assert result["unwritten"] == []
     assert not violations(result)
+
+
+def test_classification_kernel_equals_the_reference_on_cuda():
+    assert classify_mismatches("cuda") == 0
 
 
 def test_auto_backend_is_triton_for_cuda_half_inputs():

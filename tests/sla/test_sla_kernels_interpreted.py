@@ -35,6 +35,10 @@ def test_interpreter_is_active_in_the_worker(worker_output):
     assert worker_output[0] == {"kernel_type": "InterpretedFunction"}
 
 
+def test_classification_kernel_equals_the_reference(worker_output):
+    assert worker_output[1] == {"classify_mismatches": 0}
+
+
 def test_kernels_write_every_output(results):
     assert len(results) >= 5
     assert {r["case"]: r["unwritten"] for r in results} == {r["case"]: [] for r in results}

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lite3r.sla.reference import FEATURE_MAPS, LINEAR_EPS, BlockMap, block_scores, classify_blocks
+from lite3r.sla.reference import FEATURE_MAPS, LINEAR_EPS, BlockMap, block_counts, block_scores
 
 
 
@@ -106,16 +106,46 @@ def key_state_kernel(
 
 
 @triton.jit
+def classify_kernel(
+    SCORES, CLASSES, LUT, MARGINAL,
+    num_kblocks, marginal_cols, n_critical, n_negligible,
+    PADDED: tl.constexpr,
+):
+    """``reference.classify_blocks`` for one query block (row of SCORES ``[BH*nq, nk]`` fp32): one sort of keys
+    that order by score with ties to the lower index. Writes CLASSES (int8), the ascending critical LUT (int32)
+    and the row of the 0/1 marginal matrix MARGINAL ``[BH*nq, marginal_cols]`` for the GEMMs (its columns past
+    nk only align the rows and are never read)."""
+    row = tl.program_id(0).to(tl.int64)
+    lanes = tl.arange(0, PADDED)
+    valid = lanes < num_kblocks
+    scores = tl.load(SCORES + row * num_kblocks + lanes, mask=valid, other=0.0) + 0.0  # -0.0 -> +0.0
+    bits = scores.to(tl.int32, bitcast=True)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # int32 order == float order
+    lowest = tl.full([PADDED], -2147483648, tl.int32).to(tl.int64) << 32  # below every real key
+    keys = tl.where(valid, (ordered.to(tl.int64) << 32) | (num_kblocks - 1 - lanes), lowest)
+    by_rank = tl.sort(keys, 0, descending=True)
+    index = (num_kblocks - 1 - (by_rank & 0xFFFFFFFF)).to(tl.int32)  # key block at each rank (lane)
+    is_critical = lanes < n_critical
+    is_negligible = lanes >= num_kblocks - n_negligible
+    classes = tl.where(is_critical, 1, tl.where(is_negligible, -1, 0)).to(tl.int8)
+    tl.store(CLASSES + row * num_kblocks + index, classes, mask=valid)
+    marginal = tl.where(is_critical | is_negligible, 0.0, 1.0).to(MARGINAL.dtype.element_ty)
+    tl.store(MARGINAL + row * marginal_cols + index, marginal, mask=valid)
+    critical = tl.sort(tl.where(is_critical, index, 2147483647), 0)
+    tl.store(LUT + row * n_critical + lanes, critical, mask=is_critical)
+
+
+@triton.jit
 def marginal_sum_kernel(
-    CLASSES, STATE, OUT,
-    stride_cb, stride_cm, stride_ck,
+    MASK, STATE, OUT,
+    stride_mb, stride_mm, stride_mk,
     rows, cols, depth,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """``OUT[b] = (CLASSES[b] == MARGINAL (0)) @ STATE[b]`` with fp32 accumulation and an fp32 result.
+    """``OUT[b] = MASK[b] @ STATE[b]`` (fp32 accumulation) for the 0/1 marginal matrix: ``M = marginal @ S``
+    forward, ``dS = marginal^T @ dM`` backward (MASK's strides describe the transpose).
 
-    CLASSES is the int8 block map (its strides may describe a transpose), STATE ``[batch, depth, cols]`` and OUT
-    ``[batch, rows, cols]`` are contiguous. The mask is built in registers in STATE's dtype (exact 0/1).
+    STATE ``[batch, depth, cols]`` and OUT ``[batch, rows, cols]`` are contiguous.
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -126,14 +156,24 @@ def marginal_sum_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for start in range(0, depth, BLOCK_K):
         ks = start + offs_k
-        classes = tl.load(CLASSES + batch * stride_cb + offs_m[:, None] * stride_cm + ks[None, :] * stride_ck,
-                          mask=(offs_m[:, None] < rows) & (ks[None, :] < depth), other=1)
+        mask = tl.load(MASK + batch * stride_mb + offs_m[:, None] * stride_mm + ks[None, :] * stride_mk,
+                       mask=(offs_m[:, None] < rows) & (ks[None, :] < depth), other=0.0)
         state = tl.load(STATE + (batch * depth + ks[:, None]) * cols + offs_n[None, :],
                         mask=(ks[:, None] < depth) & (offs_n[None, :] < cols), other=0.0)
-        # tl.where, not a bool cast: the interpreter casts bool to bf16 wrongly (bf16 is raw uint16 there).
-        acc += tl.dot(tl.where(classes == 0, 1.0, 0.0).to(state.dtype), state)
-    tl.store(OUT + (batch * rows + offs_m[:, None]) * cols + offs_n[None, :], acc,
+        acc += tl.dot(mask.to(state.dtype), state)
+    tl.store(OUT + (batch * rows + offs_m[:, None]) * cols + offs_n[None, :], acc.to(OUT.dtype.element_ty),
              mask=(offs_m[:, None] < rows) & (offs_n[None, :] < cols))
+
+
+@triton.jit
+def _gather_blocks(INDEX, t, end, seq_len, BLOCK: tl.constexpr, STEP_BLOCKS: tl.constexpr):
+    """Token positions of the blocks ``INDEX[t : t + STEP_BLOCKS]`` and which are real (entries from ``end`` on
+    and padding tokens past ``seq_len`` are not). Several blocks per step make wider matrix products."""
+    lanes = tl.arange(0, BLOCK * STEP_BLOCKS)
+    entry = t + lanes // BLOCK
+    entry_ok = entry < end
+    tokens = tl.load(INDEX + entry, mask=entry_ok, other=0) * BLOCK + lanes % BLOCK
+    return tokens, entry_ok & (tokens < seq_len)
 
 
 @triton.jit
@@ -157,8 +197,10 @@ def forward_kernel(
     stride_ob, stride_oh, stride_ol,
     num_heads, seq_len, num_critical, sm_scale, eps,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
+    STEP_BLOCKS: tl.constexpr = 2,
 ):
-    """One query block: online softmax over its critical key blocks + proj_lin(linear branch)."""
+    """One query block: online softmax over its critical key blocks (STEP_BLOCKS of them per step) +
+    proj_lin(linear branch)."""
     qblock = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // num_heads
@@ -166,7 +208,6 @@ def forward_kernel(
     state = bh.to(tl.int64) * tl.cdiv(seq_len, BLOCK_Q) + qblock
     rows = qblock * BLOCK_Q + tl.arange(0, BLOCK_Q)
     row_ok = rows < seq_len
-    cols = tl.arange(0, BLOCK_K)
     dims = tl.arange(0, HEAD_DIM)
     q = tl.load(Q + b.to(tl.int64) * stride_qb + h * stride_qh + rows[:, None] * stride_ql + dims[None, :],
                 mask=row_ok[:, None], other=0.0)
@@ -177,9 +218,8 @@ def forward_kernel(
     row_max = tl.full([BLOCK_Q], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_Q], tl.float32)
     acc = tl.zeros([BLOCK_Q, HEAD_DIM], tl.float32)
-    for t in range(num_critical):
-        keys = tl.load(LUT + state * num_critical + t) * BLOCK_K + cols
-        key_ok = keys < seq_len
+    for t in range(0, num_critical, STEP_BLOCKS):
+        keys, key_ok = _gather_blocks(LUT + state * num_critical, t, num_critical, seq_len, BLOCK_K, STEP_BLOCKS)
         k = tl.load(k_base + keys[:, None] * stride_kl + dims[None, :], mask=key_ok[:, None], other=0.0)
         v = tl.load(v_base + keys[:, None] * stride_vl + dims[None, :], mask=key_ok[:, None], other=0.0)
         s = tl.where(key_ok[None, :], tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))
@@ -210,6 +250,7 @@ def backward_query_kernel(
     stride_lb, stride_lh, stride_ll,
     num_heads, seq_len, num_critical, sm_scale, eps,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
+    STEP_BLOCKS: tl.constexpr = 2,
 ):
     """One query block: dQ (sparse + linear), the softmax statistics and delta for ``backward_key_kernel``,
     dM_i / dz_i of the linear branch, and O_l (for proj_lin's weight gradient).
@@ -223,7 +264,6 @@ def backward_query_kernel(
     state = bh.to(tl.int64) * tl.cdiv(seq_len, BLOCK_Q) + qblock
     rows = qblock * BLOCK_Q + tl.arange(0, BLOCK_Q)
     row_ok = rows < seq_len
-    cols = tl.arange(0, BLOCK_K)
     dims = tl.arange(0, HEAD_DIM)
     q = tl.load(Q + b.to(tl.int64) * stride_qb + h * stride_qh + rows[:, None] * stride_ql + dims[None, :],
                 mask=row_ok[:, None], other=0.0)
@@ -261,9 +301,9 @@ def backward_query_kernel(
     qk_scale = sm_scale * 1.4426950408889634
     row_max = tl.full([BLOCK_Q], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_Q], tl.float32)
-    for t in range(num_critical):
-        keys = tl.load(LUT + state * num_critical + t) * BLOCK_K + cols
-        key_ok = keys < seq_len
+    lut = LUT + state * num_critical
+    for t in range(0, num_critical, STEP_BLOCKS):
+        keys, key_ok = _gather_blocks(lut, t, num_critical, seq_len, BLOCK_K, STEP_BLOCKS)
         k = tl.load(k_base + keys[:, None] * stride_kl + dims[None, :], mask=key_ok[:, None], other=0.0)
         s = tl.where(key_ok[None, :], tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(s, 1))
@@ -273,9 +313,8 @@ def backward_query_kernel(
 
     # Pass 2: dQ of the sparse branch.
     dq_sparse = tl.zeros([BLOCK_Q, HEAD_DIM], tl.float32)
-    for t in range(num_critical):
-        keys = tl.load(LUT + state * num_critical + t) * BLOCK_K + cols
-        key_ok = keys < seq_len
+    for t in range(0, num_critical, STEP_BLOCKS):
+        keys, key_ok = _gather_blocks(lut, t, num_critical, seq_len, BLOCK_K, STEP_BLOCKS)
         k = tl.load(k_base + keys[:, None] * stride_kl + dims[None, :], mask=key_ok[:, None], other=0.0)
         v = tl.load(v_base + keys[:, None] * stride_vl + dims[None, :], mask=key_ok[:, None], other=0.0)
         p = tl.where(key_ok[None, :], tl.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None]), 0.0)
@@ -299,9 +338,10 @@ def backward_key_kernel(
     stride_db, stride_dh, stride_dl,
     num_heads, seq_len, sm_scale,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
+    STEP_BLOCKS: tl.constexpr = 2,
 ):
-    """One key block: dK, dV from the query blocks that hold it critical (CSR lists) plus the linear branch
-    through ``dS_j`` (DKV_STATE ``[BH, nk, D*D]``) and ``dz_j`` (DK_STATE ``[BH, nk, D]``).
+    """One key block: dK, dV from the query blocks that hold it critical (CSR lists, STEP_BLOCKS per step) plus
+    the linear branch through ``dS_j`` (DKV_STATE ``[BH, nk, D*D]``) and ``dz_j`` (DK_STATE ``[BH, nk, D]``).
 
     DK, DV are contiguous ``[B, H, L, D]``.
     """
@@ -312,7 +352,6 @@ def backward_key_kernel(
     state = bh.to(tl.int64) * tl.cdiv(seq_len, BLOCK_K) + kblock
     keys = kblock * BLOCK_K + tl.arange(0, BLOCK_K)
     key_ok = keys < seq_len
-    lanes = tl.arange(0, BLOCK_Q)
     dims = tl.arange(0, HEAD_DIM)
     k = tl.load(K + b.to(tl.int64) * stride_kb + h * stride_kh + keys[:, None] * stride_kl + dims[None, :],
                 mask=key_ok[:, None], other=0.0)
@@ -326,9 +365,8 @@ def backward_key_kernel(
     dv = tl.zeros([BLOCK_K, HEAD_DIM], tl.float32)
     start = tl.load(CSR_OFFSETS + state)
     end = tl.load(CSR_OFFSETS + state + 1)
-    for t in range(start, end):
-        rows = tl.load(CSR_QBLOCKS + t) * BLOCK_Q + lanes
-        row_ok = rows < seq_len
+    for t in range(start, end, STEP_BLOCKS):
+        rows, row_ok = _gather_blocks(CSR_QBLOCKS, t, end, seq_len, BLOCK_Q, STEP_BLOCKS)
         q = tl.load(q_base + rows[:, None] * stride_ql + dims[None, :], mask=row_ok[:, None], other=0.0)
         dout = tl.load(dout_base + rows[:, None] * stride_dl + dims[None, :], mask=row_ok[:, None], other=0.0)
         # lse = +inf on padding rows makes their probabilities exactly zero.
@@ -360,6 +398,9 @@ def _launch_options(head_dim: int, block_q: int) -> dict[str, int]:
     return {"num_warps": 4 if head_dim * block_q <= 64 * 64 else 8, "num_stages": 3}
 
 
+STEP_BLOCKS = 2  # critical blocks per inner-loop step of the attention kernels (benchmarks/bench_sla.py --tune)
+
+
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
@@ -373,9 +414,9 @@ def _feature_code(feature_map: str) -> int:
 
 
 def _state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of the per-block states S_j and dM_i that the marginal GEMMs read: bf16 for bf16 inputs; fp16
-    could overflow on these sums at long L, so fp16 inputs get fp32 (tf32 GEMMs). The GEMM results M_i and
-    dS_j are always fp32."""
+    """dtype of the linear-branch states S_j, M_i and dM_i: bf16 for bf16 inputs (tensor-core GEMMs, half the
+    bytes); fp16 could overflow on these sums at long L, so fp16 inputs get fp32 (tf32 GEMMs). z_i and dS_j
+    (a gradient summed over many query blocks) are always fp32."""
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
@@ -418,22 +459,37 @@ def key_states(k: torch.Tensor, v: torch.Tensor, block_k: int, feature_map: str)
     return kv_block, k_block, pooled_k
 
 
-def marginal_sum(classes: torch.Tensor, state: torch.Tensor, transpose: bool = False) -> torch.Tensor:
-    """``(classes == MARGINAL) @ state`` per batch*head, or with the map transposed: fp32 ``[BH, rows, cols]``.
+def classify(scores: torch.Tensor, kh: float, kl: float, mask_dtype: torch.dtype) -> tuple[BlockMap, torch.Tensor]:
+    """``reference.classify_blocks`` in one kernel, plus the 0/1 marginal matrix ``[BH, nq, nk_padded]`` (rows
+    padded to a multiple of 64 so that the GEMMs load aligned tiles; slice ``[..., :nk]`` to use it)."""
+    batch, heads, num_qblocks, num_kblocks = scores.shape
+    n_critical, n_negligible = block_counts(num_kblocks, kh, kl)
+    device = scores.device
+    classes = torch.empty(scores.shape, device=device, dtype=torch.int8)
+    critical = torch.empty(batch, heads, num_qblocks, n_critical, device=device, dtype=torch.int32)
+    padded_cols = triton.cdiv(num_kblocks, 64) * 64
+    marginal = torch.empty(batch * heads, num_qblocks, padded_cols, device=device, dtype=mask_dtype)
+    padded = max(16, triton.next_power_of_2(num_kblocks))
+    classify_kernel[(batch * heads * num_qblocks,)](
+        scores.contiguous(), classes, critical, marginal, num_kblocks, padded_cols, n_critical, n_negligible,
+        PADDED=padded, num_warps=4 if padded <= 1024 else 8,
+    )
+    return BlockMap(classes, critical), marginal
 
-    ``classes`` int8 ``[B, H, nq, nk]``; ``state`` contiguous ``[BH, nk, cols]`` (``[BH, nq, cols]`` transposed).
-    """
-    flat = classes.flatten(0, 1)
-    if transpose:
-        flat = flat.transpose(1, 2)
-    batch, rows, depth = flat.shape
+
+def marginal_sum(mask: torch.Tensor, state: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """``mask @ state`` per batch*head: ``mask`` ``[BH, rows, depth]`` (any strides), ``state`` contiguous
+    ``[BH, depth, cols]``; the result ``[BH, rows, cols]`` in ``out_dtype``."""
+    batch, rows, depth = mask.shape
     cols = state.shape[-1]
-    out = torch.empty(batch, rows, cols, device=state.device, dtype=torch.float32)
-    block_n = min(128, triton.next_power_of_2(cols))
-    grid = (triton.cdiv(rows, 128), triton.cdiv(cols, block_n), batch)
+    out = torch.empty(batch, rows, cols, device=state.device, dtype=out_dtype)
+    widest_n = 128 if state.is_cuda else 1024  # the CPU interpreter pays per program, not per element
+    block_m, block_n, block_k = (min(size, max(16, triton.next_power_of_2(n))) for size, n in
+                                 ((128, rows), (widest_n, cols), (64, depth)))
+    grid = (triton.cdiv(rows, block_m), triton.cdiv(cols, block_n), batch)
     marginal_sum_kernel[grid](
-        flat, state, out, *flat.stride(), rows, cols, depth,
-        BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=64, num_warps=8, num_stages=3,
+        mask, state, out, *mask.stride(), rows, cols, depth,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8, num_stages=3,
     )
     return out
 
@@ -442,7 +498,8 @@ class Precomputed(NamedTuple):
     """What both passes derive from q, k, v before their main kernels."""
 
     blocks: BlockMap
-    kv_state: torch.Tensor  # M_i, fp32 [BH, nq, D*D]
+    marginal: torch.Tensor  # 0/1 [BH, nq, nk padded to 64], the states' dtype
+    kv_state: torch.Tensor  # M_i [BH, nq, D*D], the states' dtype
     k_state: torch.Tensor  # z_i, fp32 [BH, nq, D]
 
 
@@ -450,10 +507,13 @@ def precompute(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kh: float, kl: float, block_q: int, block_k: int,
     feature_map: str,
 ) -> Precomputed:
-    """Block map (pooling in Triton, classification shared with the reference) and marginal states."""
+    """Block map (Triton pooling and classification, same rule as the reference) and marginal states."""
     kv_block, k_block, pooled_k = key_states(k, v, block_k, feature_map)
-    blocks = classify_blocks(block_scores(pool(q, block_q), pooled_k), kh, kl)
-    return Precomputed(blocks, marginal_sum(blocks.classes, kv_block), marginal_sum(blocks.classes, k_block))
+    blocks, marginal = classify(block_scores(pool(q, block_q), pooled_k), kh, kl, kv_block.dtype)
+    num_kblocks = kv_block.shape[1]
+    kv_state = marginal_sum(marginal[..., :num_kblocks], kv_block, kv_block.dtype)
+    k_state = marginal_sum(marginal[..., :num_kblocks], k_block, torch.float32)
+    return Precomputed(blocks, marginal, kv_state, k_state)
 
 
 def launch_forward(
@@ -469,7 +529,7 @@ def launch_forward(
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        **_launch_options(dim, block_q),
+        STEP_BLOCKS=STEP_BLOCKS, **_launch_options(dim, block_q),
     )
     return out
 
@@ -505,7 +565,7 @@ def launch_backward_query(
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(linear_out),
         heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        **_launch_options(dim, block_q),
+        STEP_BLOCKS=STEP_BLOCKS, **_launch_options(dim, block_q),
     )
     return dq, lse, delta, d_kv, d_k, linear_out
 
@@ -541,7 +601,7 @@ def launch_backward_key(
         *_strides(q), *_strides(k), *_strides(v), *_strides(dout),
         heads, length, dim**-0.5,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        **_launch_options(dim, block_k),
+        STEP_BLOCKS=STEP_BLOCKS, **_launch_options(dim, block_k),
     )
     return dk, dv
 
@@ -557,8 +617,9 @@ def sla_backward(
     dq, lse, delta, d_kv_query, d_k_query, linear_out = launch_backward_query(
         dout, q, k, v, weight, bias, out, pre, *options
     )
-    d_kv_key = marginal_sum(pre.blocks.classes, d_kv_query, transpose=True)
-    d_k_key = marginal_sum(pre.blocks.classes, d_k_query, transpose=True)
+    marginal_t = pre.marginal[..., : pre.blocks.classes.shape[-1]].transpose(1, 2)
+    d_kv_key = marginal_sum(marginal_t, d_kv_query, torch.float32)
+    d_k_key = marginal_sum(marginal_t, d_k_query, torch.float32)
     csr = critical_csr(pre.blocks.critical, pre.blocks.classes.shape[-1])
     dk, dv = launch_backward_key(dout, q, k, v, lse, delta, csr, d_kv_key, d_k_key, *options)
     dweight = _matmul_fp32(_rows(dout).t(), _rows(linear_out)).to(weight.dtype)
