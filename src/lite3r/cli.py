@@ -171,12 +171,14 @@ def build(onnx_path, out, target, frames, timing_cache, verbose):
 @click.option("--size", help="View size HxW (multiples of 14); default: the model's image size.")
 @click.option("--kh", default=0.05, show_default=True, help="SLA critical-block fraction.")
 @click.option("--kl", default=0.10, show_default=True, help="SLA negligible-block fraction.")
+@click.option("--teacher-gate", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Gate on student-vs-teacher parity; auto: only with a --checkpoint (random teachers: report only).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Where distillation/calibration run.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @_one_line_errors
-def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, frames, target, size, kh, kl, seed,
-                device, out):
+def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, frames, target, size, kh, kl,
+                teacher_gate, seed, device, out):
     """Teacher → SLA student → FP8 → ONNX → engine → parity, into one folder; exits 1 when a parity gate fails."""
     from lite3r.pipeline import export_model
 
@@ -191,7 +193,7 @@ def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, fr
         summary = export_model(
             model_name, out, fp8=fp8, checkpoint=checkpoint, distill_steps=distill_steps, calib=calib,
             synthetic=synthetic, frames=frames, target=target, image_size=_parse_size(size), kh=kh, kl=kl,
-            seed=seed, device=device, on_stage=on_stage,
+            teacher_gate=teacher_gate, seed=seed, device=device, on_stage=on_stage,
         )
         progress.update(task, completed=len(stages), description="done")
 

@@ -95,7 +95,7 @@ def distill_command(model_name, checkpoint, data, views, size, scenes, seed, dev
                     kh, kl, gt_depth_weight, grad_checkpointing, fp8_layers, fp8_skip, no_resume):
     """Distil the dense model into an SLA student (only proj_lin trains), optionally FP8-aware.
 
-    Writes proj_lin.safetensors, quant_state.json (with --fp8), checkpoint.pt and log.jsonl into --out.
+    Writes student.safetensors, quant_state.json (with --fp8), checkpoint.pt and log.jsonl into --out.
     """
     import lite3r
     from lite3r._io import check_writable_dir
@@ -116,7 +116,7 @@ def distill_command(model_name, checkpoint, data, views, size, scenes, seed, dev
 @click.command("calibrate")
 @_model_options
 @click.option("--student", "student_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder of a distilled student (proj_lin.safetensors); default: calibrate the model as loaded.")
+              help="Folder of a distilled student (student.safetensors); default: calibrate the model as loaded.")
 @click.option("--batches", default=4, show_default=True, type=click.IntRange(min=1), help="Calibration scenes.")
 @_recipe_options
 @_one_line_errors

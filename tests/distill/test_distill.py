@@ -43,7 +43,7 @@ def test_loss_and_gap_to_teacher_decrease(teacher, scenes):
 def test_qat_student_reloads_with_the_same_outputs(teacher, scenes, tmp_path):
     result = distill(teacher, lite3r.convert_to_sla(teacher), scenes, steps=1, config=FAST, out_dir=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "checkpoint.pt", "log.jsonl", "proj_lin.safetensors", "quant_state.json"
+        "checkpoint.pt", "log.jsonl", "quant_state.json", "student.safetensors"
     ]  # fmt: skip
     reloaded = load_student(teacher, tmp_path)
     expected, got = _outputs(result.student, scenes[0]), _outputs(reloaded, scenes[0])

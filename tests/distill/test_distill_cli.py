@@ -13,7 +13,7 @@ def test_distill_then_calibrate_the_student(tmp_path):
     runner = CliRunner()
     result = runner.invoke(distill_command, [*TINY, "--steps", "2", "--no-fp8", "--out", str(tmp_path / "s")])
     assert result.exit_code == 0, result.output
-    assert "loss" in result.output and "proj_lin.safetensors" in result.output
+    assert "loss" in result.output and "student.safetensors" in result.output
     assert len((tmp_path / "s" / "log.jsonl").read_text().splitlines()) == 2
     assert not (tmp_path / "s" / "quant_state.json").exists()
 

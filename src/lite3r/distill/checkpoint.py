@@ -2,7 +2,7 @@
 
 - ``checkpoint.pt``: step, ``proj_lin`` tensors, optimizer state, RNG states, the config and the quant state
   (as the plain dict of ``quant_state.json``). Loaded with ``weights_only=True``: no pickled code runs.
-- ``proj_lin.safetensors``: the trained parameters only (everything else is the teacher's), with the SLA
+- ``student.safetensors``: the trained parameters only (everything else is the teacher's), with the SLA
   options in the file's metadata, so :func:`load_student` rebuilds the student from the teacher.
 - ``quant_state.json``: the FP8 scales (see :mod:`lite3r.calibration.state`), when the student is quantized.
 
@@ -25,7 +25,7 @@ from lite3r._io import atomic_write_bytes
 from lite3r.sla.module import SparseLinearAttention
 
 CHECKPOINT = "checkpoint.pt"
-PROJ_LIN = "proj_lin.safetensors"
+PROJ_LIN = "student.safetensors"
 QUANT_STATE = "quant_state.json"
 SLA_OPTIONS = ("kh", "kl", "block_q", "block_k", "feature_map")
 
@@ -52,7 +52,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def save_student(student: nn.Module, out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``proj_lin.safetensors`` (and ``quant_state.json`` for an FP8-quantized student) into ``out_dir``."""
+    """Write ``student.safetensors`` (and ``quant_state.json`` for an FP8-quantized student) into ``out_dir``."""
     from safetensors.torch import save
 
     out_dir = Path(out_dir)

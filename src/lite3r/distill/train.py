@@ -100,7 +100,7 @@ def distill(
     ``data`` yields scenes or image tensors (see :func:`lite3r.data.datasets.item_images`); None means
     :func:`default_data`. With ``out_dir``, every step is appended to ``log.jsonl``, a resumable
     ``checkpoint.pt`` is written every ``config.checkpoint_every`` steps and at the end, and the trained
-    student is saved as ``proj_lin.safetensors`` (+ ``quant_state.json`` with ``fp8_qat``); with ``resume``
+    student is saved as ``student.safetensors`` (+ ``quant_state.json`` with ``fp8_qat``); with ``resume``
     an existing checkpoint there is continued. The student is trained in place and returned in the result.
     """
     config = config or DistillConfig()

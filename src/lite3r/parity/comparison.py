@@ -51,6 +51,7 @@ class Comparison:
     outputs: list[OutputParity]
     metrics: dict[str, float] = field(default_factory=dict)
     metric_limits: dict[str, float] = field(default_factory=dict)
+    enforced: bool = True
 
     @property
     def failed_metrics(self) -> list[str]:
@@ -77,7 +78,8 @@ class ParityResult:
     md_path: Path
 
     def failures(self) -> list[str]:
-        return [line for c in self.comparisons for line in c.failures()]
+        """What fails an enforced gate (informational comparisons are reported in the files only)."""
+        return [line for c in self.comparisons if c.enforced for line in c.failures()]
 
 
 def _worst(per_scene: Sequence[Any], kind: str) -> dict[str, float]:
@@ -108,7 +110,9 @@ def _compare(run_results: Any, candidate: str, reference: str, gate: Gate) -> Co
     [accuracy] = Comparator.compare_accuracy(run_results, comparisons=[pair], compare_func=gate.compare_func())
     per_scene = accuracy[(candidate, reference)]
     outputs = [_output_parity(name, gate, [scene[name] for scene in per_scene]) for name in OUTPUT_NAMES]
-    return Comparison(candidate, reference, gate.name, outputs, metric_limits=dict(gate.metric_limits))
+    return Comparison(
+        candidate, reference, gate.name, outputs, metric_limits=dict(gate.metric_limits), enforced=gate.enforced
+    )
 
 
 def metrics_against_teacher(student: dict[str, np.ndarray], teacher: dict[str, np.ndarray]) -> dict[str, float]:
@@ -134,7 +138,8 @@ def _markdown(result: ParityResult) -> str:
     lines = [f"# Parity: {'PASSED' if result.passed else 'FAILED'}", "", f"{result.scenes} scene(s).", ""]
     for c in result.comparisons:
         lines += [
-            f"## {c.candidate} vs {c.reference} ({c.gate} gate): {'passed' if c.passed else 'FAILED'}",
+            f"## {c.candidate} vs {c.reference} ({c.gate} gate): {'passed' if c.passed else 'FAILED'}"
+            + ("" if c.enforced else " (informational: not gating)"),
             "",
             "| output | check | abs error | atol | rel error | rtol | |",
             "|---|---|---|---|---|---|---|",
@@ -227,7 +232,7 @@ def check(
 
     out_dir = Path(out_dir)
     result = ParityResult(
-        passed=all(c.passed for c in comparisons),
+        passed=all(c.passed for c in comparisons if c.enforced),
         comparisons=comparisons,
         scenes=len(feeds),
         notes=notes,

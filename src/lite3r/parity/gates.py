@@ -37,6 +37,9 @@ class Gate:
     name: str
     tolerances: Mapping[str, Tolerance]
     metric_limits: Mapping[str, float] = field(default_factory=dict)  # metric name -> largest passing value
+    # False: measured and reported, but a failure does not fail the check (e.g. a random-weight teacher, whose
+    # outputs are no reconstruction a student could be held to).
+    enforced: bool = True
 
     def compare_func(self) -> Any:
         """Polygraphy ``SimpleCompareFunc`` with this gate's per-output tolerances."""
