@@ -1,0 +1,113 @@
+"""`lite3r-export`: the whole chain on vggt-tiny, the gate that catches a perturbed student, and bad inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+import lite3r
+from lite3r.cli import export_main
+
+HAS_RTX = importlib.util.find_spec("tensorrt_rtx_bindings") is not None
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def _export(*args):
+    return CliRunner().invoke(export_main, ["vggt-tiny", *args])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "out"
+    result = _export("--fp8", "--size", "56x56", "--frames", "2:2:4", "--synthetic", "2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+@pytest.mark.slow
+def test_chain_writes_every_artifact(exported):
+    out, output = exported
+    names = {p.name for p in out.iterdir()}
+    assert {"student.safetensors", "quant_state.json", "model.onnx", "parity.json", "parity.md"} <= names
+    if HAS_RTX or HAS_TRT:
+        assert {"model.engine", "model.build.log"} <= names
+    else:
+        assert "no engine built" in output
+    assert not [n for n in names if n.startswith(".lite3r-stage")]
+    assert "parity passed" in output
+
+
+@pytest.mark.slow
+def test_onnx_has_sla_nodes_with_function_body_and_fp8_qdq(exported):
+    model = onnx.load(exported[0] / "model.onnx")
+    sla = [n for n in model.graph.node if n.domain == "lite3r" and n.op_type == "SparseLinearAttention"]
+    assert len(sla) == lite3r.load_model("vggt-tiny").config.depth  # one per global-attention layer
+    assert any(f.domain == "lite3r" and f.name == "SparseLinearAttention" for f in model.functions)
+    fp8 = onnx.TensorProto.FLOAT8E4M3FN
+    assert any(i.data_type == fp8 for i in model.graph.initializer)
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 0
+    assert sum(n.op_type == "DequantizeLinear" for n in model.graph.node) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_RTX, reason="TensorRT-RTX (tensorrt_rtx_bindings) is not installed here")
+def test_tensorrt_rtx_engine_was_built(exported):
+    out, output = exported
+    assert (out / "model.engine").stat().st_size > 0
+    assert "tensorrt-rtx" in output
+
+
+@pytest.mark.slow
+def test_export_gate_passes_and_fails_for_a_perturbed_student(exported, tmp_path):
+    from lite3r.data.synthetic import make_scene
+    from lite3r.distill import load_student
+    from lite3r.parity import check
+
+    out, _ = exported
+    report = json.loads((out / "parity.json").read_text())
+    assert report["passed"] and report["comparisons"][0]["gate"] == "export"
+
+    torch.manual_seed(0)
+    teacher = lite3r.load_model("vggt-tiny")
+    student = load_student(teacher, out)
+    scenes = [make_scene(2, 56, 56, seed=1000).images]
+    assert check(tmp_path / "same", scenes, student=student, onnx_path=out / "model.onnx").passed
+
+    with torch.no_grad():  # a deliberate change the ONNX does not have
+        student.aggregator.global_blocks[0].attn.core.proj_lin.bias += 0.5
+    result = check(tmp_path / "perturbed", scenes, student=student, onnx_path=out / "model.onnx")
+    assert not result.passed
+    assert any(line.startswith("onnx vs student") for line in result.failures())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--checkpoint", "missing.pt"], "checkpoint not found: missing.pt"),
+        (["--frames", "8:2:32"], "frames"),
+        (["--frames", "a:b:c"], "frames"),
+        (["--target", "tensorrt"], "datacenter TensorRT is not installed"),
+        (["--size", "50x50"], "multiple"),
+    ],
+)
+def test_bad_input_one_clear_error_no_artifacts(tmp_path, args, message):
+    if "tensorrt" in args and HAS_TRT:
+        pytest.skip("datacenter TensorRT is installed here")
+    out = tmp_path / "out"
+    result = _export("--fp8", *args, "--out", str(out))
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_out(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = _export("--fp8", "--out", str(blocker / "out"))
+    assert result.exit_code != 0 and "cannot create output folder" in result.output
