@@ -73,9 +73,9 @@ def test_student_graph_follows_the_contract(student, float_export):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("frames", [2, 3, 4])
+@pytest.mark.parametrize("frames", [1, 2, 3, 4])
 def test_onnxruntime_matches_the_pytorch_student(student, float_export, frames):
-    """Traced at 2 frames; at 3 and 4 the global layers' block maps have all three block classes."""
+    """Traced at 2 frames, run at 1 to 4; from 3 frames on the global layers' block maps have all three classes."""
     images = make_scene(frames, *IMAGE_SIZE, seed=10 + frames).images[None]
     expected, actual = run_torch(student, images), run_onnx(float_export.path, images)
     for name in OUTPUTS:  # float32 end to end; only the order of sums differs
@@ -100,13 +100,14 @@ def test_fp8_graph_quantizes_the_calibrated_linears(fp8_student, fp8_export):
             assert activation.op_type == weight.op_type == "DequantizeLinear"
             assert producers[activation.input[0]].op_type == "QuantizeLinear"
             assert weight.input[0] in fp8_weights
-    assert sum(n.op_type == "MatMul" and n.input[1].endswith("weight_quantizer.dq") for n in model.graph.node) == len(modules)
+    fp8_matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1].endswith("weight_quantizer.dq")]
+    assert len(fp8_matmuls) == len(modules)
     assert fp8_export.sla_nodes == 6
     # Exported with external data (the size threshold lowered in conftest), as VGGT-1B is.
     assert fp8_export.external_data == fp8_export.path.with_name("student_fp8.onnx.data")
     assert fp8_export.file_bytes == fp8_export.path.stat().st_size + fp8_export.external_data.stat().st_size
-    assert not any(t.HasField("raw_data") for t in onnx.load(fp8_export.path, load_external_data=False).graph.initializer
-                   if t.data_location == onnx.TensorProto.EXTERNAL)
+    header = onnx.load(fp8_export.path, load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in header.graph.initializer)
 
 
 @pytest.mark.slow
@@ -114,7 +115,8 @@ def test_fp8_graph_quantizes_the_calibrated_linears(fp8_student, fp8_export):
 def test_fp8_onnxruntime_matches_modelopt_fake_quantization(student, fp8_student, fp8_export, frames):
     quantized, _ = fp8_student
     images = make_scene(frames, *IMAGE_SIZE, seed=20 + frames).images[None]
-    fake_quant, actual, full_precision = run_torch(quantized, images), run_onnx(fp8_export.path, images), run_torch(student, images)
+    fake_quant, actual = run_torch(quantized, images), run_onnx(fp8_export.path, images)
+    full_precision = run_torch(student, images)
     for name in OUTPUTS:
         # Same FP8 grid; QuantizeLinear divides by amax/448 where ModelOpt multiplies by 448/amax.
         np.testing.assert_allclose(actual[name], fake_quant[name], rtol=1e-4, atol=1e-5, err_msg=name)

@@ -22,7 +22,8 @@ def linear_graph(transposed_initializer: bool) -> onnx.ModelProto:
     if transposed_initializer:
         nodes, inits = [], [numpy_helper.from_array(WEIGHT.T.copy(), "w_t")]
     else:
-        nodes, inits = [helper.make_node("Transpose", ["w"], ["w_t"], perm=[1, 0])], [numpy_helper.from_array(WEIGHT, "w")]
+        nodes = [helper.make_node("Transpose", ["w"], ["w_t"], perm=[1, 0])]
+        inits = [numpy_helper.from_array(WEIGHT, "w")]
     matmul = helper.make_node("MatMul", ["x", "w_t"], ["y"])
     matmul.metadata_props.add(key="pkg.torch.onnx.name_scopes", value="['', 'head', 'head.fc', 'linear']")
     graph = helper.make_graph(

@@ -140,7 +140,7 @@ def _check_image_size(model: nn.Module, image_size: int | tuple[int, int]) -> tu
 
 def _check_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
-        raise ExportError(f"export_onnx takes a torch.nn.Module (e.g. lite3r.load_model('vggt')); got {type(model).__name__}")
+        raise ExportError(f"export_onnx takes a torch.nn.Module (a lite3r VGGT); got {type(model).__name__}")
     dtypes = {p.dtype for p in model.parameters()}
     if dtypes != {torch.float32}:
         raise ExportError(f"export a float32 model (model.float()); its parameters are {sorted(map(str, dtypes))}")
@@ -228,7 +228,9 @@ def _trace(model: nn.Module, size: tuple[int, int], frames: int, opset: int, sim
                     model, (images,), dynamic_shapes={"images": {1: torch.export.Dim(FRAMES, min=2)}}, strict=False
                 )
             except torch._dynamo.exc.UserError as e:
-                raise ExportError(f"the frame axis cannot stay dynamic: {str(e).strip().splitlines()[0]}") from None
+                lines = [line.strip(" -") for line in str(e).strip().splitlines()]
+                detail = next((line for line in lines if line.startswith(("Not all values", "solving"))), lines[0])
+                raise ExportError(f"the frame axis cannot stay dynamic: {detail}") from None
         keys = list(program.call_spec.out_spec.context)
         if sorted(keys) != sorted(OUTPUT_NAMES):
             raise ExportError(f"the model must return a dict with keys {OUTPUT_NAMES}; it returns {keys}")
@@ -274,7 +276,8 @@ def _sla_schema() -> Iterator[None]:
         inputs=[param(name, "T") for name in sla_onnx.SLA_INPUTS],
         outputs=[param("out", "T")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "q, k, v, out")],
-        attributes=[attr(name, getattr(defs.OpSchema.AttrType, kind), "") for name, kind in sla_onnx.SLA_ATTRIBUTES.items()],
+        attributes=[attr(name, getattr(defs.OpSchema.AttrType, kind), "")
+                    for name, kind in sla_onnx.SLA_ATTRIBUTES.items()],
     )  # fmt: skip
     defs.register_schema(schema)
     try:

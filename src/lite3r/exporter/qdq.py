@@ -1,6 +1,7 @@
 """FP8 QuantizeLinear/DequantizeLinear on the exported float graph, from ``quant_state.json``.
 
-Each quantized ``nn.Linear`` is found by the module scope the PyTorch exporter records on its MatMul node. Its activation input gets ``Q -> DQ`` (FLOAT8E4M3FN, per-tensor scale ``amax / 448``); its weight becomes
+Each quantized ``nn.Linear`` is found by the module scope the PyTorch exporter records on its MatMul node. Its
+activation input gets ``Q -> DQ`` (FLOAT8E4M3FN, per-tensor scale ``amax / 448``); its weight becomes
 a FLOAT8E4M3FN initialiser followed by ``DQ`` (per-tensor, or per output channel). The scales divide, as
 ``QuantizeLinear`` does; ModelOpt's fake quantizer multiplies by ``448 / amax``, which can round a value that sits
 exactly between two FP8 numbers the other way (docs/exporter.md has the measured effect).
@@ -112,9 +113,8 @@ def _quantize_weight(graph, inserted, module: str, node, entry: dict, initialize
         shape[output_axis] = -1
     fp8 = (values / torch.from_numpy(scale).reshape(shape)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     fp8_name = f"{module}.weight_fp8"
-    graph.initializer.append(
-        helper.make_tensor(fp8_name, TensorProto.FLOAT8E4M3FN, list(fp8.shape), fp8.view(torch.uint8).numpy().tobytes(), raw=True)
-    )
+    raw = fp8.view(torch.uint8).numpy().tobytes()
+    graph.initializer.append(helper.make_tensor(fp8_name, TensorProto.FLOAT8E4M3FN, list(fp8.shape), raw, raw=True))
     scale_name = _add_scale(graph, f"{module}.weight_quantizer.scale", scale)
     dequantized = f"{module}.weight_quantizer.dq"
     axis = {"axis": output_axis} if per_channel else {}

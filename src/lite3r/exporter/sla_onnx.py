@@ -200,11 +200,14 @@ def _sla_body(o: SLAOptions) -> list[onnx.NodeProto]:
     nq, nk = s.num_blocks(b, o.block_q), s.num_blocks(b, o.block_k)
 
     # Block map: rank key blocks by the logits of P, pool(q) pool(k)^T / sqrt(D) (reference.block_scores).
-    scores = b("MatMul", _pool(b, q, s, nq, o.block_q), b("Transpose", _pool(b, k, s, nk, o.block_k), perm=[0, 1, 3, 2]))
+    pooled_k = b("Transpose", _pool(b, k, s, nk, o.block_k), perm=[0, 1, 3, 2])
+    scores = b("MatMul", _pool(b, q, s, nq, o.block_q), pooled_k)
     scores = b("Div", scores, b("Sqrt", b("Cast", s.dim, to=TensorProto.FLOAT)))
-    n_critical = b("Min", nk, b("Max", b.ints(1), b("Div", b("Add", b("Mul", nk, b.ints(kh.numerator)),
-                                                              b.ints(kh.denominator - 1)), b.ints(kh.denominator))))
-    n_negligible = b("Min", b("Sub", nk, n_critical), b("Div", b("Mul", nk, b.ints(kl.numerator)), b.ints(kl.denominator)))
+    # count_fractions: n_critical = min(nk, max(1, ceil(nk * kh))), n_negligible = min(nk - n_critical, floor(nk * kl))
+    ceil_kh = b("Div", b("Add", b("Mul", nk, b.ints(kh.numerator)), b.ints(kh.denominator - 1)), b.ints(kh.denominator))
+    n_critical = b("Min", nk, b("Max", b.ints(1), ceil_kh))
+    floor_kl = b("Div", b("Mul", nk, b.ints(kl.numerator)), b.ints(kl.denominator))
+    n_negligible = b("Min", b("Sub", nk, n_critical), floor_kl)
     # TopK ranks ties by the lower key-block index first: the reference's rule (reference.classify_blocks).
     _, order = b("TopK", scores, nk, axis=-1, largest=1, sorted=1, outputs=2, name="order")
     rank = b("Range", b.scalar(0, np.int64), b("Squeeze", nk), b.scalar(1, np.int64))
@@ -247,7 +250,8 @@ def _core_body(o: SLAOptions) -> list[onnx.NodeProto]:
     )
     q_blocks = _blocks(b, q, s, nq, o.block_q)
     scores = b("Mul", b("MatMul", q_blocks, b("Transpose", keys, perm=[0, 1, 2, 4, 3])), b.ref_float("scale"))
-    key_pos = b("Add", b("Mul", lut, b.ints(o.block_k)), b("Range", b.scalar(0, np.int64), b.scalar(o.block_k, np.int64), b.scalar(1, np.int64)))
+    in_block = b("Range", b.scalar(0, np.int64), b.scalar(o.block_k, np.int64), b.scalar(1, np.int64))
+    key_pos = b("Add", b("Mul", lut, b.ints(o.block_k)), in_block)
     key_pos = b("Reshape", key_pos, b("Concat", s.lead, nq, b.ints(1, -1), axis=0))
     scores = b("Where", b("Less", key_pos, s.length), scores, b.scalar(-np.inf))
     sparse = b("MatMul", b("Softmax", scores, axis=-1), values)
