@@ -38,26 +38,11 @@ def _patch_interpreter_bf16_dot() -> None:
     interpreter.InterpreterBuilder.create_dot = create_dot
 
 
-def _patch_interpreter_sort() -> None:
-    """The interpreter runs ``tl.sort``'s bitonic network element by element (about 0.5 s per row); numpy's sort
-    computes the same function at once. The compiled tl.sort is exercised by the CUDA tests."""
-
-    def sort(x, dim=None, descending=False):
-        dim, descending = (getattr(a, "value", a) for a in (dim, descending))
-        data = np.sort(x.handle.data, axis=-1 if dim is None else dim)
-        if descending:
-            data = np.flip(data, axis=-1 if dim is None else dim).copy()
-        return tl.core.tensor(interpreter.TensorHandle(data, x.handle.dtype), x.type)
-
-    tl.sort = sort
-
-
 def main(names: list[str]) -> None:
     from lite3r.sla import kernels
 
     print(json.dumps({"kernel_type": type(kernels.forward_kernel).__name__}), flush=True)
     _patch_interpreter_bf16_dot()
-    _patch_interpreter_sort()
     print(json.dumps({"classify_mismatches": classify_mismatches()}), flush=True)
     for name in names or CASES:
         print(json.dumps(run_case(name, **CASES[name])), flush=True)

@@ -98,13 +98,13 @@ def classify_mismatches(device="cpu") -> int:
     from lite3r.sla.reference import classify_blocks
 
     mismatches = 0
-    for num_kblocks in (3, 37, 130):
+    for num_kblocks, kh, kl in ((3, 0.2, 0.3), (37, 0.2, 0.3), (130, 0.2, 0.3), (37, 1.0, 0.0), (37, 0.0, 1.0)):
         random_scores = torch.randn(1, 2, 2, num_kblocks, device=device)
         tied = torch.randint(-2, 3, (1, 2, 2, num_kblocks), device=device).float() * 0.5
         tied[tied == 0] = torch.tensor(-0.0)
         for scores in (random_scores, tied):
-            got, marginal = kernels.classify(scores, 0.2, 0.3, torch.float32)
-            want = classify_blocks(scores, 0.2, 0.3)
+            got, marginal = kernels.classify(scores, kh, kl, torch.float32)
+            want = classify_blocks(scores, kh, kl)
             same = (got.classes == want.classes).all(-1) & (got.critical == want.critical).all(-1)
             same &= (marginal[..., :num_kblocks].view(want.classes.shape) == (want.classes == 0)).all(-1)
             mismatches += int((~same).sum())

@@ -111,28 +111,49 @@ def classify_kernel(
     num_kblocks, marginal_cols, n_critical, n_negligible,
     PADDED: tl.constexpr,
 ):
-    """``reference.classify_blocks`` for one query block (row of SCORES ``[BH*nq, nk]`` fp32): one sort of keys
-    that order by score with ties to the lower index. Writes CLASSES (int8), the ascending critical LUT (int32)
-    and the row of the 0/1 marginal matrix MARGINAL ``[BH*nq, marginal_cols]`` for the GEMMs (its columns past
-    nk only align the rows and are never read)."""
+    """``reference.classify_blocks`` for one query block (row of SCORES ``[BH*nq, nk]`` fp32), without a sort.
+
+    Rank order is score descending, ties to the lower index. Binary searches over the scores' order-preserving
+    int32 bits find the n_critical-th largest and the n_negligible-th smallest score; ties at those thresholds
+    are split by index with prefix sums. Writes CLASSES (int8), the ascending critical LUT (int32) and the row
+    of the 0/1 marginal matrix MARGINAL ``[BH*nq, marginal_cols]`` for the GEMMs (columns past nk only align
+    rows and are never read).
+    """
     row = tl.program_id(0).to(tl.int64)
     lanes = tl.arange(0, PADDED)
     valid = lanes < num_kblocks
     scores = tl.load(SCORES + row * num_kblocks + lanes, mask=valid, other=0.0) + 0.0  # -0.0 -> +0.0
     bits = scores.to(tl.int32, bitcast=True)
-    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # int32 order == float order
-    lowest = tl.full([PADDED], -2147483648, tl.int32).to(tl.int64) << 32  # below every real key
-    keys = tl.where(valid, (ordered.to(tl.int64) << 32) | (num_kblocks - 1 - lanes), lowest)
-    by_rank = tl.sort(keys, 0, descending=True)
-    index = (num_kblocks - 1 - (by_rank & 0xFFFFFFFF)).to(tl.int32)  # key block at each rank (lane)
-    is_critical = lanes < n_critical
-    is_negligible = lanes >= num_kblocks - n_negligible
-    classes = tl.where(is_critical, 1, tl.where(is_negligible, -1, 0)).to(tl.int8)
-    tl.store(CLASSES + row * num_kblocks + index, classes, mask=valid)
-    marginal = tl.where(is_critical | is_negligible, 0.0, 1.0).to(MARGINAL.dtype.element_ty)
-    tl.store(MARGINAL + row * marginal_cols + index, marginal, mask=valid)
-    critical = tl.sort(tl.where(is_critical, index, 2147483647), 0)
-    tl.store(LUT + row * n_critical + lanes, critical, mask=is_critical)
+    ordered = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64)  # int order == float order
+
+    # top: largest t with #(ordered >= t) >= n_critical; bottom: smallest t with #(ordered <= t) >= n_negligible.
+    top_lo, top_hi = tl.full([], -2147483648, tl.int64), tl.full([], 2147483647, tl.int64)
+    bottom_lo, bottom_hi = top_lo, top_hi
+    for _ in range(32):
+        top_mid = top_lo + (top_hi - top_lo + 1) // 2
+        above = tl.sum((valid & (ordered >= top_mid)).to(tl.int32), 0)
+        top_lo = tl.where(above >= n_critical, top_mid, top_lo)
+        top_hi = tl.where(above >= n_critical, top_hi, top_mid - 1)
+        bottom_mid = bottom_lo + (bottom_hi - bottom_lo) // 2
+        below = tl.sum((valid & (ordered <= bottom_mid)).to(tl.int32), 0)
+        bottom_hi = tl.where(below >= n_negligible, bottom_mid, bottom_hi)
+        bottom_lo = tl.where(below >= n_negligible, bottom_lo, bottom_mid + 1)
+
+    top_ties = valid & (ordered == top_lo)
+    top_rank = tl.cumsum(top_ties.to(tl.int32), 0)  # 1-based among ties, lower index first
+    top_need = n_critical - tl.sum((valid & (ordered > top_lo)).to(tl.int32), 0)
+    critical = (valid & (ordered > top_lo)) | (top_ties & (top_rank <= top_need))
+    bottom_ties = valid & (ordered == bottom_hi)
+    bottom_rank = tl.sum(bottom_ties.to(tl.int32), 0) - tl.cumsum(bottom_ties.to(tl.int32), 0) + 1  # from the end
+    bottom_need = n_negligible - tl.sum((valid & (ordered < bottom_hi)).to(tl.int32), 0)
+    negligible = ((valid & (ordered < bottom_hi)) | (bottom_ties & (bottom_rank <= bottom_need))) & (n_negligible > 0)
+
+    classes = tl.where(critical, 1, tl.where(negligible, -1, 0)).to(tl.int8)
+    tl.store(CLASSES + row * num_kblocks + lanes, classes, mask=valid)
+    marginal = tl.where(critical | negligible, 0.0, 1.0).to(MARGINAL.dtype.element_ty)
+    tl.store(MARGINAL + row * marginal_cols + lanes, marginal, mask=valid)
+    position = tl.cumsum(critical.to(tl.int32), 0) - 1
+    tl.store(LUT + row * n_critical + position, lanes, mask=critical)
 
 
 @triton.jit
@@ -167,13 +188,19 @@ def marginal_sum_kernel(
 
 @triton.jit
 def _gather_blocks(INDEX, t, end, seq_len, BLOCK: tl.constexpr, STEP_BLOCKS: tl.constexpr):
-    """Token positions of the blocks ``INDEX[t : t + STEP_BLOCKS]`` and which are real (entries from ``end`` on
-    and padding tokens past ``seq_len`` are not). Several blocks per step make wider matrix products."""
+    """Token positions of the blocks ``INDEX[t]`` (and ``INDEX[t + 1]`` when STEP_BLOCKS == 2, unless
+    ``t + 1 >= end``) and which of them are real tokens. Two blocks per step make wider matrix products; the
+    indices are scalar loads so the compiler sees contiguous runs of tokens."""
     lanes = tl.arange(0, BLOCK * STEP_BLOCKS)
-    entry = t + lanes // BLOCK
-    entry_ok = entry < end
-    tokens = tl.load(INDEX + entry, mask=entry_ok, other=0) * BLOCK + lanes % BLOCK
-    return tokens, entry_ok & (tokens < seq_len)
+    first = tl.load(INDEX + t)
+    if STEP_BLOCKS == 1:
+        tokens = first * BLOCK + lanes
+        return tokens, tokens < seq_len
+    else:
+        second = tl.load(INDEX + tl.minimum(t + 1, end - 1))  # a repeat of the last entry when there is none
+        in_first = lanes < BLOCK
+        tokens = tl.where(in_first, first * BLOCK + lanes, second * BLOCK + lanes - BLOCK)
+        return tokens, (tokens < seq_len) & (in_first | (t + 1 + 0 * lanes < end))
 
 
 @triton.jit
@@ -394,11 +421,13 @@ def backward_key_kernel(
 # ----------------------------------------------------------------------------------------------- host side
 
 
-def _launch_options(head_dim: int, block_q: int) -> dict[str, int]:
-    return {"num_warps": 4 if head_dim * block_q <= 64 * 64 else 8, "num_stages": 3}
+def _launch_options(head_dim: int, block_q: int, num_stages: int = 3) -> dict[str, int]:
+    """Launch configuration of the attention kernels (measured on H100: docs/sla.md)."""
+    return {"num_warps": 4 if head_dim * block_q <= 64 * 64 else 8, "num_stages": num_stages}
 
 
-STEP_BLOCKS = 2  # critical blocks per inner-loop step of the attention kernels (benchmarks/bench_sla.py --tune)
+STEP_BLOCKS = 2  # critical blocks per inner-loop step of the attention kernels (1 or 2; bench_sla.py --tune)
+BACKWARD_STAGES = 2
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
@@ -472,7 +501,7 @@ def classify(scores: torch.Tensor, kh: float, kl: float, mask_dtype: torch.dtype
     padded = max(16, triton.next_power_of_2(num_kblocks))
     classify_kernel[(batch * heads * num_qblocks,)](
         scores.contiguous(), classes, critical, marginal, num_kblocks, padded_cols, n_critical, n_negligible,
-        PADDED=padded, num_warps=4 if padded <= 1024 else 8,
+        PADDED=padded, num_warps=4,
     )
     return BlockMap(classes, critical), marginal
 
@@ -483,13 +512,13 @@ def marginal_sum(mask: torch.Tensor, state: torch.Tensor, out_dtype: torch.dtype
     batch, rows, depth = mask.shape
     cols = state.shape[-1]
     out = torch.empty(batch, rows, cols, device=state.device, dtype=out_dtype)
-    widest_n = 128 if state.is_cuda else 1024  # the CPU interpreter pays per program, not per element
+    widest_n = 256 if state.is_cuda else 1024  # the CPU interpreter pays per program, not per element
     block_m, block_n, block_k = (min(size, max(16, triton.next_power_of_2(n))) for size, n in
-                                 ((128, rows), (widest_n, cols), (64, depth)))
+                                 ((64, rows), (widest_n, cols), (64, depth)))
     grid = (triton.cdiv(rows, block_m), triton.cdiv(cols, block_n), batch)
     marginal_sum_kernel[grid](
         mask, state, out, *mask.stride(), rows, cols, depth,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8, num_stages=3,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3,
     )
     return out
 
@@ -565,7 +594,7 @@ def launch_backward_query(
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(linear_out),
         heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        STEP_BLOCKS=STEP_BLOCKS, **_launch_options(dim, block_q),
+        STEP_BLOCKS=STEP_BLOCKS, **_launch_options(dim, block_q, BACKWARD_STAGES),
     )
     return dq, lse, delta, d_kv, d_k, linear_out
 
@@ -601,7 +630,7 @@ def launch_backward_key(
         *_strides(q), *_strides(k), *_strides(v), *_strides(dout),
         heads, length, dim**-0.5,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        STEP_BLOCKS=STEP_BLOCKS, **_launch_options(dim, block_k),
+        STEP_BLOCKS=STEP_BLOCKS, **_launch_options(dim, block_k, BACKWARD_STAGES),
     )
     return dk, dv
 
