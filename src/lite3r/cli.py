@@ -2,41 +2,27 @@
 
 from __future__ import annotations
 
-import functools
-import os
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-from lite3r.deploy._trt import DeployError
+from lite3r._click import one_line_errors
 
 console = Console(stderr=True)
 out_console = Console()
 
 
-def _one_line_errors(fn):
-    """Turn expected failures (bad input, unreadable files) into one clear line and exit code 2.
-
-    Set LITE3R_DEBUG=1 to see the traceback instead.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, OSError, NotImplementedError, DeployError) as e:
-            if os.environ.get("LITE3R_DEBUG"):
-                raise
-            raise click.ClickException(str(e)) from None
-
-    return wrapper
-
-
-def _stages(total: int) -> Progress:
+def _stages() -> Progress:
     return Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -89,7 +75,7 @@ def main() -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
               show_default=True)
-@_one_line_errors
+@one_line_errors
 def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, device, dtype):
     """Predict depth, points and cameras for one scene; write .npz, a contact sheet and metrics."""
     import torch
@@ -104,7 +90,7 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
     dev = resolve_device(device)
     check_writable_dir(out)
 
-    with _stages(4) as progress:
+    with _stages() as progress:
         task = progress.add_task("loading model", total=4)
         torch.manual_seed(seed)
         model = lite3r.load_model(model_name, checkpoint=checkpoint)
@@ -146,7 +132,7 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
 @click.option("--frames", default="2:8:32", show_default=True, help="Frame range min:opt:max.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="Read before, written after.")
 @click.option("--verbose", is_flag=True, help="Keep TensorRT's verbose messages in the build log.")
-@_one_line_errors
+@one_line_errors
 def build(onnx_path, out, target, frames, timing_cache, verbose):
     """Build a strongly typed (FP8 from the graph's Q/DQ) TensorRT or TensorRT-RTX engine from an ONNX file."""
     from lite3r.deploy import build_engine
@@ -176,7 +162,7 @@ def build(onnx_path, out, target, frames, timing_cache, verbose):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Where distillation/calibration run.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
-@_one_line_errors
+@one_line_errors
 def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, frames, target, size, kh, kl,
                 teacher_gate, seed, device, out):
     """Teacher → SLA student → FP8 → ONNX → engine → parity, into one folder; exits 1 when a parity gate fails."""
@@ -184,7 +170,7 @@ def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, fr
 
     stages = ["load teacher", "convert to SLA", "FP8 / distill", "save student", "export ONNX", "build engine",
               "parity"]
-    with _stages(len(stages)) as progress:
+    with _stages() as progress:
         task = progress.add_task("starting", total=len(stages))
 
         def on_stage(name):

@@ -3,29 +3,13 @@
 
 from __future__ import annotations
 
-import functools
-import os
 from pathlib import Path
 
 import click
 
+from lite3r._click import one_line_errors
+
 DATA_HELP = "'synthetic' (embedded scenes), or a folder: DTU / BlendedMVS (MVSNet layouts) or plain images."
-
-
-def _one_line_errors(fn):
-    """Expected failures (bad input, unreadable files) become one line and exit code 1; LITE3R_DEBUG=1 shows
-    the traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, OSError, NotImplementedError) as e:
-            if os.environ.get("LITE3R_DEBUG"):
-                raise
-            raise click.ClickException(str(e)) from None
-
-    return wrapper
 
 
 def _model_options(fn):
@@ -90,7 +74,7 @@ def _teacher_and_data(model_name, checkpoint, data, views, size, scenes, seed, d
 @click.option("--grad-checkpointing", is_flag=True, help="Recompute aggregator blocks in the backward pass.")
 @_recipe_options
 @click.option("--no-resume", is_flag=True, help="Start over even if --out has a checkpoint.")
-@_one_line_errors
+@one_line_errors
 def distill_command(model_name, checkpoint, data, views, size, scenes, seed, device, out, steps, fp8_qat, lr, layers,
                     kh, kl, gt_depth_weight, grad_checkpointing, fp8_layers, fp8_skip, no_resume):
     """Distil the dense model into an SLA student (only proj_lin trains), optionally FP8-aware.
@@ -119,7 +103,7 @@ def distill_command(model_name, checkpoint, data, views, size, scenes, seed, dev
               help="Folder of a distilled student (student.safetensors); default: calibrate the model as loaded.")
 @click.option("--batches", default=4, show_default=True, type=click.IntRange(min=1), help="Calibration scenes.")
 @_recipe_options
-@_one_line_errors
+@one_line_errors
 def calibrate_command(model_name, checkpoint, data, views, size, scenes, seed, device, out, student_dir, batches,
                       fp8_layers, fp8_skip):
     """FP8 post-training calibration (ModelOpt, max amax): writes quant_state.json into --out."""
