@@ -17,10 +17,11 @@ from lite3r.exporter.sla_onnx import (
     SLAExportError,
     SLAOptions,
     count_fractions,
+    integer_counts,
     sla_functions,
     sla_node,
 )
-from lite3r.sla.reference import block_map, sparse_linear_attention_reference
+from lite3r.sla.reference import block_counts, block_map, sparse_linear_attention_reference
 
 HEAD_DIM = 16
 
@@ -100,6 +101,14 @@ def test_block_counts_use_the_float64_rule_not_the_float32_attribute():
     assert np.float32(0.05) * np.float64(20) - 1e-9 > 1
     onnx_out, reference = run_both(SLAOptions(0.05, 0.1, 64, 64, "softmax"), *random_inputs(20 * 64, heads=1))
     np.testing.assert_allclose(onnx_out, reference, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("kh, kl", [(0.05, 0.1), (0.3, 0.3), (0.125, 0.0), (1 / 3, 0.2), (1.0, 0.0), (0.0, 1.0)])
+def test_integer_counts_are_the_reference_block_counts(kh, kl):
+    """The body's int64 rule on the exact fractions, against reference.block_counts itself."""
+    nk = np.arange(1, 3001)
+    critical, negligible = integer_counts(nk, *count_fractions(kh, kl))
+    assert list(zip(critical.tolist(), negligible.tolist())) == [block_counts(n, kh, kl) for n in range(1, 3001)]
 
 
 def test_counts_as_fractions():

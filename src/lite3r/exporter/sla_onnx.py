@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lite3r.sla.reference import LINEAR_EPS, block_counts, check_options
+from lite3r.sla.reference import LINEAR_EPS, check_options
 
 DOMAIN = "lite3r"
 SLA_OP = "SparseLinearAttention"
@@ -61,10 +61,6 @@ class SLAOptions(NamedTuple):
             "feature_map": self.feature_map, "scale": head_dim**-0.5, "plugin_namespace": DOMAIN,
         }  # fmt: skip
 
-    def float32_key(self) -> tuple:
-        """How a node's attributes read these options back (ONNX floats are float32)."""
-        return (float(np.float32(self.kh)), float(np.float32(self.kl)), self.block_q, self.block_k, self.feature_map)
-
 
 def sla_node(inputs, output: str, options: SLAOptions, head_dim: int, name: str = "") -> onnx.NodeProto:
     """One ``lite3r::SparseLinearAttention`` node with the contract's attributes."""
@@ -93,8 +89,9 @@ def count_fractions(kh: float, kl: float) -> tuple[Fraction, Fraction]:
     ``min(nk - n_critical, floor(p*nk/q))`` equal ``reference.block_counts`` (checked for every ``nk``)."""
     fractions = Fraction(kh).limit_denominator(_MAX_DENOMINATOR), Fraction(kl).limit_denominator(_MAX_DENOMINATOR)
     nk = np.arange(1, _CHECKED_BLOCKS + 1, dtype=np.int64)
-    critical, negligible = _counts(nk, *fractions)
-    # The reference's rule, vectorised: numpy's float64 arithmetic is Python's, operation for operation.
+    critical, negligible = integer_counts(nk, *fractions)
+    # reference.block_counts, vectorised: numpy's float64 arithmetic is Python's, operation for operation (a
+    # test holds the two together).
     expected_critical = np.minimum(nk, np.maximum(1, np.ceil(kh * nk - 1e-9).astype(np.int64)))
     expected_negligible = np.minimum(nk - expected_critical, np.floor(kl * nk + 1e-9).astype(np.int64))
     bad = np.flatnonzero((critical != expected_critical) | (negligible != expected_negligible))
@@ -103,11 +100,10 @@ def count_fractions(kh: float, kl: float) -> tuple[Fraction, Fraction]:
             f"SLA kh={kh!r}, kl={kl!r} have no exact small fraction (block counts differ at {nk[bad[0]]} key "
             "blocks); use values such as 0.05 or 0.125"
         )
-    assert block_counts(int(nk[-1]), kh, kl) == (critical[-1], negligible[-1])
     return fractions
 
 
-def _counts(nk: np.ndarray, kh: Fraction, kl: Fraction) -> tuple[np.ndarray, np.ndarray]:
+def integer_counts(nk: np.ndarray, kh: Fraction, kl: Fraction) -> tuple[np.ndarray, np.ndarray]:
     critical = np.minimum(nk, np.maximum(1, (nk * kh.numerator + kh.denominator - 1) // kh.denominator))
     return critical, np.minimum(nk - critical, nk * kl.numerator // kl.denominator)
 
@@ -119,10 +115,10 @@ class _Body:
         self.nodes: list[onnx.NodeProto] = []
         self._constants: dict[tuple, str] = {}
 
-    def __call__(self, op_type: str, *inputs: str, outputs: int = 1, name: str = "", domain: str = "", **attrs):
+    def __call__(self, op_type: str, *inputs: str, outputs: int = 1, name: str = "", **attrs):
         prefix = name or f"t{len(self.nodes)}_{op_type}"
         names = [prefix] if outputs == 1 else [f"{prefix}_{i}" for i in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, domain=domain or None, **attrs))
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
         return names[0] if outputs == 1 else names
 
     def ints(self, *values: int) -> str:
