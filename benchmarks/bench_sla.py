@@ -122,28 +122,27 @@ def stage_times(q, k, v, weight, bias, dout, out, kh, kl, block_q, block_k, feat
     return times
 
 
-LAUNCH_CONFIGS = [(4, 3, 1), (4, 3, 2), (4, 2, 1), (4, 2, 2)]  # warps, stages, STEP_BLOCKS
+LAUNCH_CONFIGS = [(4, 3, 1), (4, 3, 2), (4, 2, 1), (4, 2, 2)]  # warps, stages, backward blocks per step
 
 
 def tune(q, k, v, weight, bias, dout, kh, kl, block_q, block_k, feature_map) -> dict[str, dict[str, float]]:
     """Stage times of the three attention kernels for each configuration in LAUNCH_CONFIGS."""
     from lite3r.sla import kernels
 
-    default_options, default_step, default_stages = kernels._launch_options, kernels.STEP_BLOCKS, kernels.BACKWARD_STAGES
+    default_options, default_step = kernels._launch_options, kernels._step_blocks
     out = sparse_linear_attention(q, k, v, weight, bias, kh=kh, kl=kl, block_q=block_q, block_k=block_k,
                                   feature_map=feature_map)
     results = {}
     try:
         for warps, stages, step in LAUNCH_CONFIGS:
             kernels._launch_options = lambda *_: {"num_warps": warps, "num_stages": stages}
-            kernels.STEP_BLOCKS, kernels.BACKWARD_STAGES = step, stages
+            kernels._step_blocks = lambda *_: step
             times = stage_times(q, k, v, weight, bias, dout, out, kh, kl, block_q, block_k, feature_map, "cuda")
             name = f"w{warps}s{stages}x{step}"
             results[name] = {n: times[n] for n in ("forward_kernel", "backward_query_kernel", "backward_key_kernel")}
             print(f"tune {name}: {results[name]}", flush=True)
     finally:
-        kernels._launch_options, kernels.STEP_BLOCKS = default_options, default_step
-        kernels.BACKWARD_STAGES = default_stages
+        kernels._launch_options, kernels._step_blocks = default_options, default_step
     pre = kernels.precompute(q, k, v, kh, kl, block_q, block_k, feature_map)
     kv_block, _, _ = kernels.key_states(k, v, block_k, feature_map)
     mask = pre.marginal[..., : kv_block.shape[1]]

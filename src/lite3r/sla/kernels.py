@@ -224,7 +224,7 @@ def forward_kernel(
     stride_ob, stride_oh, stride_ol,
     num_heads, seq_len, num_critical, sm_scale, eps,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
-    STEP_BLOCKS: tl.constexpr = 2,
+    STEP_BLOCKS: tl.constexpr = 1,
 ):
     """One query block: online softmax over its critical key blocks (STEP_BLOCKS of them per step) +
     proj_lin(linear branch)."""
@@ -277,7 +277,7 @@ def backward_query_kernel(
     stride_lb, stride_lh, stride_ll,
     num_heads, seq_len, num_critical, sm_scale, eps,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
-    STEP_BLOCKS: tl.constexpr = 2,
+    STEP_BLOCKS: tl.constexpr = 1,
 ):
     """One query block: dQ (sparse + linear), the softmax statistics and delta for ``backward_key_kernel``,
     dM_i / dz_i of the linear branch, and O_l (for proj_lin's weight gradient).
@@ -365,7 +365,7 @@ def backward_key_kernel(
     stride_db, stride_dh, stride_dl,
     num_heads, seq_len, sm_scale,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
-    STEP_BLOCKS: tl.constexpr = 2,
+    STEP_BLOCKS: tl.constexpr = 1,
 ):
     """One key block: dK, dV from the query blocks that hold it critical (CSR lists, STEP_BLOCKS per step) plus
     the linear branch through ``dS_j`` (DKV_STATE ``[BH, nk, D*D]``) and ``dz_j`` (DK_STATE ``[BH, nk, D]``).
@@ -421,13 +421,15 @@ def backward_key_kernel(
 # ----------------------------------------------------------------------------------------------- host side
 
 
-def _launch_options(head_dim: int, block_q: int, num_stages: int = 3) -> dict[str, int]:
+def _launch_options(head_dim: int, block_q: int) -> dict[str, int]:
     """Launch configuration of the attention kernels (measured on H100: docs/sla.md)."""
-    return {"num_warps": 4 if head_dim * block_q <= 64 * 64 else 8, "num_stages": num_stages}
+    return {"num_warps": 4 if head_dim * block_q <= 64 * 64 else 8, "num_stages": 3}
 
 
-STEP_BLOCKS = 2  # critical blocks per inner-loop step of the attention kernels (1 or 2; bench_sla.py --tune)
-BACKWARD_STAGES = 2
+def _step_blocks(head_dim: int, block: int) -> int:
+    """Blocks per inner-loop step of the backward kernels: two 64-blocks (a 128-wide product) were faster on
+    H100 for D=64; larger tiles would overflow shared memory. The forward kernel was faster with one."""
+    return 2 if head_dim == 64 and block == 64 else 1
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
@@ -501,7 +503,7 @@ def classify(scores: torch.Tensor, kh: float, kl: float, mask_dtype: torch.dtype
     padded = max(16, triton.next_power_of_2(num_kblocks))
     classify_kernel[(batch * heads * num_qblocks,)](
         scores.contiguous(), classes, critical, marginal, num_kblocks, padded_cols, n_critical, n_negligible,
-        PADDED=padded, num_warps=4,
+        PADDED=padded, num_warps=max(1, padded // 1024),  # one warp: reductions without a block barrier
     )
     return BlockMap(classes, critical), marginal
 
@@ -558,7 +560,7 @@ def launch_forward(
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        STEP_BLOCKS=STEP_BLOCKS, **_launch_options(dim, block_q),
+        **_launch_options(dim, block_q),
     )
     return out
 
@@ -594,7 +596,7 @@ def launch_backward_query(
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(linear_out),
         heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        STEP_BLOCKS=STEP_BLOCKS, **_launch_options(dim, block_q, BACKWARD_STAGES),
+        STEP_BLOCKS=_step_blocks(dim, block_k), **_launch_options(dim, block_q),
     )
     return dq, lse, delta, d_kv, d_k, linear_out
 
@@ -630,7 +632,7 @@ def launch_backward_key(
         *_strides(q), *_strides(k), *_strides(v), *_strides(dout),
         heads, length, dim**-0.5,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        STEP_BLOCKS=STEP_BLOCKS, **_launch_options(dim, block_k, BACKWARD_STAGES),
+        STEP_BLOCKS=_step_blocks(dim, block_q), **_launch_options(dim, block_k),
     )
     return dk, dv
 
