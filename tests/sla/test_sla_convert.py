@@ -182,3 +182,17 @@ def test_vggt_tiny_converts_and_runs():
         got, want = student(images), teacher(images)
     assert got.keys() == want.keys()
     assert all(got[key].shape == want[key].shape and torch.isfinite(got[key]).all() for key in got)
+
+
+def test_autocast_runs_q_k_v_in_the_autocast_dtype_like_sdpa():
+    """q/k-norm leaves q, k in float32 under autocast while v is bf16: SLA must accept that, as SDPA does."""
+    from lite3r.sla.op import sparse_linear_attention
+
+    q, k = torch.randn(2, 1, 2, 130, 64).unbind(0)
+    v = torch.randn(1, 2, 130, 64).bfloat16()
+    weight, bias = torch.randn(64, 64) * 0.1, torch.randn(64) * 0.1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sparse_linear_attention(q, k, v, weight, bias)
+    expected = sparse_linear_attention(q.bfloat16(), k.bfloat16(), v, weight.bfloat16(), bias.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected.float(), atol=2e-2, rtol=2e-2)

@@ -165,7 +165,12 @@ def sparse_linear_attention(
     """SLA of ``q, k, v [B, H, L, D]`` with ``proj_lin`` = (``weight [D, D]``, ``bias [D]``); returns ``[B, H, L, D]``.
 
     Differentiable in all five tensors. See ``reference.sparse_linear_attention_reference`` for the definition.
+    Under autocast, q, k and v run in the autocast dtype, as ``scaled_dot_product_attention`` does (q/k-norm
+    leaves q, k in float32 while v comes out of the autocast linear in bf16/fp16).
     """
+    if torch.is_autocast_enabled(q.device.type):
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     _check_inputs(q, k, v, weight, bias)
     reference.check_options(kh, kl, block_q, block_k, feature_map)
     _check_backend_name(backend)
