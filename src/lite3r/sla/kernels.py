@@ -426,10 +426,11 @@ def _launch_options(head_dim: int, block_q: int) -> dict[str, int]:
     return {"num_warps": 4 if head_dim * block_q <= 64 * 64 else 8, "num_stages": 3}
 
 
-def _step_blocks(head_dim: int, block: int) -> int:
+def _step_blocks(head_dim: int, block_q: int, block_k: int) -> int:
     """Blocks per inner-loop step of the backward kernels: two 64-blocks (a 128-wide product) were faster on
-    H100 for D=64; larger tiles would overflow shared memory. The forward kernel was faster with one."""
-    return 2 if head_dim == 64 and block == 64 else 1
+    H100 for D = 64 with 64x64 blocks; with a 128-block or D = 128 that overflows shared memory (seen: 240 KB
+    for fp16, BQ = 128). The forward kernel was faster with one."""
+    return 2 if head_dim == block_q == block_k == 64 else 1
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
@@ -596,7 +597,7 @@ def launch_backward_query(
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(linear_out),
         heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        STEP_BLOCKS=_step_blocks(dim, block_k), **_launch_options(dim, block_q),
+        STEP_BLOCKS=_step_blocks(dim, block_q, block_k), **_launch_options(dim, block_q),
     )
     return dq, lse, delta, d_kv, d_k, linear_out
 
@@ -632,7 +633,7 @@ def launch_backward_key(
         *_strides(q), *_strides(k), *_strides(v), *_strides(dout),
         heads, length, dim**-0.5,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        STEP_BLOCKS=_step_blocks(dim, block_q), **_launch_options(dim, block_k),
+        STEP_BLOCKS=_step_blocks(dim, block_q, block_k), **_launch_options(dim, block_k),
     )
     return dk, dv
 
