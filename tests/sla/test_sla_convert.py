@@ -196,3 +196,15 @@ def test_autocast_runs_q_k_v_in_the_autocast_dtype_like_sdpa():
     expected = sparse_linear_attention(q.bfloat16(), k.bfloat16(), v, weight.bfloat16(), bias.bfloat16())
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_autocast_does_not_reach_inside_the_op():
+    """Inside the op, block scores and accumulations keep their own precision: same result with autocast on."""
+    from lite3r.sla.op import sparse_linear_attention
+
+    q, k, v = torch.randn(3, 1, 2, 200, 64).bfloat16().unbind(0)
+    weight, bias = torch.randn(64, 64) * 0.1, torch.randn(64) * 0.1
+    expected = sparse_linear_attention(q, k, v, weight, bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = sparse_linear_attention(q, k, v, weight, bias)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)

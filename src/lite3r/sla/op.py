@@ -53,6 +53,12 @@ def resolve_backend(backend: str, q: torch.Tensor) -> str:
     return backend
 
 
+def _exact_dtypes(q: torch.Tensor):
+    """The op computes in its inputs' dtypes with its own fp32 accumulation: an enclosing autocast must not
+    recast its internals (block scores would turn bf16 and change the block map)."""
+    return torch.autocast(q.device.type, enabled=False)
+
+
 @torch.library.custom_op("lite3r::sparse_linear_attention", mutates_args=())
 def _sparse_linear_attention(
     q: torch.Tensor,
@@ -67,13 +73,14 @@ def _sparse_linear_attention(
     feature_map: str,
     backend: str,
 ) -> torch.Tensor:
-    if resolve_backend(backend, q) == "triton":
-        from lite3r.sla import kernels
+    with _exact_dtypes(q):
+        if resolve_backend(backend, q) == "triton":
+            from lite3r.sla import kernels
 
-        return kernels.sla_forward(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map)
-    return reference.sparse_linear_attention_reference(
-        q, k, v, weight, bias, kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map
-    ).contiguous()
+            return kernels.sla_forward(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map)
+        return reference.sparse_linear_attention_reference(
+            q, k, v, weight, bias, kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map
+        ).contiguous()
 
 
 @_sparse_linear_attention.register_fake
@@ -97,19 +104,20 @@ def _sparse_linear_attention_backward(
     feature_map: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    if resolve_backend(backend, q) == "triton":
-        from lite3r.sla import kernels
+    with _exact_dtypes(q):
+        if resolve_backend(backend, q) == "triton":
+            from lite3r.sla import kernels
 
-        return kernels.sla_backward(grad, q, k, v, weight, bias, out, kh, kl, block_q, block_k, feature_map)
+            return kernels.sla_backward(grad, q, k, v, weight, bias, out, kh, kl, block_q, block_k, feature_map)
 
-    def forward(*inputs):
-        return reference.sparse_linear_attention_reference(
-            *inputs, kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map
-        )
+        def forward(*inputs):
+            return reference.sparse_linear_attention_reference(
+                *inputs, kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map
+            )
 
-    # Autograd is switched off inside an op's implementation; functorch's vjp still differentiates.
-    _, pullback = torch.func.vjp(forward, q, k, v, weight, bias)
-    return tuple(g.contiguous() for g in pullback(grad))
+        # Autograd is switched off inside an op's implementation; functorch's vjp still differentiates.
+        _, pullback = torch.func.vjp(forward, q, k, v, weight, bias)
+        return tuple(g.contiguous() for g in pullback(grad))
 
 
 @_sparse_linear_attention_backward.register_fake
