@@ -22,7 +22,6 @@ import ctypes
 import sys
 
 import torch
-import torch.nn.functional as F
 import triton
 
 from lite3r.plugins.sla_kernel import EXTRA_ARGS, compile_sla_kernel, extra_args, grid
@@ -68,20 +67,6 @@ class Driver:
         )  # fmt: skip
 
 
-def marginal_states(k: torch.Tensor, v: torch.Tensor, blocks, block_k: int, feature_map: str):
-    """``M_i`` (``[B*H, nq, D*D]``) and ``z_i`` (``[B*H, nq, D]``) in fp32 with plain PyTorch, the way the SLA
-    node's ONNX function body feeds the plugin."""
-    batch, heads, length, dim = k.shape
-    num_kblocks = -(-length // block_k)
-    pad = (0, 0, 0, num_kblocks * block_k - length)  # after phi, so padding keys contribute nothing
-    phi = F.pad(reference.feature_map_fn(k.float(), feature_map), pad).unflatten(-2, (num_kblocks, block_k))
-    values = F.pad(v.float(), pad).unflatten(-2, (num_kblocks, block_k))
-    marginal = (blocks.classes == reference.MARGINAL).float()
-    kv_state = torch.einsum("bhij,bhjde->bhide", marginal, phi.transpose(-1, -2) @ values)
-    k_state = marginal @ phi.sum(-2)
-    return kv_state.reshape(batch * heads, -1, dim * dim), k_state.reshape(batch * heads, -1, dim)
-
-
 def plugin_inputs(args: argparse.Namespace) -> dict[str, torch.Tensor]:
     """Random q, k, v and proj_lin, the block map, and the marginal key states: the plugin op's inputs."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
@@ -90,11 +75,10 @@ def plugin_inputs(args: argparse.Namespace) -> dict[str, torch.Tensor]:
     q, k, v = (torch.randn(shape, device="cuda", generator=gen).to(dtype) for _ in range(3))
     weight = torch.randn(args.head_dim, args.head_dim, device="cuda", generator=gen) * args.head_dim**-0.5
     bias = torch.randn(args.head_dim, device="cuda", generator=gen) * 0.1
-    blocks = reference.block_map(q, k, args.kh, args.kl, args.block_q, args.block_k)
-    kv_state, k_state = marginal_states(k, v, blocks, args.block_k, args.feature_map)
+    pre = kernels.precompute(q, k, v, args.kh, args.kl, args.block_q, args.block_k, args.feature_map)
     return {
-        "q": q, "k": k, "v": v, "proj_w": weight, "proj_b": bias, "lut": blocks.critical.contiguous(),
-        "kv_state": kv_state.contiguous(), "k_state": k_state.contiguous(), "blocks": blocks,
+        "q": q, "k": k, "v": v, "proj_w": weight, "proj_b": bias, "lut": pre.blocks.critical.contiguous(),
+        "kv_state": pre.kv_state.contiguous(), "k_state": pre.k_state.contiguous(), "blocks": pre.blocks, "pre": pre,
     }  # fmt: skip
 
 
@@ -145,8 +129,8 @@ def main() -> int:
     tensors = plugin_inputs(args)
     blocks = tensors["blocks"]
     aot = launch_like_tensorrt(kernel, tensors, args.block_q)
-    inputs = [tensors[name] for name in ("q", "k", "v", "proj_w", "proj_b", "lut", "kv_state", "k_state")]
-    jit = kernels.launch_forward(*inputs, args.block_q, args.block_k, args.feature_map)
+    inputs = [tensors[name] for name in ("q", "k", "v", "proj_w", "proj_b")]
+    jit = kernels.launch_forward(*inputs, tensors["pre"], args.block_q, args.block_k, args.feature_map)
     options = dict(kh=args.kh, kl=args.kl, block_q=args.block_q, block_k=args.block_k, feature_map=args.feature_map,
                    blocks=blocks)  # fmt: skip
     qkv_wb = [tensors[n] for n in ("q", "k", "v", "proj_w", "proj_b")]

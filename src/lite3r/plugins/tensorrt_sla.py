@@ -13,8 +13,9 @@ from typing import List, Tuple
 from lite3r.plugins.sla_kernel import CORE_OP, NAMESPACE, compile_sla_kernel, extra_args, grid
 
 PLUGIN_ID = f"{NAMESPACE}::{CORE_OP}"
-# Type combinations per I/O (q, k, v, proj_w, proj_b, lut, kv_state, k_state, out); "|" ties q, k, v, out.
-IO_TYPES = "FP16|BF16, FP16|BF16, FP16|BF16, FP32, FP32, INT32, FP32, FP32, FP16|BF16"
+# Type combinations per I/O (q, k, v, proj_w, proj_b, lut, kv_state, k_state, out); "|" options pair up by
+# position: fp16 I/O with fp32 kv_state, bf16 I/O with bf16 kv_state (sla_kernel.STATE_DTYPES).
+IO_TYPES = "FP16|BF16, FP16|BF16, FP16|BF16, FP32, FP32, INT32, FP32|BF16, FP32, FP16|BF16"
 _registered = False
 
 
