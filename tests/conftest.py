@@ -33,3 +33,14 @@ def pytest_sessionfinish(session, exitstatus):
     # pytest exits 5 when nothing was collected; a CI run that tested nothing must fail loudly instead.
     if session.testscollected == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def one_thread():
+    """Toy-sized ops are overhead-bound: on a busy 2-core machine extra threads only add waiting (~10x)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,7 +6,7 @@ a function is used).
 
 from __future__ import annotations
 
-import importlib
+from lite3r._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -16,10 +16,5 @@ _EXPORTS = {
     "convert_to_sla": "lite3r.sla",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'lite3r' has no attribute {name!r}")
+__getattr__, _names = lazy_exports(__name__, _EXPORTS)
+__all__ = [*_names, "__version__"]

@@ -12,16 +12,10 @@ from lite3r.deploy import FP8Linear, FP8UnsupportedError, check_fp8_device, conv
 from lite3r.deploy import fp8 as fp8_module
 from lite3r.quant import FP8Recipe
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 E4M3 = torch.float8_e4m3fn
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Toy-sized ops are overhead-bound: on a busy 2-core machine extra threads only add waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _toy(per_channel: bool = False, seed: int = 0):

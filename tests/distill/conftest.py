@@ -10,6 +10,7 @@ import lite3r
 from lite3r.data import make_scene
 
 
+
 @pytest.fixture(scope="module")
 def teacher():
     torch.manual_seed(0)
@@ -22,9 +23,5 @@ def scenes():
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Toy-sized ops are overhead-bound: on a busy 2-core machine extra threads only add waiting (~10x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _toy_ops_on_one_thread(one_thread):
+    """Every test here runs toy-sized ops (see tests/conftest.py: one_thread)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from lite3r._lazy import lazy_exports
 
 _EXPORTS = {
     "FP8Linear": "lite3r.deploy.fp8",
@@ -17,10 +17,4 @@ _EXPORTS = {
     "TensorRTNotInstalledError": "lite3r.deploy._trt",
 }
 
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'lite3r.deploy' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -5,7 +5,7 @@ Names are exported lazily so that ``import lite3r.exporter`` pulls in neither to
 
 from __future__ import annotations
 
-import importlib
+from lite3r._lazy import lazy_exports
 
 _EXPORTS = {
     "ExportError": "lite3r.exporter.export",
@@ -14,10 +14,4 @@ _EXPORTS = {
     "SLAExportError": "lite3r.exporter.sla_onnx",
 }
 
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'lite3r.exporter' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

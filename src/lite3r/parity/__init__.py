@@ -5,7 +5,7 @@ Exports are lazy so that ``import lite3r.parity`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
+from lite3r._lazy import lazy_exports
 
 _EXPORTS = {
     "check": "lite3r.parity.comparison",
@@ -20,10 +20,4 @@ _EXPORTS = {
     "feed_dicts": "lite3r.parity.runners",
 }
 
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'lite3r.parity' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -5,7 +5,7 @@ Exports are lazy: importing ``lite3r.plugins`` needs neither Triton nor TensorRT
 
 from __future__ import annotations
 
-import importlib
+from lite3r._lazy import lazy_exports
 
 _EXPORTS = {
     "compile_sla_kernel": "lite3r.plugins.sla_kernel",
@@ -15,10 +15,4 @@ _EXPORTS = {
     "KernelAbiError": "lite3r.plugins.triton_aot",
 }
 
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'lite3r.plugins' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
