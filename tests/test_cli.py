@@ -92,3 +92,25 @@ def test_out_that_cannot_be_created(tmp_path):
 def test_unknown_model(tmp_path):
     result = CliRunner().invoke(main, ["predict", "--model", "nope", "--synthetic", "2", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "unknown model 'nope'" in result.output and "vggt-tiny" in result.output
+
+
+def test_predict_sla_student_differs_from_dense_and_loads_a_distilled_student(tmp_path):
+    dense, sparse = tmp_path / "dense", tmp_path / "sla"
+    for out, extra in ((dense, []), (sparse, ["--sla", "--kh", "0.05"])):
+        result = _predict("--synthetic", "4", "--size", "112x112", "--out", str(out), *extra)
+        assert result.exit_code == 0, result.output
+    a, b = np.load(dense / "predictions.npz"), np.load(sparse / "predictions.npz")
+    assert a["depth"].shape == b["depth"].shape
+    assert not np.allclose(a["pose_enc"], b["pose_enc"])  # 4 views of 112x112: block-sparse attention differs
+
+    import lite3r
+    from lite3r.distill import save_student
+
+    torch.manual_seed(0)
+    student = lite3r.convert_to_sla(lite3r.load_model("vggt-tiny"), kh=0.05)
+    (tmp_path / "student").mkdir()
+    save_student(student, tmp_path / "student")
+    result = _predict("--synthetic", "4", "--size", "112x112", "--student", str(tmp_path / "student"),
+                      "--out", str(tmp_path / "loaded"))
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.load(tmp_path / "loaded" / "predictions.npz")["pose_enc"], b["pose_enc"])

@@ -111,3 +111,24 @@ def test_unwritable_out(tmp_path):
     blocker.write_text("x")
     result = _export("--fp8", "--out", str(blocker / "out"))
     assert result.exit_code != 0 and "cannot create output folder" in result.output
+
+
+@pytest.mark.slow
+def test_stage_subcommands_reuse_the_artifacts(exported, tmp_path):
+    """`lite3r export` and `lite3r parity` run single stages on what `lite3r-export` wrote."""
+    from lite3r.cli import main
+
+    out, _ = exported
+    runner = CliRunner()
+    onnx_path = tmp_path / "again.onnx"
+    result = runner.invoke(main, ["export", "--model", "vggt-tiny", "--student", str(out), "--size", "56x56",
+                                  "--out", str(onnx_path)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "SLA nodes" in result.output and "0 FP8 Q/DQ pairs" not in result.output
+    args = ["parity", "--model", "vggt-tiny", "--student", str(out), "--onnx", str(onnx_path), "--size", "56x56",
+            "--synthetic", "1"]  # fmt: skip
+    result = runner.invoke(main, [*args, "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert "informational" in (tmp_path / "report" / "parity.md").read_text()
+    result = runner.invoke(main, [*args, "--teacher-gate", "on", "--out", str(tmp_path / "gated")])
+    assert result.exit_code == 1  # the random teacher's reconstruction gate fails once it is enforced

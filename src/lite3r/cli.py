@@ -75,8 +75,15 @@ def main() -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
               show_default=True)
+@click.option("--sla", is_flag=True, help="Run the SLA student (convert_to_sla) instead of the dense model.")
+@click.option("--sla-layers", type=click.Choice(["global", "all"]), default="global", show_default=True)
+@click.option("--kh", default=0.05, show_default=True, help="SLA critical-block fraction.")
+@click.option("--kl", default=0.10, show_default=True, help="SLA negligible-block fraction.")
+@click.option("--student", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of a distilled student (student.safetensors [+ quant_state.json]); implies --sla.")
 @one_line_errors
-def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, device, dtype):
+def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, device, dtype, sla, sla_layers, kh, kl,
+            student):
     """Predict depth, points and cameras for one scene; write .npz, a contact sheet and metrics."""
     import torch
 
@@ -96,6 +103,12 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
         model = lite3r.load_model(model_name, checkpoint=checkpoint)
         if checkpoint is None:
             console.print(f"[yellow]No --checkpoint: {model_name} has random weights (seed {seed}).[/]")
+        if student is not None:
+            from lite3r.distill import load_student
+
+            model = load_student(model, student)
+        elif sla:
+            model = lite3r.convert_to_sla(model, layers=sla_layers, kh=kh, kl=kl)
         progress.update(task, advance=1, description="loading views")
         scene = None
         if images is not None:
@@ -140,6 +153,85 @@ def build(onnx_path, out, target, frames, timing_cache, verbose):
     with console.status(f"building {target} engine"):
         report = build_engine(onnx_path, out, target=target, frames=frames, timing_cache=timing_cache, verbose=verbose)
     out_console.print(report.summary())
+
+
+def _teacher_and_student(model_name, checkpoint, student_dir, *, fp8: bool):
+    import lite3r
+    from lite3r.distill import load_student
+
+    teacher = lite3r.load_model(model_name, checkpoint=checkpoint)
+    if checkpoint is None:
+        console.print(f"[yellow]No --checkpoint: {model_name} has random weights (seed 0).[/]")
+    student = None if student_dir is None else load_student(teacher, student_dir, fp8=fp8)
+    return teacher, student
+
+
+_student_option = click.option(
+    "--student", "student_dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Folder with student.safetensors [+ quant_state.json] (from lite3r distill / lite3r-export).",
+)
+
+
+@main.command("export")
+@click.option("--model", "model_name", default="vggt", show_default=True)
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Official teacher weights.")
+@_student_option
+@click.option("--size", help="View size HxW fixed in the graph; default: the model's image size.")
+@click.option("--frames", default=2, show_default=True, type=click.IntRange(min=1), help="Frames traced (axis stays dynamic).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write.")
+@one_line_errors
+def export_command(model_name, checkpoint, student_dir, size, frames, out):
+    """Export the teacher, or a student with its FP8 scales, to ONNX (SLA as a custom op with a function body)."""
+    import torch
+
+    from lite3r.exporter import export_onnx
+
+    torch.manual_seed(0)
+    teacher, student = _teacher_and_student(model_name, checkpoint, student_dir, fp8=False)
+    quant = None if student_dir is None else Path(student_dir) / "quant_state.json"
+    with console.status("exporting ONNX"):
+        report = export_onnx(
+            student or teacher, out, image_size=_parse_size(size) or teacher.config.img_size,
+            example_frames=frames, quant_state=quant if quant is not None and quant.exists() else None,
+        )
+    out_console.print(report.summary())
+
+
+@main.command("parity")
+@click.option("--model", "model_name", default="vggt", show_default=True)
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Official teacher weights.")
+@_student_option
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path), help="ONNX to compare.")
+@click.option("--engine", "engine_path", type=click.Path(dir_okay=False, path_type=Path), help="TensorRT engine.")
+@click.option("--synthetic", default=2, show_default=True, type=click.IntRange(min=1), help="Held-out scenes.")
+@click.option("--views", default=2, show_default=True, type=click.IntRange(min=1), help="Views per scene.")
+@click.option("--size", help="View size HxW; default: the model's image size.")
+@click.option("--teacher-gate", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Gate on student-vs-teacher; auto: only with a --checkpoint.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
+@one_line_errors
+def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, synthetic, views, size, teacher_gate,
+                   out):
+    """Compare student, ONNX and engine against each other and the teacher; exit 1 when a gate fails."""
+    import torch
+
+    from lite3r.data.synthetic import make_scene
+    from lite3r.parity import check, teacher_gate as make_teacher_gate
+
+    if student_dir is None:
+        raise click.UsageError("--student DIR is required (the model every artifact is compared with)")
+    torch.manual_seed(0)
+    teacher, student = _teacher_and_student(model_name, checkpoint, student_dir, fp8=True)
+    h, w = _parse_size(size) or (teacher.config.img_size,) * 2
+    scenes = [make_scene(views, h, w, seed=1000 + i).images for i in range(synthetic)]
+    with console.status("running parity"):
+        result = check(
+            out, scenes, student=student, teacher=teacher, onnx_path=onnx_path, engine_path=engine_path,
+            reconstruction_gate=make_teacher_gate(teacher_gate, trained_teacher=checkpoint is not None),
+        )
+    out_console.print(result.md_path.read_text())
+    if not result.passed:
+        sys.exit(1)
 
 
 @click.command(name="lite3r-export")

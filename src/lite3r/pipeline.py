@@ -9,7 +9,6 @@ reports (they are complete and explain the failure); the caller decides the exit
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import time
@@ -114,8 +113,9 @@ def export_model(
         raise ExportError(f"checkpoint not found: {checkpoint}")
     if calib is not None and not Path(calib).is_dir():
         raise ExportError(f"--calib {calib}: not a folder")
-    if teacher_gate not in ("auto", "on", "off"):
-        raise ExportError(f"teacher_gate must be auto, on or off; got {teacher_gate!r}")
+    from lite3r.parity import teacher_gate as make_teacher_gate
+
+    reconstruction_gate = make_teacher_gate(teacher_gate, trained_teacher=checkpoint is not None)
     if distill_steps < 0:
         raise ExportError(f"--distill-steps must be >= 0; got {distill_steps}")
     dev = resolve_device(device)
@@ -199,23 +199,20 @@ def export_model(
 
         def parity():
             from lite3r.data.synthetic import make_scene
-            from lite3r.parity import RECONSTRUCTION_GATE, check
+            from lite3r.parity import check
 
-            # A random-weight teacher predicts no reconstruction a student could be held to: the student-vs-
-            # teacher comparison is then reported but does not gate (auto); the export gate always does.
-            enforce = {"auto": checkpoint is not None, "on": True, "off": False}[teacher_gate]
             scenes = [
                 make_scene(frame_range.min, *state["size"], seed=seed + 1000 + i).images for i in range(parity_scenes)
             ]
             result = check(
                 stage_dir, scenes, student=state["student"].cpu(), teacher=state["teacher"].cpu(),
                 onnx_path=stage_dir / "model.onnx", engine_path=state.get("engine"),
-                reconstruction_gate=dataclasses.replace(RECONSTRUCTION_GATE, enforced=enforce),
+                reconstruction_gate=reconstruction_gate,
             )
             summary.parity_passed = result.passed
             summary.parity_failures = result.failures()
             verdict = "PASSED" if result.passed else "FAILED"
-            scope = "" if enforce else " (student vs teacher informational: random-weight teacher)"
+            scope = "" if reconstruction_gate.enforced else " (student vs teacher informational: random teacher)"
             return f"{verdict} on {parity_scenes} held-out synthetic scenes{scope}"
 
         for name, work in (

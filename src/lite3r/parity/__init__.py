@@ -13,6 +13,7 @@ _EXPORTS = {
     "metrics_against_teacher": "lite3r.parity.comparison",
     "EXPORT_GATE": "lite3r.parity.gates",
     "RECONSTRUCTION_GATE": "lite3r.parity.gates",
+    "teacher_gate": "lite3r.parity.gates",
     "Gate": "lite3r.parity.gates",
     "Tolerance": "lite3r.parity.gates",
     "OUTPUT_NAMES": "lite3r.parity.gates",

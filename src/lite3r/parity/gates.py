@@ -17,7 +17,7 @@ that of the relative error (relative to the reference) exceeds ``rtol``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Mapping
 
 OUTPUT_NAMES = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
@@ -79,3 +79,18 @@ RECONSTRUCTION_GATE = Gate(
     },
     metric_limits={"depth_abs_rel": 0.05, "rotation_error_deg": 2.0, "translation_error_deg": 5.0},
 )
+
+
+TEACHER_GATE_MODES = ("auto", "on", "off")
+
+
+def teacher_gate(mode: str, trained_teacher: bool) -> Gate:
+    """The reconstruction gate, enforced or informational.
+
+    ``auto`` enforces it only for a teacher with real weights: a random-weight teacher predicts no
+    reconstruction a student could be held to, so the comparison is then reported but does not gate.
+    """
+    if mode not in TEACHER_GATE_MODES:
+        raise ValueError(f"teacher gate must be one of {TEACHER_GATE_MODES}; got {mode!r}")
+    enforced = {"auto": trained_teacher, "on": True, "off": False}[mode]
+    return replace(RECONSTRUCTION_GATE, enforced=enforced)
