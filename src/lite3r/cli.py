@@ -177,7 +177,8 @@ _student_option = click.option(
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Official teacher weights.")
 @_student_option
 @click.option("--size", help="View size HxW fixed in the graph; default: the model's image size.")
-@click.option("--frames", default=2, show_default=True, type=click.IntRange(min=1), help="Frames traced (axis stays dynamic).")
+@click.option("--frames", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Frames traced (the axis stays dynamic).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write.")
 @one_line_errors
 def export_command(model_name, checkpoint, student_dir, size, frames, out):
@@ -242,7 +243,7 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
               help="Distillation (+ FP8 QAT with --fp8) steps; 0 = PTQ calibration only.")
 @click.option("--calib", type=click.Path(path_type=Path), help="Calibration images: a folder (DTU/BlendedMVS/images).")
 @click.option("--synthetic", default=4, show_default=True, type=click.IntRange(min=1),
-              help="Synthetic calibration scenes when no --calib.")
+              help="Calibration scenes: rendered when no --calib, else the first N of --calib.")
 @click.option("--frames", default="2:8:32", show_default=True, help="Engine frame range min:opt:max.")
 @click.option("--target", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnx"]), default="auto",
               show_default=True, help="auto: TensorRT, else TensorRT-RTX, else ONNX only.")

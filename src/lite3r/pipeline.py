@@ -105,6 +105,7 @@ def export_model(
     (+ build log, where a TensorRT is installed), ``parity.json`` and ``parity.md`` into ``out``."""
     import lite3r
     from lite3r.deploy.engine import parse_frames
+    from lite3r.parity import teacher_gate as make_teacher_gate
     from lite3r.predict import resolve_device
 
     frame_range = parse_frames(frames)
@@ -113,8 +114,6 @@ def export_model(
         raise ExportError(f"checkpoint not found: {checkpoint}")
     if calib is not None and not Path(calib).is_dir():
         raise ExportError(f"--calib {calib}: not a folder")
-    from lite3r.parity import teacher_gate as make_teacher_gate
-
     reconstruction_gate = make_teacher_gate(teacher_gate, trained_teacher=checkpoint is not None)
     if distill_steps < 0:
         raise ExportError(f"--distill-steps must be >= 0; got {distill_steps}")
@@ -129,7 +128,7 @@ def export_model(
         start = time.perf_counter()
         result = work()
         status, detail = result if isinstance(result, tuple) else ("done", result)
-        detail = detail.replace(str(state["stage_dir"]), str(out))  # name files where they will be, not where they are staged
+        detail = detail.replace(str(state["stage_dir"]), str(out))  # where the files will be, not where staged
         summary.stages.append(StageReport(name, status, detail, time.perf_counter() - start))
 
     state: dict[str, Any] = {}
@@ -159,8 +158,9 @@ def export_model(
                 return "skipped", "no --fp8 and no --distill-steps: student keeps proj_lin = 0 (block-sparse)"
             from lite3r.calibration import calibrate_fp8
 
-            calibrate_fp8(state["student"], data)
-            return f"FP8 PTQ calibration on {min(len(data), 4)} scenes ({'folder ' + str(calib) if calib else 'synthetic'})"
+            scenes = min(len(data), synthetic)
+            calibrate_fp8(state["student"], data, num_batches=scenes)
+            return f"FP8 PTQ calibration on {scenes} scenes ({f'folder {calib}' if calib else 'synthetic'})"
 
         def save():
             from lite3r.distill.checkpoint import save_student
