@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lite3r.data.images import load_images
-from lite3r.data.synthetic import PATCH_SIZE, Scene, SyntheticScenes
+from lite3r.data.images import PATCH_SIZE, _centre_crop_rows, _round_to_patch, _to_tensor, load_images
+from lite3r.data.synthetic import Scene, SyntheticScenes
 from lite3r.geometry import depth_to_world_points
 
 DTU_CAMERA_DOWNSCALE = 4
@@ -246,16 +246,14 @@ def _crop_view(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Resize to width ``size`` (height rounded to a multiple of 14), centre-crop the height to ``size``."""
     width, height = image.size
-    new_h = max(PATCH_SIZE, round(height * size / width / PATCH_SIZE) * PATCH_SIZE)
-    pixels = np.asarray(image.resize((size, new_h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
-    view = torch.from_numpy(pixels).permute(2, 0, 1).clamp(0, 1)
+    new_h = max(PATCH_SIZE, _round_to_patch(height * size / width))
+    view = _to_tensor(image.resize((size, new_h), Image.Resampling.BICUBIC))
     depth = F.interpolate(depth[None, None], size=(new_h, size), mode="nearest")[0, 0]
+    rows = _centre_crop_rows(new_h, size)
     intrinsics = intrinsics.clone()
     intrinsics[0] *= size / width
     intrinsics[1] *= new_h / height
-    top = max(0, (new_h - size) // 2)
-    intrinsics[1, 2] -= top
-    rows = slice(top, top + min(new_h, size))
+    intrinsics[1, 2] -= rows.start
     return view[:, rows], depth[rows], intrinsics
 
 

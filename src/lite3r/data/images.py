@@ -104,19 +104,26 @@ def _preprocess(img: Image.Image, path: Path, mode: str, target_size: int) -> to
             f"image {path} is {width}x{height} px, too elongated for {target_size} px input "
             f"(its short side would round to 0 px; keep the aspect ratio under {2 * target_size // PATCH_SIZE}:1)"
         )
-    img = img.resize((new_width, new_height), Image.Resampling.BICUBIC)
-    view = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    if mode == "crop" and new_height > target_size:
-        top = (new_height - target_size) // 2
-        view = view[:, top : top + target_size]
-    if mode == "pad":
-        view = _pad_white(view, target_size, target_size)
-    return view
+    view = _to_tensor(img.resize((new_width, new_height), Image.Resampling.BICUBIC))
+    if mode == "crop":
+        return view[:, _centre_crop_rows(new_height, target_size)]
+    return _pad_white(view, target_size, target_size)
 
 
 def _round_to_patch(length: float) -> int:
     # Python's round (half to even) as in the official code, so sizes match it exactly.
     return round(length / PATCH_SIZE) * PATCH_SIZE
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    """An RGB image as ``[3, h, w]`` float32 in ``[0, 1]``."""
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def _centre_crop_rows(height: int, target_size: int) -> slice:
+    """The rows kept when a view ``height`` rows tall is centre-cropped to at most ``target_size``."""
+    top = max(0, (height - target_size) // 2)
+    return slice(top, top + min(height, target_size))
 
 
 def _pad_white(view: torch.Tensor, height: int, width: int) -> torch.Tensor:
