@@ -24,7 +24,8 @@ DEFAULT_FP8_LAYERS = (
 """The transformer trunk: DINOv2 encoder blocks and the alternating frame/global blocks (qkv, proj, fc1, fc2)."""
 
 DEFAULT_FP8_SKIP = ("*proj_lin*",)
-"""SLA's per-head linear branch: tiny, trained during distillation, and kept exact."""
+"""SLA's linear-branch projection (one ``D x D`` linear shared by the heads): tiny, trained during distillation,
+and kept exact."""
 
 
 class QuantRecipeError(ValueError):

@@ -27,7 +27,6 @@ from lite3r.sla.module import SparseLinearAttention
 CHECKPOINT = "checkpoint.pt"
 PROJ_LIN = "student.safetensors"
 QUANT_STATE = "quant_state.json"
-SLA_OPTIONS = ("kh", "kl", "block_q", "block_k", "feature_map")
 
 
 class StudentFileError(ValueError):
@@ -59,7 +58,7 @@ def save_student(student: nn.Module, out_dir: str | os.PathLike) -> list[Path]:
     cores = [m for m in student.modules() if isinstance(m, SparseLinearAttention)]
     if not cores:
         raise StudentFileError("the model has no SLA layer (build the student with lite3r.convert_to_sla)")
-    options = {k: getattr(cores[0], k) for k in SLA_OPTIONS}
+    options = cores[0].options
     tensors = {n: t.contiguous() for n, t in trainable_state(student).items()}
     atomic_write_bytes(out_dir / PROJ_LIN, save(tensors, metadata={"sla_options": json.dumps(options)}))
     written = [out_dir / PROJ_LIN]

@@ -10,8 +10,7 @@ from torch import nn
 
 from lite3r.models.attention import Attention
 from lite3r.sla.module import SparseLinearAttention
-from lite3r.sla.op import _check_backend_name
-from lite3r.sla.reference import check_options
+from lite3r.sla.op import check_options
 
 LayerFilter = Callable[[str, nn.Module], bool]
 
@@ -51,8 +50,8 @@ def convert_to_sla(
     untouched and shares no storage with the student; in the student only the new ``proj_lin`` parameters
     require gradients. ``proj_lin`` takes the device and dtype of each layer's ``qkv`` weight.
     """
-    check_options(kh, kl, block_q, block_k, feature_map)
-    _check_backend_name(backend)
+    options = dict(kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map, backend=backend)
+    check_options(**options)
     keep = _layer_filter(layers)
     student = copy.deepcopy(model)
     student.requires_grad_(False)
@@ -64,7 +63,6 @@ def convert_to_sla(
         if isinstance(attn.core, SparseLinearAttention):
             raise ValueError(f"{name} already uses SparseLinearAttention; convert the dense teacher instead")
         attn.core = SparseLinearAttention(
-            attn.head_dim, kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map,
-            backend=backend, device=attn.qkv.weight.device, dtype=attn.qkv.weight.dtype,
+            attn.head_dim, **options, device=attn.qkv.weight.device, dtype=attn.qkv.weight.dtype
         )
     return student

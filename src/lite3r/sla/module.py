@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lite3r.sla.op import _check_backend_name, sparse_linear_attention
-from lite3r.sla.reference import check_options
+from lite3r.sla.op import check_options, sparse_linear_attention
 
 
 class SparseLinearAttention(nn.Module):
@@ -30,8 +29,7 @@ class SparseLinearAttention(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_options(kh, kl, block_q, block_k, feature_map)
-        _check_backend_name(backend)
+        check_options(kh, kl, block_q, block_k, feature_map, backend)
         self.kh, self.kl = kh, kl
         self.block_q, self.block_k = block_q, block_k
         self.feature_map = feature_map
@@ -40,15 +38,16 @@ class SparseLinearAttention(nn.Module):
         nn.init.zeros_(self.proj_lin.weight)
         nn.init.zeros_(self.proj_lin.bias)
 
+    @property
+    def options(self) -> dict[str, float | int | str]:
+        """The SLA options that define the numbers (``kh``, ``kl``, ``block_q``, ``block_k``, ``feature_map``);
+        ``backend`` only picks the implementation."""
+        return dict(kh=self.kh, kl=self.kl, block_q=self.block_q, block_k=self.block_k, feature_map=self.feature_map)
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return sparse_linear_attention(
-            q, k, v, self.proj_lin.weight, self.proj_lin.bias,
-            kh=self.kh, kl=self.kl, block_q=self.block_q, block_k=self.block_k,
-            feature_map=self.feature_map, backend=self.backend,
+            q, k, v, self.proj_lin.weight, self.proj_lin.bias, **self.options, backend=self.backend
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"kh={self.kh}, kl={self.kl}, block_q={self.block_q}, block_k={self.block_k}, "
-            f"feature_map={self.feature_map!r}, backend={self.backend!r}"
-        )
+        return ", ".join(f"{k}={v!r}" for k, v in (*self.options.items(), ("backend", self.backend)))

@@ -12,6 +12,7 @@ may force one too (tests).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -27,6 +28,20 @@ TRITON_HEAD_DIMS = (64, 128)
 def _check_backend_name(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+
+
+def check_options(kh: float, kl: float, block_q: int, block_k: int, feature_map: str, backend: str) -> None:
+    """``reference.check_options`` plus the backend name: every SLA option, checked before any work starts."""
+    reference.check_options(kh, kl, block_q, block_k, feature_map)
+    _check_backend_name(backend)
+
+
+def _reference(kh: float, kl: float, block_q: int, block_k: int, feature_map: str):
+    """The reference as a function of ``(q, k, v, weight, bias)`` alone."""
+    return functools.partial(
+        reference.sparse_linear_attention_reference, kh=kh, kl=kl, block_q=block_q, block_k=block_k,
+        feature_map=feature_map,
+    )
 
 
 def _triton_unsupported(q: torch.Tensor) -> str | None:
@@ -78,9 +93,7 @@ def _sparse_linear_attention(
             from lite3r.sla import kernels
 
             return kernels.sla_forward(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map)
-        return reference.sparse_linear_attention_reference(
-            q, k, v, weight, bias, kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map
-        ).contiguous()
+        return _reference(kh, kl, block_q, block_k, feature_map)(q, k, v, weight, bias).contiguous()
 
 
 @_sparse_linear_attention.register_fake
@@ -109,14 +122,8 @@ def _sparse_linear_attention_backward(
             from lite3r.sla import kernels
 
             return kernels.sla_backward(grad, q, k, v, weight, bias, out, kh, kl, block_q, block_k, feature_map)
-
-        def forward(*inputs):
-            return reference.sparse_linear_attention_reference(
-                *inputs, kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map
-            )
-
         # Autograd is switched off inside an op's implementation; functorch's vjp still differentiates.
-        _, pullback = torch.func.vjp(forward, q, k, v, weight, bias)
+        _, pullback = torch.func.vjp(_reference(kh, kl, block_q, block_k, feature_map), q, k, v, weight, bias)
         return tuple(g.contiguous() for g in pullback(grad))
 
 
@@ -180,8 +187,7 @@ def sparse_linear_attention(
         dtype = torch.get_autocast_dtype(q.device.type)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     _check_inputs(q, k, v, weight, bias)
-    reference.check_options(kh, kl, block_q, block_k, feature_map)
-    _check_backend_name(backend)
+    check_options(kh, kl, block_q, block_k, feature_map, backend)
     return torch.ops.lite3r.sparse_linear_attention(
         q, k, v, weight, bias, float(kh), float(kl), block_q, block_k, feature_map, backend
     )
