@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lite3r.geometry import (
+    POSE_ENCODING_SIZE,
     camera_centers,
     depth_to_world_points,
     extri_intri_to_pose_encoding,
@@ -208,7 +209,7 @@ def _unbatched(predictions: dict[str, torch.Tensor], key: str, scene: Scene) -> 
         raise ValueError(f"predictions lack {key!r} (have {sorted(predictions)})")
     value = torch.as_tensor(predictions[key]).detach().float().cpu()
     num_views, height, width = scene.depth.shape
-    expected = {"pose_enc": (num_views, 9), "depth": (num_views, height, width, 1),
+    expected = {"pose_enc": (num_views, POSE_ENCODING_SIZE), "depth": (num_views, height, width, 1),
                 "world_points": (num_views, height, width, 3)}[key]  # fmt: skip
     if tuple(value.shape) not in (expected, (1, *expected)):
         raise ValueError(

@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lite3r.geometry import POSE_ENCODING_SIZE
 from lite3r.models.layers import Block, Mlp
-
-POSE_ENCODING_DIM = 9  # "absT_quaR_FoV": translation (3), quaternion (4), field of view (2)
 
 
 class CameraHead(nn.Module):
@@ -42,11 +41,11 @@ class CameraHead(nn.Module):
         )
         self.token_norm = nn.LayerNorm(dim_in)
         self.trunk_norm = nn.LayerNorm(dim_in)
-        self.empty_pose_tokens = nn.Parameter(torch.zeros(1, 1, POSE_ENCODING_DIM))
-        self.embed_pose = nn.Linear(POSE_ENCODING_DIM, dim_in)
+        self.empty_pose_tokens = nn.Parameter(torch.zeros(1, 1, POSE_ENCODING_SIZE))
+        self.embed_pose = nn.Linear(POSE_ENCODING_SIZE, dim_in)
         self.poseLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim_in, 3 * dim_in))
         self.adaln_norm = nn.LayerNorm(dim_in, elementwise_affine=False, eps=1e-6)
-        self.pose_branch = Mlp(dim_in, dim_in // 2, POSE_ENCODING_DIM)
+        self.pose_branch = Mlp(dim_in, dim_in // 2, POSE_ENCODING_SIZE)
 
     def forward(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """``tokens``: last aggregator layer ``[B, S, P, C]``. Returns the pose encoding after every iteration."""
