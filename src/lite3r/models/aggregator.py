@@ -14,10 +14,9 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from lite3r.models.dinov2 import DinoVisionTransformer
-from lite3r.models.layers import Block, RotaryPositionEmbedding2D, patch_positions
+from lite3r.models.layers import Block, RotaryPositionEmbedding2D, patch_positions, run_block
 
 _RESNET_MEAN = (0.485, 0.456, 0.406)
 _RESNET_STD = (0.229, 0.224, 0.225)
@@ -84,16 +83,11 @@ class Aggregator(nn.Module):
 
         outputs = {}
         for i, (frame_block, global_block) in enumerate(zip(self.frame_blocks, self.global_blocks)):
-            frame_tokens = self._run(frame_block, tokens.reshape(B * S, P, C), pos.reshape(B * S, P, 2))
-            tokens = self._run(global_block, frame_tokens.reshape(B, S * P, C), pos.reshape(B, S * P, 2))
+            frame_tokens = run_block(self, frame_block, tokens.reshape(B * S, P, C), pos.reshape(B * S, P, 2))
+            tokens = run_block(self, global_block, frame_tokens.reshape(B, S * P, C), pos.reshape(B, S * P, 2))
             if self.keep_layers is None or i in self.keep_layers:
                 outputs[i] = torch.cat((frame_tokens.reshape(B, S, P, C), tokens.reshape(B, S, P, C)), dim=-1)
         return outputs
-
-    def _run(self, block: Block, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, tokens, pos, use_reentrant=False)
-        return block(tokens, pos=pos)
 
 
 def _per_frame(token: torch.Tensor, B: int, S: int) -> torch.Tensor:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from lite3r.models.layers import Block, PatchEmbed
+from lite3r.models.layers import Block, PatchEmbed, run_block
 
 
 class DinoVisionTransformer(nn.Module):
@@ -74,8 +73,5 @@ class DinoVisionTransformer(nn.Module):
         x = x + self.position_embedding(h // self.patch_size, w // self.patch_size)
         x = torch.cat((x[:, :1], self.register_tokens.expand(n, -1, -1), x[:, 1:]), dim=1)
         for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if self._checkpointing() else block(x)
+            x = run_block(self, block, x)
         return self.norm(x[:, 1 + self.num_register_tokens :])
-
-    def _checkpointing(self) -> bool:
-        return self.grad_checkpointing and self.training and torch.is_grad_enabled()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lite3r.models.attention import Attention
 
@@ -61,6 +62,14 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.ls1(self.attn(self.norm1(x), pos=pos))
         return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+def run_block(owner: nn.Module, block: Block, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+    """``block(x, pos=pos)``, recomputed in the backward pass instead of storing its activations while
+    ``owner.grad_checkpointing`` is on, ``owner`` is training and gradients are enabled."""
+    if owner.grad_checkpointing and owner.training and torch.is_grad_enabled():
+        return checkpoint(block, x, pos, use_reentrant=False)
+    return block(x, pos=pos)
 
 
 class PatchEmbed(nn.Module):
