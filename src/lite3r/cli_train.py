@@ -110,10 +110,11 @@ def calibrate_command(model_name, checkpoint, data, views, size, scenes, seed, d
     from lite3r._io import check_writable_dir
     from lite3r.calibration import calibrate_fp8, save_quant_state
     from lite3r.distill import load_student
+    from lite3r.distill.checkpoint import QUANT_STATE
 
     check_writable_dir(out)
     model, dataset = _teacher_and_data(model_name, checkpoint, data, views, size, scenes, seed, device)
     if student_dir is not None:
         model = load_student(model, student_dir, fp8=False)
     calibrate_fp8(model, dataset, recipe=_recipe(fp8_layers, fp8_skip), num_batches=batches)
-    click.echo(f"wrote {save_quant_state(model, Path(out) / 'quant_state.json')}")
+    click.echo(f"wrote {save_quant_state(model, out / QUANT_STATE)}")

@@ -16,6 +16,9 @@ from torch import nn
 E4M3_MAX = 448.0
 """Largest finite float8 e4m3fn value: a quantizer maps ``amax`` to it, so ``scale = amax / 448``."""
 
+E4M3_BITS = (4, 3)
+"""ModelOpt's ``num_bits`` for FP8 e4m3 (exponent, mantissa bits)."""
+
 DEFAULT_FP8_LAYERS = (
     "aggregator.patch_embed.blocks.*",
     "aggregator.frame_blocks.*",
@@ -68,7 +71,7 @@ class FP8Recipe:
         ModelOpt matches the same fnmatch patterns against quantizer names (``<module>.weight_quantizer``),
         so the layers it enables are exactly :meth:`linear_names`.
         """
-        e4m3 = {"num_bits": (4, 3), "axis": None}
+        e4m3 = {"num_bits": E4M3_BITS, "axis": None}
         weight = {**e4m3, "axis": 0} if self.per_channel_weights else e4m3
         tensors = (("weight", weight), ("input", e4m3))
         entries: list[dict[str, Any]] = [{"quantizer_name": "*", "enable": False}]

@@ -38,10 +38,10 @@ import torch
 from torch import nn
 
 from lite3r._io import atomic_write_bytes
+from lite3r.quant import E4M3_BITS
 
 FORMAT = "lite3r.quant_state"
 VERSION = 1
-E4M3_BITS = (4, 3)
 TENSORS = ("input", "weight")
 
 
