@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 from lite3r._io import staged_output
+from lite3r.geometry import pose_encoding_to_extri_intri
+from lite3r.viz import contact_sheet
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OUTPUT_KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
@@ -55,9 +57,6 @@ def save_prediction(
 
     All files appear together or not at all.
     """
-    from lite3r.geometry import pose_encoding_to_extri_intri
-    from lite3r.viz import contact_sheet
-
     height, width = images.shape[-2:]
     extrinsics, intrinsics = pose_encoding_to_extri_intri(outputs["pose_enc"], (height, width))
     arrays = {k: v.numpy() for k, v in outputs.items()}
