@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lite3r.data.images import PATCH_SIZE
 from lite3r.geometry import invert_extrinsics, pixel_grid
 
-PATCH_SIZE = 14
 WALL_HEIGHT = 2.6
 SKY_TOP = (0.55, 0.72, 0.95)
 SKY_HORIZON = (0.92, 0.95, 1.0)
