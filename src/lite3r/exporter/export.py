@@ -22,9 +22,9 @@ from lite3r.calibration.state import QuantStateError, read_quant_state, validate
 from lite3r.exporter import graph_passes, sla_onnx
 from lite3r.exporter.qdq import insert_fp8_qdq
 from lite3r.exporter.sla_onnx import SLAExportError, SLAOptions
+from lite3r.parity.gates import OUTPUT_NAMES  # the five VGGT outputs, in the contract's order
 
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
 FRAMES = "frames"  # dim_param of the frame axis
 OPSETS = (19, 20, 21)  # FP8 Q/DQ need 19; onnxruntime >= 1.20 and TensorRT 10 read up to 21
 # Protobuf cannot serialise 2 GiB; above this much tensor data the weights go to ``<name>.data``.

@@ -99,11 +99,8 @@ def _compare(run_results: Any, candidate: str, reference: str, gate: Gate) -> Co
     from polygraphy.comparator import Comparator
 
     names = list(run_results.keys())
-    missing = {
-        runner: sorted(set(OUTPUT_NAMES) - set(run_results[runner][0]))
-        for runner in (candidate, reference)
-        if set(OUTPUT_NAMES) - set(run_results[runner][0])
-    }
+    missing = {runner: sorted(set(OUTPUT_NAMES) - set(run_results[runner][0])) for runner in (candidate, reference)}
+    missing = {runner: absent for runner, absent in missing.items() if absent}
     if missing:
         raise ValueError(f"outputs missing (official names {list(OUTPUT_NAMES)}): {missing}")
     pair = (names.index(candidate), names.index(reference))
