@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from lite3r._io import check_writable_dir, staged_output
+from lite3r.deploy._trt import FLAVOURS
 
 TARGETS = ("auto", "tensorrt", "tensorrt-rtx", "onnx")
-_TRT_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx_bindings"}
 
 
 class ExportError(ValueError):
@@ -55,13 +55,11 @@ def resolve_target(target: str) -> str:
     if target not in TARGETS:
         raise ExportError(f"--target must be one of {', '.join(TARGETS)}; got {target!r}")
     if target == "auto":
-        for name, module in _TRT_MODULES.items():
-            if importlib.util.find_spec(module) is not None:
+        for name, chosen in FLAVOURS.items():  # datacenter TensorRT first
+            if importlib.util.find_spec(chosen.module) is not None:
                 return name
         return "onnx"
-    if target in _TRT_MODULES and importlib.util.find_spec(_TRT_MODULES[target]) is None:
-        from lite3r.deploy._trt import TensorRTNotInstalledError  # noqa: F401 (same message as build_engine)
-
+    if target in FLAVOURS and importlib.util.find_spec(FLAVOURS[target].module) is None:
         hint = {
             "tensorrt": "datacenter TensorRT is not installed: pip install 'lite3r[tensorrt]' on a machine with an "
             "NVIDIA GPU, or use --target tensorrt-rtx / onnx",
@@ -123,7 +121,7 @@ def export_model(
     summary = ExportSummary(out=Path(out))
     notify = on_stage or (lambda name: None)
 
-    def stage(name: str, work: Callable[[], tuple[str, str] | str]) -> Any:
+    def stage(name: str, work: Callable[[], tuple[str, str] | str]) -> None:
         notify(name)
         start = time.perf_counter()
         result = work()
