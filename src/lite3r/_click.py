@@ -26,3 +26,14 @@ def one_line_errors(fn):
             raise click.ClickException(str(e)) from None
 
     return wrapper
+
+
+def quiet_third_party() -> None:
+    """Silence notices from libraries we drive that say nothing about the user's run (optional packages we do
+    not use, deprecations inside torch's exporter); our own progress and errors are unaffected."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Cannot find transformers package")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)

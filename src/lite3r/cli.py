@@ -16,7 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from lite3r._click import one_line_errors
+from lite3r._click import one_line_errors, quiet_third_party
 
 console = Console(stderr=True)
 out_console = Console()
@@ -183,6 +183,7 @@ _student_option = click.option(
 @one_line_errors
 def export_command(model_name, checkpoint, student_dir, size, frames, out):
     """Export the teacher, or a student with its FP8 scales, to ONNX (SLA as a custom op with a function body)."""
+    quiet_third_party()
     import torch
 
     from lite3r.exporter import export_onnx
@@ -259,6 +260,7 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
 def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, frames, target, size, kh, kl,
                 teacher_gate, seed, device, out):
     """Teacher → SLA student → FP8 → ONNX → engine → parity, into one folder; exits 1 when a parity gate fails."""
+    quiet_third_party()
     from lite3r.pipeline import export_model
 
     stages = ["load teacher", "convert to SLA", "FP8 / distill", "save student", "export ONNX", "build engine",
