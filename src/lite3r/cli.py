@@ -17,6 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from lite3r._click import one_line_errors, quiet_third_party
+from lite3r.parity.gates import TEACHER_GATE_MODES
 
 console = Console(stderr=True)
 out_console = Console()
@@ -208,7 +209,7 @@ def export_command(model_name, checkpoint, student_dir, size, frames, out):
 @click.option("--synthetic", default=2, show_default=True, type=click.IntRange(min=1), help="Held-out scenes.")
 @click.option("--views", default=2, show_default=True, type=click.IntRange(min=1), help="Views per scene.")
 @click.option("--size", help="View size HxW; default: the model's image size.")
-@click.option("--teacher-gate", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+@click.option("--teacher-gate", type=click.Choice(TEACHER_GATE_MODES), default="auto", show_default=True,
               help="Gate on student-vs-teacher; auto: only with a --checkpoint.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
@@ -218,7 +219,8 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
     import torch
 
     from lite3r.data.synthetic import make_scene
-    from lite3r.parity import check, teacher_gate as make_teacher_gate
+    from lite3r.parity import check
+    from lite3r.parity import teacher_gate as make_teacher_gate
 
     if student_dir is None:
         raise click.UsageError("--student DIR is required (the model every artifact is compared with)")
@@ -251,7 +253,7 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
 @click.option("--size", help="View size HxW (multiples of 14); default: the model's image size.")
 @click.option("--kh", default=0.05, show_default=True, help="SLA critical-block fraction.")
 @click.option("--kl", default=0.10, show_default=True, help="SLA negligible-block fraction.")
-@click.option("--teacher-gate", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+@click.option("--teacher-gate", type=click.Choice(TEACHER_GATE_MODES), default="auto", show_default=True,
               help="Gate on student-vs-teacher parity; auto: only with a --checkpoint (random teachers: report only).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Where distillation/calibration run.")

@@ -13,10 +13,10 @@ import torch
 
 from lite3r._io import staged_output
 from lite3r.geometry import pose_encoding_to_extri_intri
+from lite3r.parity.gates import OUTPUT_NAMES  # the official output dict keys
 from lite3r.viz import contact_sheet
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-OUTPUT_KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -44,7 +44,7 @@ def run_model(
     x = images.to(device, torch.float32)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         out = model(x)
-    return {k: out[k][0].float().cpu() for k in OUTPUT_KEYS}
+    return {k: out[k][0].float().cpu() for k in OUTPUT_NAMES}
 
 
 def save_prediction(
