@@ -11,10 +11,14 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 E4M3_MAX = 448.0
-"""Largest finite float8 e4m3fn value: a quantizer maps ``amax`` to it, so ``scale = amax / 448``."""
+"""Largest finite float8 e4m3fn value: a quantizer maps ``amax`` to it."""
+
+TINY_AMAX = 1.0 / (1 << 24)
+"""ModelOpt treats an ``amax`` at or below this (an all-zero tensor) as 1, so every quantizer has a finite scale."""
 
 E4M3_BITS = (4, 3)
 """ModelOpt's ``num_bits`` for FP8 e4m3 (exponent, mantissa bits)."""
@@ -29,6 +33,28 @@ DEFAULT_FP8_LAYERS = (
 DEFAULT_FP8_SKIP = ("*proj_lin*",)
 """SLA's linear-branch projection (one ``D x D`` linear shared by the heads): tiny, trained during distillation,
 and kept exact."""
+
+
+def fp8_multiplier(amax: torch.Tensor | float) -> torch.Tensor:
+    """What a tensor is multiplied by before the e4m3 cast: ``448 / amax`` in float32, with ModelOpt's tiny-amax rule.
+
+    This is ModelOpt's FP8 fake quantizer bit for bit (``modelopt.torch.quantization.tensor_quant._fp8_eager``):
+    ``q = cast_e4m3(clamp(x * m, ±448))`` and ``x ≈ q * fp8_dequant_scale(m)``. Every lite3r path (the PyTorch FP8
+    runtime, the ONNX Q/DQ, the tests against ModelOpt) takes its numbers from here.
+    """
+    amax = torch.as_tensor(amax, dtype=torch.float32)
+    return E4M3_MAX / torch.where(amax <= TINY_AMAX, torch.ones_like(amax), amax)
+
+
+def fp8_dequant_scale(multiplier: torch.Tensor) -> torch.Tensor:
+    """The dequantisation scale ``1 / multiplier`` in float32, as ModelOpt computes it (not ``amax / 448``, which
+    differs in the last bit for about a third of all amax values)."""
+    return 1 / multiplier.float()
+
+
+def quantize_e4m3(x: torch.Tensor, multiplier: torch.Tensor) -> torch.Tensor:
+    """``x`` as float8_e4m3fn codes: ``x * multiplier`` in float32, saturated to ±448, rounded to nearest even."""
+    return (x.float() * multiplier).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
 
 
 class QuantRecipeError(ValueError):

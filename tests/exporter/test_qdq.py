@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from lite3r.calibration import QuantStateError
 from lite3r.exporter.qdq import insert_fp8_qdq
+from lite3r.parity.runners import SessionFromOnnxPath
 
 RNG = np.random.default_rng(0)
 WEIGHT = RNG.standard_normal((3, 4)).astype(np.float32)  # nn.Linear(4, 3).weight: [out, in]
@@ -30,7 +30,7 @@ def linear_graph(transposed_initializer: bool) -> onnx.ModelProto:
         [*nodes, matmul], "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 3])], inits,
     )  # fmt: skip
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
 
 
 def state(input_amax, weight_amax, module="head.fc"):
@@ -41,8 +41,10 @@ def state(input_amax, weight_amax, module="head.fc"):
     return {"quantizers": [entry("input", input_amax), entry("weight", weight_amax)]}
 
 
-def fp8_round_trip(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return (x / scale).clamp(-448, 448).to(torch.float8_e4m3fn).float() * scale
+def fp8_round_trip(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """ModelOpt's fake quantizer, written out: multiply by 448 / amax, saturate, cast, multiply by the reciprocal."""
+    multiplier = 448 / torch.where(amax <= 2**-24, torch.ones_like(amax), amax)
+    return (x * multiplier).clamp(-448, 448).to(torch.float8_e4m3fn).float() * (1 / multiplier)
 
 
 @pytest.mark.parametrize("transposed_initializer", [True, False])
@@ -52,14 +54,14 @@ def test_qdq_linear_matches_fp8_round_trip(transposed_initializer, weight_amax):
     assert insert_fp8_qdq(model, state(3.0, weight_amax)) == 2
     onnx.checker.check_model(model, full_check=True)
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 2
+    assert ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 2 and ops.count("Mul") == 1
     [fp8] = [t for t in model.graph.initializer if t.data_type == TensorProto.FLOAT8E4M3FN and t.dims]
     assert fp8.name == "head.fc.weight_fp8" and "w" not in {t.name for t in model.graph.initializer}
 
     x = torch.from_numpy(RNG.uniform(-4, 4, (5, 4)).astype(np.float32))  # beyond amax: saturates at 448
-    (y,) = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x.numpy()})
-    weight_scale = torch.tensor(weight_amax, dtype=torch.float32).reshape(-1, 1) / 448
-    expected = fp8_round_trip(x, torch.tensor(3.0) / 448) @ fp8_round_trip(torch.from_numpy(WEIGHT), weight_scale).T
+    (y,) = SessionFromOnnxPath(model.SerializeToString())().run(None, {"x": x.numpy()})
+    weight_amax = torch.tensor(weight_amax, dtype=torch.float32).reshape(-1, 1)
+    expected = fp8_round_trip(x, torch.tensor(3.0)) @ fp8_round_trip(torch.from_numpy(WEIGHT), weight_amax).T
     np.testing.assert_allclose(y, expected.numpy(), rtol=1e-6, atol=1e-6)
     assert np.abs(y - x.numpy() @ WEIGHT.T).max() > 1e-3  # the FP8 rounding is really there
 
@@ -69,6 +71,12 @@ def test_unknown_module_is_named():
         insert_fp8_qdq(linear_graph(True), state(3.0, 2.0, module="head.other"))
 
 
-def test_zero_amax_is_rejected():
-    with pytest.raises(QuantStateError, match=r"head\.fc\.input_quantizer has amax 0"):
-        insert_fp8_qdq(linear_graph(True), state(0.0, 2.0))
+def test_zero_amax_exports_as_modelopt_quantizes():
+    """An all-zero weight row calibrates to amax 0; ModelOpt then uses amax 1, and so does the export (it used to
+    refuse the quant state that calibration had just written)."""
+    model = linear_graph(True)
+    insert_fp8_qdq(model, state(0.0, [0.0, 2.5, 0.75]))
+    x = torch.from_numpy(RNG.uniform(-1, 1, (5, 4)).astype(np.float32))
+    (y,) = SessionFromOnnxPath(model.SerializeToString())().run(None, {"x": x.numpy()})
+    weight = fp8_round_trip(torch.from_numpy(WEIGHT), torch.tensor([[0.0], [2.5], [0.75]]))
+    np.testing.assert_allclose(y, (fp8_round_trip(x, torch.tensor(0.0)) @ weight.T).numpy(), rtol=1e-6, atol=1e-6)

@@ -23,11 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from lite3r.quant import E4M3_MAX
+from lite3r.quant import fp8_dequant_scale, fp8_multiplier, quantize_e4m3
 
 MIN_FP8_CAPABILITY = (8, 9)
 GEMM_ALIGNMENT = 16  # _scaled_mm needs K and N to be multiples of 16
-_TINY_AMAX = 1.0 / (1 << 24)  # ModelOpt treats a smaller amax as 1 (an all-zero tensor)
 
 
 class FP8UnsupportedError(RuntimeError):
@@ -57,13 +56,13 @@ class FP8Linear(nn.Module):
                 f"FP8 GEMMs need in/out features that are multiples of {GEMM_ALIGNMENT}; this layer is "
                 f"{self.in_features} -> {self.out_features} (leave it out of the FP8 recipe)"
             )
-        weight_mult = _quant_multiplier(weight_amax.to(weight.device).reshape(-1, 1))
-        input_mult = _quant_multiplier(input_amax.to(weight.device).reshape(()))
-        self.register_buffer("weight", _cast_e4m3(weight.detach(), weight_mult))
-        scale = 1 / weight_mult
+        weight_mult = fp8_multiplier(weight_amax.to(weight.device).reshape(-1, 1))
+        input_mult = fp8_multiplier(input_amax.to(weight.device).reshape(()))
+        self.register_buffer("weight", quantize_e4m3(weight.detach(), weight_mult))
+        scale = fp8_dequant_scale(weight_mult)
         self.register_buffer("weight_scale", scale.reshape(()) if scale.numel() == 1 else scale.reshape(1, -1))
         self.register_buffer("input_scale_reciprocal", input_mult)
-        self.register_buffer("input_scale", 1 / input_mult)
+        self.register_buffer("input_scale", fp8_dequant_scale(input_mult))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.use_fast_accum = use_fast_accum
 
@@ -153,23 +152,12 @@ def _cuda_capability(index: int) -> tuple[str, tuple[int, int]]:
     return torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index)
 
 
-def _quant_multiplier(amax: torch.Tensor) -> torch.Tensor:
-    """``448 / amax`` in float32, with ModelOpt's rule for an all-zero tensor (amax taken as 1)."""
-    amax = amax.float()
-    return E4M3_MAX / torch.where(amax <= _TINY_AMAX, torch.ones_like(amax), amax)
-
-
-def _cast_e4m3(x: torch.Tensor, multiplier: torch.Tensor) -> torch.Tensor:
-    """Quantize exactly as ModelOpt's fake quantizer does before it dequantizes."""
-    return (x.float() * multiplier).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-
-
 def _quantize_input(x: torch.Tensor, multiplier: torch.Tensor) -> torch.Tensor:
     """On CUDA, one fused pass (bf16 in, e4m3 out); eager would write three float32 copies of the activation,
     which costs more than the FP8 GEMM it feeds."""
-    return (_compiled_cast() if x.is_cuda else _cast_e4m3)(x, multiplier)
+    return (_compiled_cast() if x.is_cuda else quantize_e4m3)(x, multiplier)
 
 
 @functools.cache
 def _compiled_cast():
-    return torch.compile(_cast_e4m3, dynamic=True)
+    return torch.compile(quantize_e4m3, dynamic=True)

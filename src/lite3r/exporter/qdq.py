@@ -1,10 +1,12 @@
 """FP8 QuantizeLinear/DequantizeLinear on the exported float graph, from ``quant_state.json``.
 
 Each quantized ``nn.Linear`` is found by the module scope the PyTorch exporter records on its MatMul node. Its
-activation input gets ``Q -> DQ`` (FLOAT8E4M3FN, per-tensor scale ``amax / 448``); its weight becomes
-a FLOAT8E4M3FN initialiser followed by ``DQ`` (per-tensor, or per output channel). The scales divide, as
-``QuantizeLinear`` does; ModelOpt's fake quantizer multiplies by ``448 / amax``, which can round a value that sits
-exactly between two FP8 numbers the other way (docs/exporter.md has the measured effect).
+activation input gets ``Mul(448 / amax) -> Q(scale 1) -> DQ(scale 1 / (448 / amax))`` (FLOAT8E4M3FN, per tensor);
+its weight becomes a FLOAT8E4M3FN initialiser followed by ``DQ`` (per tensor, or per output channel). All numbers
+come from :mod:`lite3r.quant`, ModelOpt's convention: ``QuantizeLinear`` divides by its scale, and no float32
+scale ``s`` makes ``x / s`` round like ``x * (448 / amax)`` for every ``x``, so the multiplication is a ``Mul`` of
+its own and the ``QuantizeLinear`` scale is exactly 1 (``x / 1 == x``). The e4m3 codes are then ModelOpt's bit for
+bit (``tests/exporter/test_fp8_convention.py`` sweeps amax values through onnxruntime).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from lite3r.calibration.state import QuantStateError
-from lite3r.quant import E4M3_MAX
+from lite3r.quant import fp8_dequant_scale, fp8_multiplier, quantize_e4m3
 
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 _ZERO_POINT = "fp8_e4m3_zero_point"
+_UNIT_SCALE = "fp8_e4m3_unit_scale"
 
 
 def insert_fp8_qdq(model: onnx.ModelProto, state: dict[str, Any]) -> int:
@@ -45,12 +48,12 @@ def insert_fp8_qdq(model: onnx.ModelProto, state: dict[str, Any]) -> int:
                 "(layers inside an SLA node, such as proj_lin, cannot run in FP8)"
             )
         if "input" in tensors:
-            node.input[0] = _quantize_activation(graph, inserted[id(node)], module, node.input[0], tensors["input"])
+            node.input[0] = quantize_activation(graph, inserted[id(node)], module, node.input[0], tensors["input"])
             pairs += 1
         if "weight" in tensors:
             replaced.add(_quantize_weight(graph, inserted, module, node, tensors["weight"], initializers, producers))
             pairs += 1
-    graph.initializer.append(helper.make_tensor(_ZERO_POINT, TensorProto.FLOAT8E4M3FN, [], [0.0]))
+    add_fp8_constants(graph)
     nodes = [new for node in graph.node for new in (*inserted.get(id(node), ()), node)]
     del graph.node[:]
     graph.node.extend(nodes)
@@ -73,23 +76,32 @@ def _linear_nodes(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return found
 
 
-def _scale(entry: dict, module: str) -> np.ndarray:
-    amax = np.asarray(entry["amax"], dtype=np.float32)
-    if not np.all(amax > 0):
-        raise QuantStateError(f"{module}.{entry['tensor']}_quantizer has amax 0: no FP8 scale can represent it")
-    return np.asarray(amax / np.float32(E4M3_MAX), dtype=np.float32)
+def add_fp8_constants(graph: onnx.GraphProto) -> None:
+    """The zero point and the unit ``QuantizeLinear`` scale every activation quantizer shares."""
+    graph.initializer.append(helper.make_tensor(_ZERO_POINT, TensorProto.FLOAT8E4M3FN, [], [0.0]))
+    graph.initializer.append(helper.make_tensor(_UNIT_SCALE, TensorProto.FLOAT, [], [1.0]))
 
 
-def _add_scale(graph: onnx.GraphProto, name: str, scale: np.ndarray) -> str:
-    graph.initializer.append(numpy_helper.from_array(scale, name))
+def _multiplier(entry: dict) -> torch.Tensor:
+    return fp8_multiplier(torch.tensor(entry["amax"], dtype=torch.float32))
+
+
+def _add_tensor(graph: onnx.GraphProto, name: str, value: torch.Tensor) -> str:
+    graph.initializer.append(numpy_helper.from_array(value.numpy().astype(np.float32), name))
     return name
 
 
-def _quantize_activation(graph, new_nodes, module: str, value: str, entry: dict) -> str:
-    scale = _add_scale(graph, f"{module}.input_quantizer.scale", _scale(entry, module))
-    quantized, dequantized = f"{module}.input_quantizer.fp8", f"{module}.input_quantizer.dq"
+def quantize_activation(graph: onnx.GraphProto, new_nodes: list, module: str, value: str, entry: dict) -> str:
+    """Append ``Mul -> QuantizeLinear -> DequantizeLinear`` of ``value`` to ``new_nodes`` (initialisers go to
+    ``graph``; :func:`add_fp8_constants` must be called once); returns the dequantized value's name."""
+    multiplier = _multiplier(entry)
+    mult = _add_tensor(graph, f"{module}.input_quantizer.multiplier", multiplier)
+    scale = _add_tensor(graph, f"{module}.input_quantizer.scale", fp8_dequant_scale(multiplier))
+    scaled, quantized = f"{module}.input_quantizer.scaled", f"{module}.input_quantizer.fp8"
+    dequantized = f"{module}.input_quantizer.dq"
     new_nodes += [
-        helper.make_node("QuantizeLinear", [value, scale, _ZERO_POINT], [quantized], name=f"{module}.input_q"),
+        helper.make_node("Mul", [value, mult], [scaled], name=f"{module}.input_mul"),
+        helper.make_node("QuantizeLinear", [scaled, _UNIT_SCALE, _ZERO_POINT], [quantized], name=f"{module}.input_q"),
         helper.make_node("DequantizeLinear", [quantized, scale], [dequantized], name=f"{module}.input_dq"),
     ]
     return dequantized
@@ -105,17 +117,17 @@ def _quantize_weight(graph, inserted, module: str, node, entry: dict, initialize
     weight = initializers.get(consumer.input[slot])
     if weight is None:
         raise QuantStateError(f"{module}: its weight is computed in the exported graph, not stored; cannot quantize it")
-    scale = _scale(entry, module)
+    multiplier = _multiplier(entry)
     values = torch.from_numpy(numpy_helper.to_array(weight).astype(np.float32))
-    per_channel = scale.ndim == 1
+    per_channel = multiplier.ndim == 1
     shape = [1, 1]
     if per_channel:
         shape[output_axis] = -1
-    fp8 = (values / torch.from_numpy(scale).reshape(shape)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    fp8 = quantize_e4m3(values, multiplier.reshape(shape))
     fp8_name = f"{module}.weight_fp8"
     raw = fp8.view(torch.uint8).numpy().tobytes()
     graph.initializer.append(helper.make_tensor(fp8_name, TensorProto.FLOAT8E4M3FN, list(fp8.shape), raw, raw=True))
-    scale_name = _add_scale(graph, f"{module}.weight_quantizer.scale", scale)
+    scale_name = _add_tensor(graph, f"{module}.weight_quantizer.scale", fp8_dequant_scale(multiplier))
     dequantized = f"{module}.weight_quantizer.dq"
     axis = {"axis": output_axis} if per_channel else {}
     inserted[id(consumer)].append(

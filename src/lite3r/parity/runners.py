@@ -2,7 +2,14 @@
 
 ``TorchRunner`` runs a lite3r model (teacher or student) that returns the official output dict; Polygraphy's
 own ``PytRunner`` expects tuple outputs on CUDA, so it does not fit. ONNX models run in ONNX Runtime (CPU)
-through ``OnnxrtRunner``; engines through ``TrtRunner`` where datacenter TensorRT is installed.
+through ``OnnxrtRunner`` on a session from :class:`SessionFromOnnxPath`; engines through ``TrtRunner`` where
+datacenter TensorRT is installed.
+
+ONNX Runtime before 1.32 rewrites ``DequantizeLinear -> MatMul`` into ``MatMulIntegerToFloat`` without checking
+the element type, which rejects FLOAT8E4M3FN inputs, so every lite3r session switches ONNX Runtime's Q/DQ
+rewrites off (``ONNXRUNTIME_CONFIG``). The float result is the same: the rewrites fuse, they do not change the
+math. :func:`probe_onnxruntime` runs a small graph of the export's form first, so an unusable ONNX Runtime is
+one error before any long stage.
 """
 
 from __future__ import annotations
@@ -21,6 +28,12 @@ from polygraphy.common import TensorMetadata
 from lite3r.parity.gates import OUTPUT_NAMES
 
 INPUT_NAME = "images"
+ONNXRUNTIME_CONFIG = {"session.disable_quant_qdq": "1"}
+"""Session config entries of every ONNX Runtime session lite3r opens (see the module docstring)."""
+
+
+class OnnxRuntimeError(RuntimeError):
+    """ONNX Runtime cannot load or run a lite3r graph."""
 
 
 class TorchRunner(BaseRunner):
@@ -48,10 +61,83 @@ class TorchRunner(BaseRunner):
         )
 
 
-def onnx_runner(onnx_path: str | os.PathLike, name: str = "onnx") -> BaseRunner:
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+class SessionFromOnnxPath:
+    """Lazy loader in Polygraphy's style: a CPU ``InferenceSession`` with :data:`ONNXRUNTIME_CONFIG`. A model that
+    ONNX Runtime cannot load is one :class:`OnnxRuntimeError` naming the runtime's version and reason."""
 
-    return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"]), name=name)
+    def __init__(self, model: str | os.PathLike | bytes) -> None:
+        self.model = model if isinstance(model, bytes) else str(model)
+
+    def __call__(self):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        for key, value in ONNXRUNTIME_CONFIG.items():
+            options.add_session_config_entry(key, value)
+        try:
+            return ort.InferenceSession(self.model, options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+            raise OnnxRuntimeError(f"onnxruntime {ort.__version__} cannot load the model: {_first_line(e)}") from None
+
+
+def onnx_runner(onnx_path: str | os.PathLike, name: str = "onnx") -> BaseRunner:
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    return OnnxrtRunner(SessionFromOnnxPath(onnx_path), name=name)
+
+
+def probe_onnxruntime() -> str:
+    """Run a small graph of the exported form (an SLA node with its functions, an FP8 Q/DQ linear) in ONNX
+    Runtime the way parity does; returns its version, or raises :class:`OnnxRuntimeError` in seconds, before an
+    export spends minutes on calibration and tracing."""
+    import onnxruntime as ort
+
+    session = SessionFromOnnxPath(_probe_model().SerializeToString())()
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((1, 1, 8, _PROBE_DIM), dtype=np.float32) for n in "qkv"}
+    try:
+        (out,) = session.run(None, feeds)
+    except Exception as e:
+        raise OnnxRuntimeError(f"onnxruntime {ort.__version__} cannot run lite3r's graphs: {_first_line(e)}") from None
+    if out.shape != (1, 1, 8, _PROBE_DIM) or not np.isfinite(out).all():
+        raise OnnxRuntimeError(f"onnxruntime {ort.__version__} computes a wrong result on lite3r's graphs")
+    return ort.__version__
+
+
+_PROBE_DIM = 16
+
+
+def _probe_model():
+    """``Linear(SLA(q, k, v))`` with FP8 Q/DQ on the linear, built by the exporter's own passes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lite3r.exporter.qdq import insert_fp8_qdq
+    from lite3r.exporter.sla_onnx import DOMAIN, SLAOptions, sla_functions, sla_node
+
+    options = SLAOptions(0.5, 0.25, 64, 64, "softmax")
+    dim, shape = _PROBE_DIM, [1, 1, "L", _PROBE_DIM]
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+               for n, s in (("w", (dim, dim)), ("b", (dim,)), ("fc_t", (dim, dim)))]  # fmt: skip
+    matmul = helper.make_node("MatMul", ["attn", "fc_t"], ["out"])
+    matmul.metadata_props.add(key="pkg.torch.onnx.name_scopes", value="['', 'fc', 'linear']")
+    graph = helper.make_graph(
+        [sla_node(["q", "k", "v", "w", "b"], "attn", options, dim), matmul], "lite3r_probe",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "qkv"],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, shape)], weights,
+    )  # fmt: skip
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid(DOMAIN, 1)]
+    model = helper.make_model(graph, opset_imports=opsets, functions=sla_functions(options), ir_version=10)
+    entry = {"module": "fc", "format": "e4m3", "num_bits": [4, 3], "axis": None, "amax": 2.0}
+    insert_fp8_qdq(model, {"quantizers": [entry | {"tensor": "input"}, entry | {"tensor": "weight"}]})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return (text.splitlines() or [type(error).__name__])[-1 if text.endswith(":") else 0][:400]
 
 
 def engine_runner(engine_path: str | os.PathLike, name: str = "tensorrt") -> BaseRunner:
