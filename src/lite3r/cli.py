@@ -142,17 +142,24 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
 @main.command()
 @click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Engine file to write.")
-@click.option("--target", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True)
-@click.option("--frames", default="2:8:32", show_default=True, help="Frame range min:opt:max.")
+@click.option("--target", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True,
+              help="auto: datacenter TensorRT if installed, else TensorRT-RTX.")
+@click.option("--frames", default="1:8:32", show_default=True, help="Frame range min:opt:max.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="Read before, written after.")
 @click.option("--verbose", is_flag=True, help="Keep TensorRT's verbose messages in the build log.")
+@click.option("--tf32", is_flag=True, help="Allow TF32 for float32 layers (off: exact float32 block scores).")
 @one_line_errors
-def build(onnx_path, out, target, frames, timing_cache, verbose):
+def build(onnx_path, out, target, frames, timing_cache, verbose, tf32):
     """Build a strongly typed (FP8 from the graph's Q/DQ) TensorRT or TensorRT-RTX engine from an ONNX file."""
     from lite3r.deploy import build_engine
+    from lite3r.pipeline import resolve_target
 
+    target = resolve_target(target)
+    if target == "onnx":
+        raise click.UsageError("no TensorRT is installed: pip install 'lite3r[tensorrt-rtx]' (or 'lite3r[tensorrt]')")
     with console.status(f"building {target} engine"):
-        report = build_engine(onnx_path, out, target=target, frames=frames, timing_cache=timing_cache, verbose=verbose)
+        report = build_engine(onnx_path, out, target=target, frames=frames, timing_cache=timing_cache, verbose=verbose,
+                              tf32=tf32)  # fmt: skip
     out_console.print(report.summary())
 
 
@@ -201,6 +208,8 @@ def export_command(model_name, checkpoint, student_dir, size, frames, out):
 
 
 @main.command("parity")
+@click.option("--from", "from_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Re-check a lite3r-export folder from its record.json (model, scenes and gates as recorded).")
 @click.option("--model", "model_name", default="vggt", show_default=True)
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Official teacher weights.")
 @_student_option
@@ -213,8 +222,8 @@ def export_command(model_name, checkpoint, student_dir, size, frames, out):
               help="Gate on student-vs-teacher; auto: only with a --checkpoint.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
-def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, synthetic, views, size, teacher_gate,
-                   out):
+def parity_command(from_dir, model_name, checkpoint, student_dir, onnx_path, engine_path, synthetic, views, size,
+                   teacher_gate, out):
     """Compare student, ONNX and engine against each other and the teacher; exit 1 when a gate fails."""
     import torch
 
@@ -222,6 +231,13 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
     from lite3r.parity import check
     from lite3r.parity import teacher_gate as make_teacher_gate
 
+    if from_dir is not None:
+        from lite3r.pipeline import recheck
+
+        with console.status(f"re-checking {from_dir} from its record"):
+            result = recheck(from_dir, out)
+        out_console.print(result.md_path.read_text())
+        sys.exit(0 if result.passed else 1)
     if student_dir is None:
         raise click.UsageError("--student DIR is required (the model every artifact is compared with)")
     torch.manual_seed(0)
@@ -257,10 +273,11 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
               help="Gate on student-vs-teacher parity; auto: only with a --checkpoint (random teachers: report only).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Where distillation/calibration run.")
+@click.option("--tf32", is_flag=True, help="Allow TF32 in the engine's float32 layers (off by default).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @one_line_errors
 def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, frames, target, size, kh, kl,
-                teacher_gate, seed, device, out):
+                teacher_gate, seed, device, tf32, out):
     """Teacher → SLA student → FP8 → ONNX → engine → parity, into one folder; exits 1 when a parity gate fails."""
     quiet_third_party()
     from lite3r.pipeline import export_model
@@ -276,7 +293,7 @@ def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, fr
         summary = export_model(
             model_name, out, fp8=fp8, checkpoint=checkpoint, distill_steps=distill_steps, calib=calib,
             synthetic=synthetic, frames=frames, target=target, image_size=_parse_size(size), kh=kh, kl=kl,
-            teacher_gate=teacher_gate, seed=seed, device=device, on_stage=on_stage,
+            teacher_gate=teacher_gate, seed=seed, device=device, tf32=tf32, on_stage=on_stage,
         )
         progress.update(task, completed=len(stages), description="done")
 
@@ -296,9 +313,10 @@ def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, fr
         files.add_row(name, f"{size_bytes / 2**20:.2f} MiB")
     out_console.print(files)
     if not summary.passed:
-        console.print(f"[red]parity FAILED: {'; '.join(summary.parity_failures) or 'see parity.md'}[/]")
+        console.print(f"[red]parity {summary.parity_verdict}[/]")
+        console.print(f"[red]{'; '.join(summary.parity_failures) or 'see parity.md'}[/]")
         sys.exit(1)
-    out_console.print("[green]parity passed[/]")
+    out_console.print(f"[green]parity {summary.parity_verdict}[/]")
 
 
 def _attach_training_commands() -> None:

@@ -1,10 +1,12 @@
 """The whole chain behind ``lite3r-export``: teacher → SLA student → FP8 (QAT or PTQ) → ONNX → engine → parity.
 
-Everything is checked before any work starts (frames, checkpoint, target, output folder), every artifact
-is written into a staging folder, and the output folder receives the complete set at the end, so a failure
-never leaves a half-written export behind. A parity gate that fails still delivers the artifacts and the
-reports (they are complete and explain the failure); the caller decides the exit status from
-``ExportSummary.passed``.
+Everything is checked before any work starts (frames, checkpoint, target, calibration folder, output folder,
+and that ONNX Runtime runs a small graph of the export's form), every artifact is written into a staging folder,
+and the output folder receives the complete set at the end (``lite3r._io``), so a failure never leaves a
+half-written export behind and files of an earlier export that this one did not write again are removed. A parity
+gate that fails still delivers the artifacts and the reports (they are complete and explain the failure); the
+caller decides the exit status from ``ExportSummary.passed``. ``record.json`` (``lite3r._record``) says how the
+folder was made; :func:`recheck` runs its parity again from it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from typing import Any
 import torch
 
 from lite3r._io import check_writable_dir, staged_output
+from lite3r._record import make_record, read_record, write_record
+from lite3r.data.datasets import item_images
 from lite3r.deploy._trt import FLAVOURS
+from lite3r.parity.gates import EXPORT_GATE
 
 TARGETS = ("auto", "tensorrt", "tensorrt-rtx", "onnx")
 
@@ -44,6 +49,7 @@ class ExportSummary:
     artifacts: dict[str, int] = field(default_factory=dict)  # file name -> bytes
     parity_passed: bool | None = None
     parity_failures: list[str] = field(default_factory=list)
+    parity_verdict: str = ""  # what the verdict covers, and what was not run
 
     @property
     def passed(self) -> bool:
@@ -69,21 +75,51 @@ def resolve_target(target: str) -> str:
     return target
 
 
-def _calibration_data(calib: str | Path | None, synthetic: int, views: int, size: tuple[int, int], seed: int):
-    if calib is not None:
-        from lite3r.data.datasets import open_scenes
+def frame_counts(frame_range) -> list[int]:
+    """The frame counts calibration and parity cover: the profile's ``min`` and ``opt`` (the engine is tuned for
+    ``opt``; ``max`` would only cost time on a CPU)."""
+    return sorted({frame_range.min, frame_range.opt})
 
-        return open_scenes(calib, num_views=views, size=size[1])
+
+def _calibration_data(
+    calib: str | Path | None, scenes: int, counts: list[int], size: tuple[int, int], seed: int
+) -> tuple[list, str]:
+    """``scenes`` calibration scenes cycling through ``counts`` frames, and a description. A folder with fewer
+    images than a count calibrates at the counts it can serve (said in the description)."""
+    from lite3r.data.datasets import DatasetError, open_scenes
     from lite3r.data.synthetic import SyntheticScenes
 
-    return SyntheticScenes(synthetic, views, size[0], size[1], seed=seed)
+    if calib is None:
+        sources = [SyntheticScenes(scenes, c, size[0], size[1], seed=seed) for c in counts]
+        return [sources[i % len(counts)][i] for i in range(scenes)], f"{scenes} synthetic scenes"
+    sources, skipped = [], []
+    for count in counts:
+        try:
+            sources.append(open_scenes(calib, num_views=count, size=size[1]))
+        except DatasetError:
+            if count == counts[0]:
+                raise
+            skipped.append(count)
+    available = sum(len(s) for s in sources)
+    chosen = [sources[i % len(sources)][i // len(sources)] for i in range(min(scenes, available))
+              if i // len(sources) < len(sources[i % len(sources)])]  # fmt: skip
+    note = f" (too few images for {'/'.join(map(str, skipped))} frames)" if skipped else ""
+    return chosen, f"{len(chosen)} scenes of folder {calib}{note}"
+
+
+def held_out_scenes(counts: list[int], size: tuple[int, int], per_count: int, seed: int) -> tuple[list, list[int]]:
+    """Held-out synthetic scenes (seeds ``seed + 1000 + i``) at each frame count; images and their seeds."""
+    from lite3r.data.synthetic import make_scene
+
+    seeds = [seed + 1000 + i for i in range(per_count)]
+    return [make_scene(c, *size, seed=s).images for c in counts for s in seeds], seeds
 
 
 def export_model(
     model_name: str,
     out: str | Path,
     *,
-    fp8: bool = True,
+    fp8: bool = False,
     checkpoint: str | Path | None = None,
     distill_steps: int = 0,
     calib: str | Path | None = None,
@@ -97,17 +133,23 @@ def export_model(
     teacher_gate: str = "auto",
     seed: int = 0,
     device: str = "cpu",
+    tf32: bool = False,
     on_stage: Callable[[str], None] | None = None,
 ) -> ExportSummary:
     """Run the chain and write ``student.safetensors``, ``quant_state.json``, ``model.onnx``, ``model.engine``
-    (+ build log, where a TensorRT is installed), ``parity.json`` and ``parity.md`` into ``out``."""
+    (+ build log, where a TensorRT is installed), ``parity.json``, ``parity.md``, ``export_summary.json`` and
+    ``record.json`` into ``out``. Calibration and parity cover the profile's ``min`` and ``opt`` frame counts;
+    ``parity_scenes`` held-out scenes at each. ``tf32``: let TensorRT use TF32 for float32 layers."""
+    options = {k: v for k, v in locals().items() if k != "on_stage"}  # the arguments, for record.json
     import lite3r
     from lite3r.deploy.engine import parse_frames
     from lite3r.parity import teacher_gate as make_teacher_gate
+    from lite3r.parity.runners import probe_onnxruntime
     from lite3r.predict import resolve_device
 
     frame_range = parse_frames(frames)
-    target = resolve_target(target)
+    counts = frame_counts(frame_range)
+    target = options["target"] = resolve_target(target)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ExportError(f"checkpoint not found: {checkpoint}")
     if calib is not None and not Path(calib).is_dir():
@@ -117,6 +159,7 @@ def export_model(
         raise ExportError(f"--distill-steps must be >= 0; got {distill_steps}")
     dev = resolve_device(device)
     check_writable_dir(out)
+    onnxruntime_version = probe_onnxruntime()  # seconds now, instead of a failure after the long stages
 
     summary = ExportSummary(out=Path(out))
     notify = on_stage or (lambda name: None)
@@ -130,7 +173,7 @@ def export_model(
         summary.stages.append(StageReport(name, status, detail, time.perf_counter() - start))
 
     state: dict[str, Any] = {}
-    with staged_output(out) as stage_dir:
+    with staged_output(out, writer="lite3r-export") as stage_dir:
         state["stage_dir"] = stage_dir
 
         def load():
@@ -146,7 +189,8 @@ def export_model(
             return f"SLA in the global-attention layers (kh={kh}, kl={kl})"
 
         def quantize():
-            data = _calibration_data(calib, synthetic, frame_range.min, state["size"], seed)
+            data, described = _calibration_data(calib, synthetic, counts, state["size"], seed)
+            frames_used = "/".join(map(str, sorted({int(item_images(d).shape[1]) for d in data})))
             if distill_steps:
                 from lite3r.distill import distill
 
@@ -156,9 +200,8 @@ def export_model(
                 return "skipped", "no --fp8 and no --distill-steps: student keeps proj_lin = 0 (block-sparse)"
             from lite3r.calibration import calibrate_fp8
 
-            scenes = min(len(data), synthetic)
-            calibrate_fp8(state["student"], data, num_batches=scenes)
-            return f"FP8 PTQ calibration on {scenes} scenes ({f'folder {calib}' if calib else 'synthetic'})"
+            calibrate_fp8(state["student"], data, num_batches=len(data))
+            return f"FP8 PTQ calibration on {described} of {frames_used} frames"
 
         def save():
             from lite3r.distill.checkpoint import save_student
@@ -190,28 +233,25 @@ def export_model(
 
             report = build_engine(
                 stage_dir / "model.onnx", stage_dir / "model.engine", target=target, frames=frame_range,
-                image_size=state["size"],
+                image_size=state["size"], tf32=tf32,
             )
-            state["engine"] = stage_dir / "model.engine" if target == "tensorrt" else None
+            state["engine"] = stage_dir / "model.engine"
             return report.summary()
 
         def parity():
-            from lite3r.data.synthetic import make_scene
             from lite3r.parity import check
 
-            scenes = [
-                make_scene(frame_range.min, *state["size"], seed=seed + 1000 + i).images for i in range(parity_scenes)
-            ]
+            scenes, state["parity_seeds"] = held_out_scenes(counts, state["size"], parity_scenes, seed)
+            names = [p.name for p in stage_dir.iterdir() if p.is_file()] + ["export_summary.json", "record.json"]
             result = check(
                 stage_dir, scenes, student=state["student"].cpu(), teacher=state["teacher"].cpu(),
-                onnx_path=stage_dir / "model.onnx", engine_path=state.get("engine"),
-                reconstruction_gate=reconstruction_gate,
+                onnx_path=stage_dir / "model.onnx", engine_path=state.get("engine"), engine_target=target,
+                artifacts=names, reconstruction_gate=reconstruction_gate,
             )
             summary.parity_passed = result.passed
             summary.parity_failures = result.failures()
-            verdict = "PASSED" if result.passed else "FAILED"
-            scope = "" if reconstruction_gate.enforced else " (student vs teacher informational: random teacher)"
-            return f"{verdict} on {parity_scenes} held-out synthetic scenes{scope}"
+            summary.parity_verdict = result.verdict
+            return result.verdict
 
         for name, work in (
             ("load teacher", load),
@@ -224,13 +264,52 @@ def export_model(
         ):
             stage(name, work)
         (stage_dir / "export_summary.json").write_text(json.dumps(_summary_json(summary), indent=2) + "\n")
+        seeds = {"weights_and_calibration": seed, "parity_scenes": state["parity_seeds"],
+                 "parity_noise_runs": list(range(EXPORT_GATE.noise_runs))}  # fmt: skip
+        inputs = {"checkpoint": _input_file(checkpoint), "calib": None if calib is None else str(calib),
+                  "onnxruntime_probe": onnxruntime_version}  # fmt: skip
+        write_record(stage_dir, make_record(stage_dir, options=options, seeds=seeds, inputs=inputs))
         summary.artifacts = {p.name: p.stat().st_size for p in sorted(stage_dir.iterdir()) if p.is_file()}
     return summary
+
+
+def recheck(folder: str | Path, out: str | Path) -> Any:
+    """Run the parity of an export folder again from its ``record.json`` (same model, scenes, frame counts and
+    gates) after checking that every recorded artifact is unchanged; writes the reports into ``out``."""
+    import lite3r
+    from lite3r.deploy.engine import parse_frames
+    from lite3r.distill.checkpoint import load_student
+    from lite3r.parity import check
+    from lite3r.parity import teacher_gate as make_teacher_gate
+
+    folder = Path(folder)
+    record = read_record(folder)
+    o = record["options"]
+    checkpoint = o.get("checkpoint")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ExportError(f"the recorded checkpoint {checkpoint} is not there any more")
+    torch.manual_seed(o["seed"])
+    teacher = lite3r.load_model(o["model_name"], checkpoint=checkpoint)
+    student = load_student(teacher, folder)
+    size = tuple(o["image_size"] or (teacher.config.img_size,) * 2)
+    scenes, _ = held_out_scenes(frame_counts(parse_frames(o["frames"])), size, o["parity_scenes"], o["seed"])
+    engine = folder / "model.engine"
+    return check(
+        out, scenes, student=student, teacher=teacher, onnx_path=folder / "model.onnx",
+        engine_path=engine if engine.is_file() else None, engine_target=resolve_target(o["target"]),
+        artifacts=list(record["artifacts"]) + ["record.json"],
+        reconstruction_gate=make_teacher_gate(o["teacher_gate"], trained_teacher=checkpoint is not None),
+    )
+
+
+def _input_file(path: str | Path | None) -> dict[str, Any] | None:
+    return None if path is None else {"path": str(path), "bytes": Path(path).stat().st_size}
 
 
 def _summary_json(summary: ExportSummary) -> dict[str, Any]:
     return {
         "stages": [vars(s) for s in summary.stages],
         "parity_passed": summary.parity_passed,
+        "parity_verdict": summary.parity_verdict,
         "parity_failures": summary.parity_failures,
     }

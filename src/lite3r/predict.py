@@ -61,7 +61,7 @@ def save_prediction(
     extrinsics, intrinsics = pose_encoding_to_extri_intri(outputs["pose_enc"], (height, width))
     arrays = {k: v.numpy() for k, v in outputs.items()}
     arrays.update(extrinsics=extrinsics.numpy(), intrinsics=intrinsics.numpy())
-    with staged_output(out) as stage:
+    with staged_output(out, writer="predict") as stage:
         np.savez_compressed(stage / "predictions.npz", **arrays)
         contact_sheet(
             stage / "contact_sheet.png",

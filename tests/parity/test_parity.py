@@ -95,7 +95,12 @@ def test_faithful_export_and_close_student_pass(tmp_path, teacher, student_onnx,
     report = json.loads(result.json_path.read_text())
     assert report["passed"] is True and report["scenes"] == 2
     assert set(report["comparisons"][1]["metrics"]) >= {"depth_abs_rel", "rotation_error_deg"}
-    assert result.md_path.read_text().startswith("# Parity: PASSED")
+    assert result.md_path.read_text().startswith(
+        "# Parity: PASSED: onnx vs student (export gate); student vs teacher (reconstruction gate) on 2 scene(s)"
+    )
+    [onnx_status] = result.artifacts
+    assert (onnx_status.name, onnx_status.status) == ("student.onnx", "compared")
+    assert "export gate passed" in onnx_status.detail and "abs error" in onnx_status.detail
 
 
 def test_perturbed_export_fails_naming_the_output(tmp_path, student_onnx, scenes):
@@ -143,7 +148,67 @@ def test_bad_input_is_rejected_before_running(tmp_path, teacher):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="datacenter TensorRT is installed here")
-def test_engine_without_tensorrt_is_skipped_with_a_note(tmp_path, teacher, scenes):
+def test_engine_without_tensorrt_is_listed_as_not_run(tmp_path, teacher, scenes):
     result = check(tmp_path, scenes, student=teacher, teacher=teacher, engine_path=tmp_path / "model.engine")
     assert result.passed
-    assert result.notes and "datacenter TensorRT is not installed" in result.notes[0]
+    [engine] = result.artifacts
+    assert engine.status == "not run" and "datacenter TensorRT is not installed" in engine.detail
+    assert result.verdict.endswith("not run: model.engine")
+    assert "| model.engine | not run |" in result.md_path.read_text()
+
+
+def test_every_artifact_of_the_folder_is_listed_and_an_rtx_engine_is_not_run(tmp_path, teacher, student_onnx, scenes):
+    """The demo's case: a TensorRT-RTX engine beside the ONNX was never compared, and the report says so."""
+    student, onnx_path = student_onnx
+    names = ["model.onnx", "model.onnx.data", "model.engine", "model.build.log", "student.safetensors",
+             "quant_state.json", "export_summary.json", "notes.bin"]  # fmt: skip
+    result = check(tmp_path, scenes, student=student, onnx_path=onnx_path, engine_path=tmp_path / "model.engine",
+                   engine_target="tensorrt-rtx", artifacts=names)  # fmt: skip
+    statuses = {a.name: a.status for a in result.artifacts}
+    assert statuses == {
+        "model.onnx": "not run", "student.onnx": "compared", "model.onnx.data": "not run", "model.engine": "not run",
+        "model.build.log": "record", "student.safetensors": "reference", "quant_state.json": "reference",
+        "export_summary.json": "record", "notes.bin": "not run",
+    }  # fmt: skip
+    engine = next(a for a in result.artifacts if a.name == "model.engine")
+    assert "TensorRT-RTX" in engine.detail and "cannot run on this machine" in engine.detail
+    assert result.passed and "not run: model.engine" in result.verdict
+    assert json.loads(result.json_path.read_text())["artifacts"][0]["name"] == "export_summary.json"
+
+
+def test_a_runner_that_cannot_start_is_one_failed_line(tmp_path, teacher, scenes):
+    corrupt = tmp_path / "model.onnx"
+    corrupt.write_bytes(b"not a protobuf")
+    result = check(tmp_path / "report", scenes, student=teacher, teacher=teacher, onnx_path=corrupt)
+    assert not result.passed
+    [status] = result.artifacts
+    assert status.status == "failed to run" and "onnxruntime" in status.detail and "\n" not in status.detail
+    assert result.failures() == [status.describe()]
+    assert "failed to run: model.onnx" in result.verdict
+
+
+def test_noise_floor_bounds_the_export_gate():
+    """An export may differ from the student as much as the student differs from itself under float noise
+    (twice that), and no more: the rule that makes an FP8 rounding-boundary flip pass and a real change fail."""
+    import numpy as np
+    from polygraphy.comparator import RunResults
+    from polygraphy.comparator.struct import IterationResult
+
+    from lite3r.parity.comparison import _compare
+
+    base = {name: np.full((1, 2, 9) if name == "pose_enc" else (1, 2, 4, 4), 1.0, np.float32) for name in OUTPUT_NAMES}
+
+    def shifted(pose: float) -> dict:
+        return base | {"pose_enc": base["pose_enc"] + np.float32(pose)}
+
+    def results(candidate_shift: float) -> RunResults:
+        runs = RunResults()
+        for name, outputs in (("onnx", shifted(candidate_shift)), ("student", base), ("student~0", shifted(0.05))):
+            runs[name] = [IterationResult(outputs, runner_name=name)]
+        return runs
+
+    close = _compare(results(0.08), "onnx", "student", EXPORT_GATE)
+    pose = next(o for o in close.outputs if o.name == "pose_enc")
+    assert close.passed and pose.noise_floor == pytest.approx(0.05) and pose.atol_used == pytest.approx(0.1)
+    far = _compare(results(0.2), "onnx", "student", EXPORT_GATE)
+    assert [o.name for o in far.outputs if not o.passed] == ["pose_enc"]

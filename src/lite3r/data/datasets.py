@@ -155,18 +155,28 @@ def blendedmvs_scenes(root: str | os.PathLike, num_views: int, *, size: int = 51
 
 
 class ImageFolderScenes(torch.utils.data.Dataset):
-    """Windows of ``num_views`` consecutive images (sorted by name) of one folder; no ground truth."""
+    """Windows of ``num_views`` consecutive images (sorted by name) of one folder; no ground truth.
+
+    Every scene has exactly ``num_views`` views: a folder of ``n`` images gives ``n - num_views + 1`` scenes, and
+    indexing past the last one raises ``IndexError`` (which also ends plain iteration, as ``islice`` does).
+    """
 
     def __init__(self, folder: str | os.PathLike, num_views: int, *, size: int = 518) -> None:
         self.images = load_images(folder, mode="crop", target_size=size)
         if not 1 <= num_views <= len(self.images):
-            raise DatasetError(f"{folder} has {len(self.images)} images; num_views={num_views} does not fit")
+            raise DatasetError(
+                f"{folder} has {len(self.images)} image(s); scenes of {num_views} views need at least {num_views} "
+                "(use fewer views or add images)"
+            )
         self.num_views = num_views
 
     def __len__(self) -> int:
         return len(self.images) - self.num_views + 1
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"scene {i} out of range for {len(self)} scenes")
+        i %= len(self)
         return self.images[i : i + self.num_views]
 
 

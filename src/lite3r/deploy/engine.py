@@ -210,6 +210,18 @@ def _add_profile(
     return frames or FrameRange(*DEFAULT_FRAMES), image_size
 
 
+def _set_tf32(trt: Any, config: Any, allowed: bool, notes: list[str]) -> None:
+    """TensorRT enables TF32 by default; lite3r clears it unless asked (a flavour without the flag has none)."""
+    flag = getattr(trt.BuilderFlag, "TF32", None)
+    if flag is None:
+        return
+    if allowed:
+        config.set_flag(flag)
+        notes.append("TF32 allowed for float32 layers")
+    else:
+        config.clear_flag(flag)
+
+
 def _use_timing_cache(config: Any, chosen: Flavour, cache_path: Path | None, notes: list[str]) -> Path | None:
     """Load the timing cache into ``config``; returns the path to save it to after the build, if any."""
     if cache_path is None:
@@ -232,6 +244,7 @@ def build_engine(
     timing_cache: str | os.PathLike | None = None,
     workspace: int | None = None,
     verbose: bool = False,
+    tf32: bool = False,
 ) -> BuildReport:
     """Build ``out_path`` (the engine) and ``<out_path stem>.build.log`` from ``onnx_path``.
 
@@ -240,7 +253,9 @@ def build_engine(
     the model's frame axis is fixed. ``image_size``: ``(H, W)``, needed only when the model's is dynamic.
     ``timing_cache``: a file read before and written after the build (datacenter TensorRT only).
     ``workspace``: the builder's workspace limit in bytes. ``verbose``: keep TensorRT's verbose messages in
-    the log. Engine and log appear together, and only when the build succeeds.
+    the log. ``tf32``: allow TF32 for float32 layers (off: the SLA block scores feeding TopK are float32, and
+    TF32's 10-bit mantissa can rank blocks differently from the student). Engine and log appear together, and
+    only when the build succeeds.
     """
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     flavour(target)  # an unknown target fails before any work
@@ -265,6 +280,7 @@ def build_engine(
     frame_range, image = _add_profile(builder, config, network, frame_range, wanted_size)
     if workspace is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    _set_tf32(trt, config, tf32, notes)
     cache_path = _use_timing_cache(config, chosen, None if timing_cache is None else Path(timing_cache), notes)
 
     start = time.perf_counter()
@@ -276,7 +292,7 @@ def build_engine(
     engine = bytes(serialized)
 
     log_path = out_path.with_suffix(".build.log")
-    with staged_output(out_path.parent) as stage:
+    with staged_output(out_path.parent, writer=f"build:{out_path.name}") as stage:
         (stage / out_path.name).write_bytes(engine)
         (stage / log_path.name).write_text(capture.text())
     if cache_path is not None:

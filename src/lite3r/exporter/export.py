@@ -103,7 +103,7 @@ def export_onnx(
     sla_nodes = sum(n.domain == sla_onnx.DOMAIN and n.op_type == sla_onnx.SLA_OP for n in proto.graph.node)
     external = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES
 
-    with staged_output(path.parent) as stage:
+    with staged_output(path.parent, writer=f"export:{path.name}") as stage:
         target = stage / path.name
         data_name = f"{path.name}.data"
         onnx.save_model(proto, target, save_as_external_data=external, location=data_name, size_threshold=1024)

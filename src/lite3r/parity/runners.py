@@ -80,6 +80,24 @@ class SessionFromOnnxPath:
             raise OnnxRuntimeError(f"onnxruntime {ort.__version__} cannot load the model: {_first_line(e)}") from None
 
 
+class PerturbedTorchRunner(TorchRunner):
+    """A ``TorchRunner`` whose input is multiplied by ``1 + scale * N(0, 1)`` (seeded): the float noise an export
+    adds, applied to the reference itself, to measure how much its outputs move under it (the noise floor)."""
+
+    def __init__(self, model: torch.nn.Module, name: str, scale: float, seed: int) -> None:
+        super().__init__(model, name)
+        self.scale, self.seed = scale, seed
+
+    def activate_impl(self) -> None:
+        super().activate_impl()
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        images = torch.from_numpy(feed_dict[INPUT_NAME])
+        noise = torch.randn(images.shape, generator=self.generator, dtype=images.dtype)
+        return super().infer_impl({INPUT_NAME: (images * (1 + self.scale * noise)).numpy()})
+
+
 def onnx_runner(onnx_path: str | os.PathLike, name: str = "onnx") -> BaseRunner:
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
