@@ -82,9 +82,11 @@ def main() -> None:
 @click.option("--kl", default=0.10, show_default=True, help="SLA negligible-block fraction.")
 @click.option("--student", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of a distilled student (student.safetensors [+ quant_state.json]); implies --sla.")
+@click.option("--random-weights", is_flag=True,
+              help="Allow a full-size model without --checkpoint (random weights: meaningless output).")
 @one_line_errors
 def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, device, dtype, sla, sla_layers, kh, kl,
-            student):
+            student, random_weights):
     """Predict depth, points and cameras for one scene; write .npz, a contact sheet and metrics."""
     import torch
 
@@ -94,6 +96,12 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
 
     if (images is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --images DIR or --synthetic N")
+    if checkpoint is None and not model_name.endswith("-tiny") and not random_weights:
+        raise click.UsageError(
+            f"--model {model_name} without --checkpoint builds the full model with random weights (meaningless "
+            "output, minutes of work): pass --checkpoint (e.g. model.pt from facebook/VGGT-1B), try "
+            "--model vggt-tiny, or add --random-weights"
+        )
     hw = _parse_size(size)
     dev = resolve_device(device)
     check_writable_dir(out)
@@ -130,11 +138,13 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
             from lite3r.metrics import reconstruction_metrics
 
             metrics = reconstruction_metrics(outputs, scene)
-        written = save_prediction(out, views, outputs, metrics)
+        written = save_prediction(out, views, outputs, metrics, None if scene is None else scene.depth)
         progress.update(task, advance=1, description="done")
 
     if metrics:
         out_console.print(_metrics_table(metrics))
+    if len(views) > 12:
+        console.print(f"contact_sheet.png shows the first 12 of {len(views)} views; predictions.npz has all")
     for path in written:
         out_console.print(f"wrote {path}")
 

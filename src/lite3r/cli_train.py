@@ -106,15 +106,23 @@ def distill_command(model_name, checkpoint, data, views, size, scenes, seed, dev
 @one_line_errors
 def calibrate_command(model_name, checkpoint, data, views, size, scenes, seed, device, out, student_dir, batches,
                       fp8_layers, fp8_skip):
-    """FP8 post-training calibration (ModelOpt, max amax): writes quant_state.json into --out."""
-    from lite3r._io import check_writable_dir
+    """FP8 post-training calibration (ModelOpt, max amax): writes quant_state.json into --out (with --student,
+    student.safetensors too), a folder `lite3r export/parity --student` read."""
+    from lite3r._io import check_writable_dir, staged_output
     from lite3r.calibration import calibrate_fp8, save_quant_state
     from lite3r.distill import load_student
-    from lite3r.distill.checkpoint import QUANT_STATE
+    from lite3r.distill.checkpoint import QUANT_STATE, save_student
 
     check_writable_dir(out)
     model, dataset = _teacher_and_data(model_name, checkpoint, data, views, size, scenes, seed, device)
     if student_dir is not None:
         model = load_student(model, student_dir, fp8=False)
     calibrate_fp8(model, dataset, recipe=_recipe(fp8_layers, fp8_skip), num_batches=batches)
-    click.echo(f"wrote {save_quant_state(model, out / QUANT_STATE)}")
+    with staged_output(out, writer="calibrate") as stage:
+        if student_dir is not None:
+            save_student(model, stage)
+        else:
+            save_quant_state(model, stage / QUANT_STATE)
+        names = sorted(p.name for p in stage.iterdir())
+    for name in names:
+        click.echo(f"wrote {out / name}")

@@ -6,6 +6,7 @@ This is the Python side of ``lite3r predict``: the CLI only parses arguments and
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,12 @@ def run_model(
     x = images.to(device, torch.float32)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         out = model(x)
-    return {k: out[k][0].float().cpu() for k in OUTPUT_NAMES}
+    outputs = {k: out[k][0].float().cpu() for k in OUTPUT_NAMES}
+    broken = [k for k, v in outputs.items() if not bool(torch.isfinite(v).all())]
+    if broken:
+        hint = "" if dtype == torch.float32 else f" (in {str(dtype).removeprefix('torch.')}: try --dtype float32)"
+        raise ValueError(f"the model produced NaN/Inf in {', '.join(broken)}{hint}; nothing was written")
+    return outputs
 
 
 def save_prediction(
@@ -52,8 +58,10 @@ def save_prediction(
     images: torch.Tensor,
     outputs: dict[str, torch.Tensor],
     metrics: dict[str, float] | None = None,
+    true_depth: torch.Tensor | None = None,
 ) -> list[Path]:
-    """Write ``predictions.npz`` (outputs + decoded cameras), ``contact_sheet.png`` and ``metrics.json``.
+    """Write ``predictions.npz`` (outputs + decoded cameras), ``contact_sheet.png`` (with a ground-truth depth
+    column when ``true_depth [S, H, W]`` is given) and ``metrics.json``.
 
     All files appear together or not at all.
     """
@@ -68,8 +76,10 @@ def save_prediction(
             images.numpy(),
             arrays["depth"][..., 0],
             arrays["depth_conf"],
+            true_depth=None if true_depth is None else true_depth.numpy(),
         )
-        if metrics is not None:
-            (stage / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if metrics is not None:  # JSON has no NaN: a metric undefined for the scene is null
+            finite = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+            (stage / "metrics.json").write_text(json.dumps(finite, indent=2, allow_nan=False) + "\n")
         names = sorted(p.name for p in stage.iterdir())
     return [Path(out) / n for n in names]

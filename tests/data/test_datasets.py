@@ -169,3 +169,24 @@ def test_bad_folders_fail_with_one_clear_error(dtu_root, blendedmvs_root, tmp_pa
         read_pfm(tmp_path / "d.pfm")
     with pytest.raises(DatasetError, match="size must be a positive multiple of 14"):
         blendedmvs_scenes(blendedmvs_root, 2, size=30)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 6, 7])
+def test_image_folders_of_any_size_give_only_full_scenes(tmp_path, scene, count):
+    """Iterating a folder (as calibration's ``islice`` does) used to run past the last window into scenes of one
+    and zero views, and the model crashed on the empty one (3 images, 2 views, 4 batches)."""
+    from itertools import islice
+
+    for v in range(count):
+        _write_png(tmp_path / f"{v}.png", scene.images[v % 3])
+    if count < 2:
+        with pytest.raises(DatasetError, match=f"has {count} image\\(s\\); scenes of 2 views need at least 2"):
+            open_scenes(tmp_path, 2, size=28)
+        return
+    folder = open_scenes(tmp_path, 2, size=28)
+    scenes = list(islice(folder, 4))
+    assert len(scenes) == min(4, count - 1) == len(list(islice(iter(folder), 10))[:4])
+    assert all(s.shape == (2, 3, 14, 28) for s in scenes)
+    assert len(list(folder)) == count - 1
+    with pytest.raises(IndexError):
+        folder[count - 1]

@@ -116,3 +116,22 @@ def _truncated(path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
     path.write_bytes(path.read_bytes()[:300])
     return path
+
+
+def test_16_bit_grey_png_is_scaled_not_white(tmp_path):
+    ramp = (np.arange(56 * 56).reshape(56, 56) * 20).astype(np.uint16)  # 0 .. 62700 of 65535
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    [view] = load_images(tmp_path, target_size=56)
+    np.testing.assert_allclose(view[0].numpy(), ramp / 65535, atol=1e-6)  # same size: no resampling
+    assert torch.equal(view[0], view[1]) and torch.equal(view[1], view[2])
+
+
+def test_float_images_outside_0_1_or_not_finite_are_refused(tmp_path):
+    for name, value in (("big.tif", 3.0), ("nan.tif", float("nan"))):
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        Image.fromarray(np.full((28, 28), value, np.float32)).save(folder / name)
+        message = "NaN or Inf" if value != value else r"values in \[3, 3\]"
+        with pytest.raises(ImageLoadError, match=message):
+            load_images(folder, target_size=28)

@@ -112,9 +112,33 @@ def _mark():
     _MARKS.append("pickled code ran")
 
 
-def test_pickled_objects_are_refused_without_running_them(tmp_path):
+class _SystemCall:
+    """Pickles as a call of ``os.system``: torch's refusal names it differently, and advises weights_only=False."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("true",))
+
+
+@pytest.mark.parametrize("payload", [_Payload, _SystemCall])
+def test_pickled_objects_are_refused_without_running_them(tmp_path, payload):
     path = tmp_path / "evil.pt"
-    torch.save({"aggregator.camera_token": _Payload()}, path)
-    with pytest.raises(CheckpointError, match="contains pickled objects that are not tensors.*never runs pickled code"):
+    torch.save({"aggregator.camera_token": payload()}, path)
+    with pytest.raises(CheckpointError, match="holds a pickled Python object .* lite3r never unpickles") as error:
         load_model("vggt-tiny", checkpoint=path)
+    assert "weights_only" not in str(error.value)  # never the advice to unpickle an untrusted file
     assert _MARKS == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_nan_or_inf_weights_are_one_error_naming_the_tensor(official_tiny, tmp_path, bad, suffix):
+    weights = dict(official_tiny["weights"])
+    weights["aggregator.camera_token"] = weights["aggregator.camera_token"].clone()
+    weights["aggregator.camera_token"][0, 0, 0, 3] = bad
+    path = tmp_path / f"bad{suffix}"
+    save_file(weights, path) if suffix == ".safetensors" else torch.save(weights, path)
+    kind = "NaN" if bad != bad else "Inf"
+    with pytest.raises(CheckpointError, match=rf"tensor 'aggregator\.camera_token' has 1 {kind} value"):
+        load_model("vggt-tiny", checkpoint=path)

@@ -8,6 +8,7 @@ batches, which is what a static-scale FP8 GEMM (TensorRT, ``torch._scaled_mm``) 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Any
@@ -34,7 +35,13 @@ def quantize_fp8(
 
     recipe = recipe or FP8Recipe()
     recipe.linear_names(model)  # a recipe that selects nothing fails here, with the layer names it saw
-    return mtq.quantize(model, recipe.modelopt_config(), forward_loop)
+    with modelopt_prints_to_stderr():
+        return mtq.quantize(model, recipe.modelopt_config(), forward_loop)
+
+
+def modelopt_prints_to_stderr() -> contextlib.AbstractContextManager:
+    """ModelOpt prints progress ("Inserted 700 quantizers") to stdout, which belongs to the command's results."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def calibrate_fp8(

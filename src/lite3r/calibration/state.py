@@ -128,8 +128,11 @@ def apply_quant_state(model: nn.Module, state: dict[str, Any]) -> nn.Module:
     for entry in state["quantizers"]:
         if not isinstance(_get(model, entry["module"]), nn.Linear):
             raise QuantStateError(f"{entry['module']} is not an nn.Linear layer of this model")
+    from lite3r.calibration.fp8 import modelopt_prints_to_stderr
+
     if not is_quantized(model):
-        mtq.quantize(model, {"quant_cfg": [{"quantizer_name": "*", "enable": False}], "algorithm": None})
+        with modelopt_prints_to_stderr():
+            mtq.quantize(model, {"quant_cfg": [{"quantizer_name": "*", "enable": False}], "algorithm": None})
     wanted = {f"{e['module']}.{e['tensor']}_quantizer": e for e in state["quantizers"]}
     for name, quantizer in _tensor_quantizers(model):
         entry = wanted.pop(name, None)

@@ -75,13 +75,21 @@ def load_images(
     return torch.stack([_pad_white(v, height, width) for v in views])
 
 
+_HIGH_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1}
+"""Single-channel modes with more than 8 bits, and the value that is white: 16-bit PNG/TIFF (Pillow reads a
+16-bit grey PNG as ``I;16`` or ``I``) and float TIFFs in [0, 1]. ``convert("RGB")`` would clip them to white."""
+
+
 def _read_rgb(path: Path) -> Image.Image:
-    """Decode fully (so corrupt files fail here, named) and flatten any transparency onto white."""
+    """Decode fully (so corrupt files fail here, named) and flatten any transparency onto white. High-bit-depth
+    grey images come back as mode ``F`` scaled to [0, 1]; everything else as ``RGB``."""
     if not path.is_file():
         raise ImageLoadError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode in _HIGH_DEPTH:
+                return _scaled_grey(img, path)
             if img.mode != "RGBA" and (img.mode in ("LA", "PA") or "transparency" in img.info):
                 img = img.convert("RGBA")
             if img.mode == "RGBA":
@@ -89,6 +97,18 @@ def _read_rgb(path: Path) -> Image.Image:
             return img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ImageLoadError(f"cannot read image {path}: {e}") from None
+
+
+def _scaled_grey(img: Image.Image, path: Path) -> Image.Image:
+    values = np.asarray(img, dtype=np.float64) / _HIGH_DEPTH[img.mode]
+    if not np.isfinite(values).all():
+        raise ImageLoadError(f"image {path} has NaN or Inf pixel values")
+    if values.min() < 0 or values.max() > 1:
+        raise ImageLoadError(
+            f"image {path} ({img.mode}) has values in [{values.min():.4g}, {values.max():.4g}] after scaling; "
+            "lite3r reads 16-bit images as 0..65535 and float images as 0..1"
+        )
+    return Image.fromarray(values.astype(np.float32), mode="F")
 
 
 def _preprocess(img: Image.Image, path: Path, mode: str, target_size: int) -> torch.Tensor:
@@ -116,7 +136,10 @@ def _round_to_patch(length: float) -> int:
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:
-    """An RGB image as ``[3, h, w]`` float32 in ``[0, 1]``."""
+    """An RGB image (or a grey ``F`` image in [0, 1]) as ``[3, h, w]`` float32 in ``[0, 1]``."""
+    if img.mode == "F":  # bicubic resampling may overshoot [0, 1] a little, as it does for 8-bit images (clipped)
+        grey = torch.from_numpy(np.clip(np.asarray(img, dtype=np.float32), 0, 1))
+        return grey.expand(3, *grey.shape).clone()
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from lite3r._io import atomic_write_bytes
+from lite3r.models._checkpoint import check_finite
 from lite3r.sla.module import SparseLinearAttention
 
 CHECKPOINT = "checkpoint.pt"
@@ -71,24 +72,39 @@ def save_student(student: nn.Module, out_dir: str | os.PathLike) -> list[Path]:
 
 def load_student(teacher: nn.Module, out_dir: str | os.PathLike, *, fp8: bool = True) -> nn.Module:
     """Rebuild a distilled student: ``convert_to_sla(teacher)`` with the saved layers, options and ``proj_lin``,
-    then (when ``fp8`` and the folder has one) the FP8 fake quantizers of ``quant_state.json``."""
+    then (when ``fp8`` and the folder has one) the FP8 fake quantizers of ``quant_state.json``.
+
+    A folder with only ``quant_state.json`` (``lite3r calibrate`` of the dense model) gives a copy of the dense
+    teacher with those quantizers: the FP8 model it describes.
+    """
+    import copy
+
     from safetensors import safe_open
 
     from lite3r.sla import convert_to_sla
 
     path = Path(out_dir) / PROJ_LIN
+    quant_path = Path(out_dir) / QUANT_STATE
+    if not path.is_file() and quant_path.is_file():
+        from lite3r.calibration.state import load_quant_state
+
+        dense = copy.deepcopy(teacher)
+        return load_quant_state(dense, quant_path) if fp8 else dense
     if not path.is_file():
-        raise StudentFileError(f"no distilled student in {out_dir} (missing {PROJ_LIN})")
+        raise StudentFileError(f"no distilled student in {out_dir} (missing {PROJ_LIN} and {QUANT_STATE})")
     with safe_open(path, framework="pt") as f:
         options = json.loads(f.metadata()["sla_options"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    try:
+        check_finite(tensors, path)
+    except ValueError as e:
+        raise StudentFileError(str(e)) from None
     layers = {k.rsplit(".core.", 1)[0] for k in tensors}
     student = convert_to_sla(teacher, layers=lambda name, module: name in layers, **options)
     expected = set(trainable_state(student))
     if expected != set(tensors):
         raise StudentFileError(f"{path} holds {len(tensors)} tensors that do not match the student's {len(expected)}")
     student.load_state_dict(tensors, strict=False)
-    quant_path = Path(out_dir) / QUANT_STATE
     if fp8 and quant_path.is_file():
         from lite3r.calibration.state import load_quant_state
 

@@ -2,7 +2,8 @@
 
 Reading never executes pickled code: ``.pt``/``.pth``/``.bin`` go through ``torch.load(weights_only=True)``,
 ``.safetensors`` through safetensors. Every way a file can fail to fit the model ends in one
-:class:`CheckpointError` with a one-line explanation, before ``load_state_dict(strict=True)`` runs.
+:class:`CheckpointError` with a one-line explanation, before ``load_state_dict(strict=True)`` runs; a tensor
+with NaN or Inf values is one of them (the model would run and write NaN predictions).
 """
 
 from __future__ import annotations
@@ -54,15 +55,17 @@ def _read_torch(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a corrupt file surfaces as almost any exception type from the unpickler
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(e))
         if refused:
             raise CheckpointError(
-                f"{path} contains pickled objects that are not tensors ({refused.group(1)}); lite3r loads with "
-                "weights_only=True and never runs pickled code. Save a plain state dict "
-                "(torch.save(model.state_dict(), ...)) or .safetensors instead"
+                f"{path} holds a pickled Python object ({refused.group(1)}), not only tensors; lite3r never "
+                "unpickles code from a checkpoint. Save a plain state dict (torch.save(model.state_dict(), ...)) "
+                "or a .safetensors file"
             ) from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e)) or re.match(r"\s*(.+)", str(e))
         reason = detail.group(1) if detail else type(e).__name__
+        if "weights_only" in reason:  # torch's advice to unpickle anyway: never repeat it
+            reason = "it needs unpickling of Python objects, which lite3r never does"
         raise CheckpointError(f"cannot read checkpoint {path}: not a valid torch.save file ({reason})") from None
 
 
@@ -84,9 +87,19 @@ def checkpoint_filter_fn(obj: object, source: str | Path = "checkpoint") -> dict
         raise CheckpointError(
             f"{source} is not a state dict: {len(not_tensors)} entries are not tensors ({_first(not_tensors)})"
         )
+    check_finite(obj, source)
     if obj and all(k.startswith("module.") for k in obj):
         return {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], source: str | Path = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming the first floating-point tensor with NaN or Inf values."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            kind = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
+            count = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{source}: tensor {name!r} has {count} {kind} value(s); the weights are corrupt")
 
 
 def load_state_dict_strict(
