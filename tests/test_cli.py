@@ -21,7 +21,9 @@ def test_predict_synthetic_writes_outputs_and_metrics(tmp_path):
     out = tmp_path / "out"
     result = _predict("--synthetic", "3", "--size", "56x84", "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "metrics.json", "predictions.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lite3r-manifest.json", "contact_sheet.png", "metrics.json", "predictions.npz"
+    ]
     pred = np.load(out / "predictions.npz")
     assert pred["depth"].shape == (3, 56, 84, 1)
     assert pred["world_points"].shape == (3, 56, 84, 3)
@@ -40,7 +42,7 @@ def test_predict_image_folder_has_no_metrics(tmp_path):
     out = tmp_path / "out"
     result = _predict("--images", str(folder), "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "predictions.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [".lite3r-manifest.json", "contact_sheet.png", "predictions.npz"]
     # the tiny preset resizes to width 112, the height keeps the aspect ratio rounded to a multiple of 14
     assert np.load(out / "predictions.npz")["depth"].shape == (2, 84, 112, 1)
 
@@ -76,7 +78,7 @@ def test_bad_input_gives_one_clear_error_and_no_output(tmp_path, args, message):
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()  # not even an empty folder
 
 
 def test_out_that_cannot_be_created(tmp_path):
@@ -114,3 +116,37 @@ def test_predict_sla_student_differs_from_dense_and_loads_a_distilled_student(tm
                       "--out", str(tmp_path / "loaded"))
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(np.load(tmp_path / "loaded" / "predictions.npz")["pose_enc"], b["pose_enc"])
+
+
+def test_full_size_model_without_checkpoint_is_refused(tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["predict", "--synthetic", "2", "--out", str(out)])  # default --model vggt
+    assert result.exit_code != 0 and "without --checkpoint builds the full model with random weights" in result.output
+    assert not out.exists()
+
+
+def test_single_view_metrics_json_is_valid_json(tmp_path):
+    """Pose errors of one view are undefined: they used to be written as NaN, which is not JSON."""
+    out = tmp_path / "out"
+    result = _predict("--synthetic", "1", "--size", "56x56", "--out", str(out))
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant):
+        raise ValueError(f"{constant} in metrics.json")
+
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=refuse)
+    assert metrics["rotation_error_deg"] is None and metrics["depth_abs_rel"] >= 0
+
+
+def test_contact_sheet_has_a_true_depth_column_and_says_when_views_are_left_out(tmp_path):
+    from lite3r.viz import contact_sheet
+
+    rng = np.random.default_rng(0)
+    images, depth = rng.random((14, 3, 28, 28)), rng.random((14, 28, 28)) + 1
+    narrow = Image.open(contact_sheet(tmp_path / "a.png", images[:2], depth[:2], depth[:2])).size
+    wide = Image.open(contact_sheet(tmp_path / "b.png", images[:2], depth[:2], depth[:2], true_depth=depth[:2])).size
+    assert wide[0] > narrow[0] and wide[1] == narrow[1]
+    out = tmp_path / "out"
+    result = _predict("--synthetic", "14", "--size", "28x28", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "shows the first 12 of 14 views" in result.output

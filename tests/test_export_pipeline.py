@@ -33,13 +33,58 @@ def exported(tmp_path_factory):
 def test_chain_writes_every_artifact(exported):
     out, output = exported
     names = {p.name for p in out.iterdir()}
-    assert {"student.safetensors", "quant_state.json", "model.onnx", "parity.json", "parity.md"} <= names
+    assert {"student.safetensors", "quant_state.json", "model.onnx", "parity.json", "parity.md", "record.json",
+            "export_summary.json", ".lite3r-manifest.json"} <= names  # fmt: skip
     if HAS_RTX or HAS_TRT:
         assert {"model.engine", "model.build.log"} <= names
     else:
         assert "no engine built" in output
     assert not [n for n in names if n.startswith(".lite3r-stage")]
-    assert "parity passed" in output
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}  # the safetensors used to be 0600
+    assert "parity PASSED: onnx vs student (export gate)" in " ".join(output.split())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(HAS_TRT or not HAS_RTX, reason="needs TensorRT-RTX (and no datacenter TensorRT)")
+def test_parity_names_the_engine_it_could_not_run(exported):
+    out, _ = exported
+    report = (out / "parity.md").read_text()
+    assert report.splitlines()[0].endswith("not run: model.engine")
+    assert "| model.engine | not run | TensorRT-RTX engine" in report
+    listed = {a["name"]: a["status"] for a in json.loads((out / "parity.json").read_text())["artifacts"]}
+    assert listed["model.onnx"] == "compared" and listed["model.engine"] == "not run"
+    assert set(listed) == {p.name for p in out.iterdir() if not p.name.startswith(".")} - {"parity.json", "parity.md"}
+
+
+@pytest.mark.slow
+def test_record_says_how_the_folder_was_made_and_parity_rechecks_it(exported, tmp_path):
+    import shutil
+
+    from lite3r._record import sha256
+    from lite3r.cli import main
+
+    out, _ = exported
+    record = json.loads((out / "record.json").read_text())
+    assert record["options"]["frames"] == "2:2:4" and record["options"]["fp8"] is True
+    assert record["seeds"]["parity_scenes"] == [1000, 1001]
+    assert {"torch", "onnx", "onnxruntime", "modelopt", "polygraphy", "triton", "tensorrt"} <= set(record["versions"])
+    assert record["versions"]["torch"] == torch.__version__.split("+")[0] or record["versions"]["torch"] == torch.__version__
+    files = {p.name for p in out.iterdir() if not p.name.startswith(".")} - {"record.json"}
+    assert set(record["artifacts"]) == files
+    assert all(record["artifacts"][n]["sha256"] == sha256(out / n) for n in files)
+
+    result = CliRunner().invoke(main, ["parity", "--from", str(out), "--out", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    again = json.loads((tmp_path / "again" / "parity.json").read_text())
+    first = json.loads((out / "parity.json").read_text())
+    assert again["comparisons"] == first["comparisons"]  # same scenes, same numbers
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(out, tampered)
+    with open(tampered / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    result = CliRunner().invoke(main, ["parity", "--from", str(tampered), "--out", str(tmp_path / "t")])
+    assert result.exit_code == 1 and "model.onnx changed since it was recorded" in result.output
 
 
 @pytest.mark.slow
@@ -103,7 +148,7 @@ def test_bad_input_one_clear_error_no_artifacts(tmp_path, args, message):
     assert result.exit_code != 0
     assert message in result.output, result.output
     assert "Traceback" not in result.output
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()
 
 
 def test_unwritable_out(tmp_path):

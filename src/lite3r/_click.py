@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import sys
+import threading
 
 import click
 
@@ -13,19 +16,39 @@ from lite3r.deploy._trt import DeployError
 def one_line_errors(fn):
     """Turn expected failures (bad input, unreadable files, missing TensorRT) into one line and exit code 1.
 
-    Set LITE3R_DEBUG=1 to see the traceback instead.
+    Set LITE3R_DEBUG=1 to see the traceback instead. SIGTERM and SIGHUP end the command like Ctrl-C does (staging
+    folders are removed, the output folder stays as it was); Python's default would kill it on the spot.
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _terminate_like_interrupt():
+                return fn(*args, **kwargs)
         except (ValueError, OSError, NotImplementedError, DeployError) as e:
             if os.environ.get("LITE3R_DEBUG"):
                 raise
             raise click.ClickException(str(e)) from None
 
     return wrapper
+
+
+class _terminate_like_interrupt:
+    def __enter__(self):
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+                if sig is not None:
+                    self.previous[sig] = signal.signal(sig, _exit_on_signal)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _exit_on_signal(signum, frame):
+    print(f"\nstopped by {signal.Signals(signum).name}", file=sys.stderr)
+    raise SystemExit(128 + signum)
 
 
 def quiet_third_party() -> None:

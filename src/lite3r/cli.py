@@ -96,7 +96,9 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
 
     if (images is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --images DIR or --synthetic N")
-    if checkpoint is None and not model_name.endswith("-tiny") and not random_weights:
+    from lite3r.models import list_models
+
+    if checkpoint is None and model_name in list_models() and not model_name.endswith("-tiny") and not random_weights:
         raise click.UsageError(
             f"--model {model_name} without --checkpoint builds the full model with random weights (meaningless "
             "output, minutes of work): pass --checkpoint (e.g. model.pt from facebook/VGGT-1B), try "

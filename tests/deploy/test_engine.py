@@ -4,6 +4,7 @@ is installed (``tensorrt`` marker). Graphs follow the export contract: input ``i
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import numpy as np
 import onnx
@@ -85,7 +86,8 @@ def test_rtx_build_inlines_custom_node_function_body(tmp_path):
 
     assert report.engine_path.stat().st_size == report.engine_bytes > 0
     assert "[I]" in report.log_path.read_text()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.build.log", "model.engine"]
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == [".lite3r-manifest.json", "model.build.log", "model.engine"]
     assert (report.frames, report.image_size) == (FrameRange(1, 2, 4), (14, 14))
     [node] = report.custom_nodes
     assert (node.node, node.op_type, node.resolved, node.layers) == ("attn_0", "SparseLinearAttention", "function", 2)
@@ -233,6 +235,19 @@ def test_missing_datacenter_tensorrt_is_one_clear_error(tmp_path):
     assert "pip install 'lite3r[tensorrt]' on a machine with an NVIDIA GPU" in str(error)
 
 
+def test_too_old_datacenter_tensorrt_is_one_clear_error(monkeypatch):
+    """TensorRT 10.8 imports but lacks ``tensorrt.plugin.aot_impl``; lite3r refuses it by version, up front."""
+    import types
+
+    from lite3r.deploy._trt import import_tensorrt
+
+    old = types.ModuleType("tensorrt")
+    old.__version__ = "10.8.0.43"
+    monkeypatch.setitem(sys.modules, "tensorrt", old)
+    with pytest.raises(TensorRTNotInstalledError, match=r"TensorRT 10\.8\.0\.43 is too old: lite3r needs >= 10\.9"):
+        import_tensorrt("tensorrt")
+
+
 # --- datacenter TensorRT (needs `tensorrt` and a GPU) -----------------------------------------------------------
 
 
@@ -245,7 +260,7 @@ def _sla_core_graph(tmp_path, heads=2, length=128, dim=64):
         for name, dtype, shape in [
             ("q", bf16, [1, heads, length, dim]), ("k", bf16, [1, heads, length, dim]),
             ("v", bf16, [1, heads, length, dim]), ("lut", i32, [1, heads, nq, 1]),
-            ("kv_state", f32, [heads, nq, dim * dim]), ("k_state", f32, [heads, nq, dim]),
+            ("kv_state", bf16, [heads, nq, dim * dim]), ("k_state", f32, [heads, nq, dim]),  # STATE_DTYPES
         ]
     ]  # fmt: skip
     weights = [onh.from_array(np.zeros((dim, dim), np.float32), "proj_w"),

@@ -9,6 +9,7 @@ The Python API is otherwise the same, so every other line of the build is shared
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
@@ -30,6 +31,7 @@ class Flavour:
     install_hint: str
     python_plugins: bool
     timing_cache: bool
+    min_version: tuple[int, ...] = ()  # older releases import but lack what lite3r uses
 
 
 FLAVOURS = {
@@ -40,6 +42,7 @@ FLAVOURS = {
         install_hint="pip install 'lite3r[tensorrt]' on a machine with an NVIDIA GPU",
         python_plugins=True,
         timing_cache=True,
+        min_version=(10, 9),  # tensorrt.plugin.aot_impl (the SLA plugin's ahead-of-time kernel)
     ),
     "tensorrt-rtx": Flavour(
         target="tensorrt-rtx",
@@ -62,11 +65,18 @@ def import_tensorrt(target: str) -> tuple[Flavour, ModuleType]:
     """The flavour and its imported module, or one clear error naming the install command."""
     chosen = flavour(target)
     try:
-        return chosen, importlib.import_module(chosen.module)
+        module = importlib.import_module(chosen.module)
     except ImportError as e:
         raise TensorRTNotInstalledError(
             f"{chosen.label} is not installed ({e.msg}): {chosen.install_hint}"
         ) from None
+    version = tuple(int(p) for p in re.findall(r"\d+", str(getattr(module, "__version__", "0")))[:3])
+    if version < chosen.min_version:
+        wanted = ".".join(map(str, chosen.min_version))
+        raise TensorRTNotInstalledError(
+            f"{chosen.label} {module.__version__} is too old: lite3r needs >= {wanted} ({chosen.install_hint})"
+        )
+    return chosen, module
 
 
 _SEVERITY_TAGS = ("E", "E", "W", "I", "V")  # internal error, error, warning, info, verbose

@@ -15,7 +15,8 @@ Polygraphy semantics: an output fails when the chosen statistic of the absolute 
 that of the relative error (relative to the reference) exceeds ``rtol``.
 
 The export gate's ``atol`` is raised, per scene and output, to twice the student's own *noise floor*: the same
-statistic of its change when its input is perturbed by float noise (relative ``1e-6``, ``noise_runs`` times).
+statistic of its change when its input and the input of every FP8 activation quantizer are perturbed by float
+noise (relative ``1e-6``, ``noise_runs`` seeded runs; ``runners.PerturbedTorchRunner``).
 An FP8 graph rounds each activation to e4m3; an activation within float noise of a rounding boundary lands on
 either neighbour, one e4m3 step (6 %) apart, and a chaotic output (``pose_enc`` of a random-weight model moves
 by 5e-2) follows. No export can agree with the student more closely than the student agrees with itself, so

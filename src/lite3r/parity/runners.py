@@ -81,8 +81,10 @@ class SessionFromOnnxPath:
 
 
 class PerturbedTorchRunner(TorchRunner):
-    """A ``TorchRunner`` whose input is multiplied by ``1 + scale * N(0, 1)`` (seeded): the float noise an export
-    adds, applied to the reference itself, to measure how much its outputs move under it (the noise floor)."""
+    """A ``TorchRunner`` that multiplies its input, and the input of every FP8 activation quantizer, by
+    ``1 + scale * N(0, 1)`` (seeded): the float noise an export adds in every layer, applied to the reference
+    itself where the rounding decisions are taken, to measure how much its outputs move under it (the noise
+    floor). Weight quantizers are left alone: an export stores exactly the student's weight codes."""
 
     def __init__(self, model: torch.nn.Module, name: str, scale: float, seed: int) -> None:
         super().__init__(model, name)
@@ -91,11 +93,24 @@ class PerturbedTorchRunner(TorchRunner):
     def activate_impl(self) -> None:
         super().activate_impl()
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.hooks = [
+            module.register_forward_pre_hook(lambda _, args: (self._perturb(args[0]), *args[1:]))
+            for name, module in self.model.named_modules()
+            if name.endswith("input_quantizer") and getattr(module, "is_enabled", False)
+        ]
+
+    def deactivate_impl(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        super().deactivate_impl()
+
+    def _perturb(self, x: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(x.shape, generator=self.generator, dtype=torch.float32).to(x.device, x.dtype)
+        return x * (1 + self.scale * noise)
 
     def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
-        images = torch.from_numpy(feed_dict[INPUT_NAME])
-        noise = torch.randn(images.shape, generator=self.generator, dtype=images.dtype)
-        return super().infer_impl({INPUT_NAME: (images * (1 + self.scale * noise)).numpy()})
+        images = self._perturb(torch.from_numpy(feed_dict[INPUT_NAME]))
+        return super().infer_impl({INPUT_NAME: images.numpy()})
 
 
 def onnx_runner(onnx_path: str | os.PathLike, name: str = "onnx") -> BaseRunner:
