@@ -1,4 +1,6 @@
-"""Suite-wide rules: hardware markers skip with a reason, and a run that collects no test fails."""
+"""Suite-wide rules: hardware markers skip with a reason, a run that collects no test fails, and every test starts
+from fixed seeds (torch, numpy, random), so a test that draws without its own generator still sees the same
+numbers on every run."""
 
 from __future__ import annotations
 
@@ -33,6 +35,18 @@ def pytest_sessionfinish(session, exitstatus):
     # pytest exits 5 when nothing was collected; a CI run that tested nothing must fail loudly instead.
     if session.testscollected == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def fixed_seeds():
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture

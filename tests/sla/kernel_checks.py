@@ -5,14 +5,14 @@ poisoned (NaN) so an element no kernel writes shows up, and measures against the
 block map. ``violations`` applies flash-attention's rule: the kernel's max error against the float32 reference
 stays within twice the error of the same reference computed in the input dtype, plus one rounding step of the
 input dtype at the tensor's largest magnitude (proj_lin's gradients are float32 sums of bf16-rounded linear
-outputs whose rounding is shared by a block's rows, so they need that step too). Inputs are fresh random draws
-each run (the seed is reported).
+outputs whose rounding is shared by a block's rows, so they need that step too). Inputs are random draws with a
+fixed seed per case (derived from its name, and reported), so every run checks the same numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import random
+import zlib
 
 import torch
 
@@ -69,7 +69,7 @@ def run_case(name, dtype, feature_map, block_q, block_k, length, head_dim=64, ba
              kh=0.25, kl=0.34, device="cpu"):
     """Errors of the Triton path; the default kh, kl give 3-5 key blocks every class (critical, marginal,
     negligible) at the CASES' lengths."""
-    seed = random.randrange(2**31)
+    seed = zlib.crc32(name.encode())
     torch.manual_seed(seed)
     q, k, v, dout = _inputs(batch, heads, length, head_dim, dtype, strided, device)
     weight = torch.randn(head_dim, head_dim, device=device) / head_dim**0.5
@@ -97,6 +97,7 @@ def classify_mismatches(device="cpu") -> int:
     from lite3r.sla import kernels
     from lite3r.sla.reference import classify_blocks
 
+    torch.manual_seed(0)
     mismatches = 0
     for num_kblocks, kh, kl in ((3, 0.2, 0.3), (37, 0.2, 0.3), (130, 0.2, 0.3), (37, 1.0, 0.0), (37, 0.0, 1.0)):
         random_scores = torch.randn(1, 2, 2, num_kblocks, device=device)
