@@ -75,7 +75,8 @@ def test_ctrl_c_during_a_real_export_leaves_the_folder_as_it_was(tmp_path):
     out.mkdir()
     (out / "model.onnx").write_text("an earlier export")
     command = [sys.executable, "-c", "from lite3r.cli import export_main; export_main()", "vggt-tiny", "--fp8",
-               "--size", "28x28", "--frames", "2", "--synthetic", "1", "--target", "onnx", "--out", str(out)]  # fmt: skip
+               "--size", "28x28", "--frames", "2", "--synthetic", "1", "--target", "onnx",
+               "--out", str(out)]  # fmt: skip
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not list(out.glob(".lite3r-stage-*/student.safetensors")):

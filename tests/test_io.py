@@ -158,4 +158,5 @@ def test_after_sigkill_the_next_run_cleans_up_or_finishes_the_commit(tmp_path, w
     assert not stale.exists()
     assert _visible(out) == expected | {"report.md": "r"}
     if where == "commit":  # the killed run's commit was planned: it is finished, manifest included
-        assert json.loads((out / MANIFEST).read_text())["writers"]["w"] == ["model.onnx", "model.onnx.data", "record.json"]
+        writers = json.loads((out / MANIFEST).read_text())["writers"]
+        assert writers["w"] == ["model.onnx", "model.onnx.data", "record.json"]

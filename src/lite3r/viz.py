@@ -29,7 +29,9 @@ def contact_sheet(
 
     total = len(images)
     n = min(total, max_views)
-    both = depth[:n].ravel() if true_depth is None else np.concatenate([depth[:n].ravel(), true_depth[:n][true_depth[:n] > 0]])
+    both = depth[:n].ravel()
+    if true_depth is not None:
+        both = np.concatenate([both, true_depth[:n][true_depth[:n] > 0]])
     lo, hi = np.percentile(both, [2, 98])
     columns = 3 + (true_depth is not None)
     fig, grid = plt.subplots(n + 1, columns, figsize=(3 * columns, 3 * n + 1.2), squeeze=False,

@@ -63,8 +63,8 @@ def test_calibrate_output_feeds_parity(tmp_path):
 
     result = CliRunner().invoke(calibrate_command, [*TINY, "--batches", "1", "--out", str(tmp_path / "q")])
     assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(main, ["parity", "--model", "vggt-tiny", "--student", str(tmp_path / "q"),
-                                       "--size", "56x56", "--synthetic", "1", "--out", str(tmp_path / "p")])  # fmt: skip
+    args = ["parity", "--model", "vggt-tiny", "--student", str(tmp_path / "q"), "--size", "56x56", "--synthetic", "1"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "p" / "parity.json").read_text())
     assert [(c["candidate"], c["reference"]) for c in report["comparisons"]] == [("student", "teacher")]

@@ -69,7 +69,9 @@ def onnx_quantize(amaxes: np.ndarray, inputs: np.ndarray) -> tuple[np.ndarray, n
         nodes.append(helper.make_node("Identity", [dequantized], [f"dq{k}"]))
         n = inputs.shape[1]
         graph.input.append(helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [n]))
-        graph.output.extend(helper.make_tensor_value_info(f"{kind}{k}", TensorProto.FLOAT, [n]) for kind in ("code", "dq"))
+        graph.output.extend(
+            helper.make_tensor_value_info(f"{kind}{k}", TensorProto.FLOAT, [n]) for kind in ("code", "dq")
+        )
     graph.node.extend(nodes)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
     onnx.checker.check_model(model, full_check=True)

@@ -280,10 +280,11 @@ def check(
     notes: list[str] = []
     runs: dict[str, ArtifactStatus] = {}  # file name -> what its runner did
     runners: list[tuple[Any, str | None]] = []  # (runner, the file it runs)
+    runnable_engine = engine_path is not None and engine_target != "tensorrt-rtx"
     if student is not None:
         runners.append((TorchRunner(student, "student"), None))
         runners += [(PerturbedTorchRunner(student, f"student~{k}", export_gate.noise_scale, seed=k), None)
-                    for k in range(export_gate.noise_runs) if onnx_path is not None or engine_path is not None]  # fmt: skip
+                    for k in range(export_gate.noise_runs) if onnx_path is not None or runnable_engine]  # fmt: skip
     if teacher is not None:
         runners.append((TorchRunner(teacher, "teacher"), None))
     if onnx_path is not None:
