@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_suite.sh onnx1b      # issue 6: full-size student ONNX + onnxruntime parity, 2 frames
 #   bash benchmarks/gpu_suite.sh fp8         # issue 5: FP8 GEMMs, bf16-SLA vs FP8-SLA latency, real vs fake FP8
 #   bash benchmarks/gpu_suite.sh distill     # issue 5: distillation closes the gap (VGGT-1B size and tiny)
+#   bash benchmarks/gpu_suite.sh ort13       # issue 13: the FP8 ONNX on the image's onnxruntime (1.30), tiny chain
 # ModelOpt / Polygraphy are not on the GPU image: carry them as wheels in .whl (see docs/gpu.md).
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -27,6 +28,10 @@ for part in "$@"; do
     distill) { python3 benchmarks/bench_distill.py --steps 60 --out "$OUT/distill_vggt1b.json" \
                && python3 benchmarks/bench_distill.py --model vggt-tiny --views 4 --size 112 --steps 100 \
                     --out "$OUT/distill_tiny.json"; } 2>&1 | tee "$OUT/distill.log" ;;
+    ort13) { python3 -c "from lite3r.parity.runners import probe_onnxruntime as p; print('onnxruntime', p())" \
+             && python3 -c "from lite3r.cli import export_main; export_main()" vggt-tiny --fp8 --target onnx \
+                  --device cuda --out "$OUT/ort13"; } 2>&1 | tee "$OUT/ort13.log"
+           head -1 "$OUT/ort13/parity.md" ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
 done

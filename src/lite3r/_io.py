@@ -50,7 +50,7 @@ def check_writable_dir(out: str | os.PathLike) -> Path:
     """Check that ``out`` is (or can be created as) a writable folder; fail before any work, create nothing."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise OutputError(f"output path {out} exists and is not a folder")
+        raise OutputError(f"cannot create output folder {out}: a file of that name exists")
     existing = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
     if existing is None or not existing.is_dir():
         raise OutputError(f"cannot create output folder {out}: {existing} is not a folder")
