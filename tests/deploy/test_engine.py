@@ -286,3 +286,35 @@ def test_datacenter_build_uses_the_sla_plugin_and_saves_the_timing_cache(tmp_pat
     assert cache.stat().st_size > 0 and report.timing_cache == cache
     rebuilt = build_engine(_sla_core_graph(tmp_path), tmp_path / "core2.engine", target="tensorrt", timing_cache=cache)
     assert rebuilt.engine_bytes > 0
+
+
+@needs_rtx
+@pytest.mark.parametrize("allowed", [False, True])
+def test_tf32_is_off_unless_asked(allowed):
+    """TensorRT turns TF32 on by default; float32 SLA block scores in TF32 can rank blocks differently."""
+    import tensorrt_rtx_bindings as trt
+
+    from lite3r.deploy._trt import LogCapture
+    from lite3r.deploy.engine import _set_tf32
+
+    config = trt.Builder(LogCapture(trt).logger).create_builder_config()
+    assert config.get_flag(trt.BuilderFlag.TF32)  # the default lite3r changes
+    notes: list[str] = []
+    _set_tf32(trt, config, allowed, notes)
+    assert config.get_flag(trt.BuilderFlag.TF32) is allowed
+    assert bool(notes) is allowed
+
+
+@needs_rtx
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="datacenter TensorRT is installed here")
+def test_build_command_defaults_to_auto(tmp_path):
+    """`lite3r build` used to default to datacenter TensorRT, which cannot be installed here; auto, as
+    lite3r-export, takes TensorRT-RTX."""
+    from click.testing import CliRunner
+
+    from lite3r.cli import main
+
+    result = CliRunner().invoke(main, ["build", str(_sla_like(tmp_path)), "--frames", "1:2:4",
+                                       "--out", str(tmp_path / "model.engine")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "tensorrt-rtx" in result.output and (tmp_path / "model.engine").stat().st_size > 0
