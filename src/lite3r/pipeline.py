@@ -296,7 +296,7 @@ def recheck(folder: str | Path, out: str | Path) -> Any:
     engine = folder / "model.engine"
     return check(
         out, scenes, student=student, teacher=teacher, onnx_path=folder / "model.onnx",
-        engine_path=engine if engine.is_file() else None, engine_target=resolve_target(o["target"]),
+        engine_path=engine if engine.is_file() else None, engine_target=o["target"],  # as built, not as here
         artifacts=list(record["artifacts"]) + ["record.json"],
         reconstruction_gate=make_teacher_gate(o["teacher_gate"], trained_teacher=checkpoint is not None),
     )
