@@ -138,12 +138,19 @@ def test_export_gate_passes_and_fails_for_a_perturbed_student(exported, tmp_path
         (["--frames", "a:b:c"], "frames"),
         (["--target", "tensorrt"], "datacenter TensorRT is not installed"),
         (["--size", "50x50"], "multiple"),
+        (["--calib", "ONE_IMAGE"], "has 1 image(s); calibration scenes of 2 frames need more"),
     ],
 )
 def test_bad_input_one_clear_error_no_artifacts(tmp_path, args, message):
     if "tensorrt" in args and HAS_TRT:
         pytest.skip("datacenter TensorRT is installed here")
     out = tmp_path / "out"
+    if "ONE_IMAGE" in args:
+        from PIL import Image
+
+        (tmp_path / "one").mkdir()
+        Image.new("RGB", (28, 28)).save(tmp_path / "one" / "a.png")
+        args = [str(tmp_path / "one") if a == "ONE_IMAGE" else a for a in args]
     result = _export("--fp8", *args, "--out", str(out))
     assert result.exit_code != 0
     assert message in result.output, result.output

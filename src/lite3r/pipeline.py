@@ -107,6 +107,20 @@ def _calibration_data(
     return chosen, f"{len(chosen)} scenes of folder {calib}{note}"
 
 
+def _check_calibration_folder(calib: Path, frames: int) -> None:
+    """A plain image folder must hold at least one scene of ``frames`` views (counted now, decoded later)."""
+    from lite3r.data.images import list_images
+
+    if not calib.is_dir():
+        raise ExportError(f"--calib {calib}: not a folder")
+    layouts = ("Rectified", "blended_images")
+    if any((calib / name).is_dir() for name in layouts) or any(calib.glob("*/blended_images")):
+        return  # DTU / BlendedMVS: checked by their readers
+    found = len(list_images(calib))
+    if found < frames:
+        raise ExportError(f"--calib {calib} has {found} image(s); calibration scenes of {frames} frames need more")
+
+
 def held_out_scenes(counts: list[int], size: tuple[int, int], per_count: int, seed: int) -> tuple[list, list[int]]:
     """Held-out synthetic scenes (seeds ``seed + 1000 + i``) at each frame count; images and their seeds."""
     from lite3r.data.synthetic import make_scene
@@ -152,8 +166,8 @@ def export_model(
     target = options["target"] = resolve_target(target)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ExportError(f"checkpoint not found: {checkpoint}")
-    if calib is not None and not Path(calib).is_dir():
-        raise ExportError(f"--calib {calib}: not a folder")
+    if calib is not None:
+        _check_calibration_folder(Path(calib), counts[0])
     reconstruction_gate = make_teacher_gate(teacher_gate, trained_teacher=checkpoint is not None)
     if distill_steps < 0:
         raise ExportError(f"--distill-steps must be >= 0; got {distill_steps}")
