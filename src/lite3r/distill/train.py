@@ -52,6 +52,9 @@ class DistillConfig:
     shuffle: bool = True  # a seeded permutation of the data per epoch
     seed: int = 0
     checkpoint_every: int = 50
+    # "proj_lin": only SLA's proj_lin may train (distillation); "all": whatever the student lets train, e.g. every
+    # parameter for the full fine-tuning control of benchmarks/bench_teacher.py.
+    trainable: str = "proj_lin"
 
     def lr_at(self, step: int, steps: int) -> float:
         warmup = max(1, round(self.warmup_fraction * steps))
@@ -106,7 +109,7 @@ def distill(
     config = config or DistillConfig()
     if steps < 1:
         raise DistillError(f"steps must be at least 1, got {steps}")
-    params = _check_student(teacher, student)
+    params = _check_student(teacher, student, config.trainable)
     device = params[0].device
     teacher.to(device).eval().requires_grad_(False)
     data = default_data(teacher, seed=config.seed) if data is None else data
@@ -116,7 +119,7 @@ def distill(
     checkpoint = _existing_checkpoint(out, resume)
     if fp8_qat:
         _quantize(student, data, recipe, config, checkpoint)
-        _check_student(teacher, student)  # quantization must not have made anything else trainable
+        _check_student(teacher, student, config.trainable)  # quantization must not have made anything else trainable
     elif checkpoint is not None and checkpoint.get("quant_state") is not None:
         raise DistillError(f"{out / CHECKPOINT} was trained with fp8_qat; resume it with fp8_qat=True")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -192,15 +195,18 @@ def _step(teacher, student, item, taps, optimizer, params, config, step, steps, 
     }
 
 
-def _check_student(teacher: nn.Module, student: nn.Module) -> list[nn.Parameter]:
-    """The student's trainable parameters, which must be exactly its SLA ``proj_lin`` weights."""
+def _check_student(teacher: nn.Module, student: nn.Module, allowed: str = "proj_lin") -> list[nn.Parameter]:
+    """The student's trainable parameters, which must be exactly its SLA ``proj_lin`` weights (unless
+    ``allowed`` is ``"all"``)."""
+    if allowed not in ("proj_lin", "all"):
+        raise DistillError(f"trainable must be 'proj_lin' or 'all'; got {allowed!r}")
     if student is teacher:
         raise DistillError("the student is the teacher; build it with lite3r.convert_to_sla(teacher)")
     trainable = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
     if not trainable:
         raise DistillError("the student has no trainable parameters; build it with lite3r.convert_to_sla(teacher)")
     others = [n for n, _ in trainable if ".proj_lin." not in f".{n}"]
-    if others:
+    if others and allowed == "proj_lin":
         raise DistillError(
             f"only SLA proj_lin may be trained, but {len(others)} other parameters are ({others[0]}, ...)"
         )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from lite3r.models._builder import load_model
+from lite3r.models._builder import has_trained_weights, load_model
 from lite3r.models._checkpoint import CheckpointError, checkpoint_filter_fn, load_state_dict_strict, read_checkpoint
+from lite3r.models._pretrained import MissingWeightsError, pretrained_weights, require_pretrained, weight_card
 from lite3r.models._registry import list_models
 from lite3r.models.vggt import VGGT, ConfigError, VGGTConfig
 
@@ -11,10 +12,15 @@ __all__ = [
     "VGGT",
     "CheckpointError",
     "ConfigError",
+    "MissingWeightsError",
     "VGGTConfig",
     "checkpoint_filter_fn",
+    "has_trained_weights",
     "list_models",
     "load_model",
     "load_state_dict_strict",
+    "pretrained_weights",
     "read_checkpoint",
+    "require_pretrained",
+    "weight_card",
 ]

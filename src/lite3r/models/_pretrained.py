@@ -1,0 +1,127 @@
+"""Trained weights shipped as package data: where they live, how they are written and how they are installed.
+
+A preset that declares ``weights`` (``vggt-small``) finds ``lite3r/models/weights/<name>.safetensors`` and its
+sidecar ``<name>.json`` (the weight card: training recipe, seed, steps, held-out metrics, date, device and
+the file's SHA-256). The weights are produced by ``lite3r train-teacher`` on a GPU and put in place with
+``scripts/install_teacher.py`` (:func:`install_weights`), which checks the card and loads the file strictly
+before anything is copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lite3r._io import atomic_write_bytes
+from lite3r.models._checkpoint import CheckpointError, load_state_dict_strict, read_checkpoint
+from lite3r.models._registry import get_preset, shipped_weights_name
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+MAX_WEIGHTS_BYTES = 20_000_000  # what package data may weigh (bf16 keeps vggt-small at 19.7 MB)
+
+
+class MissingWeightsError(CheckpointError):
+    """A preset's shipped weights are not installed."""
+
+
+def pretrained_weights(name: str, weights_dir: str | os.PathLike = WEIGHTS_DIR) -> Path | None:
+    """Where preset ``name``'s shipped weights are (installed or not); None for a preset without any."""
+    file = shipped_weights_name(name)
+    return None if file is None else Path(weights_dir) / file
+
+
+def card_path(weights: str | os.PathLike) -> Path:
+    """The weight card (sidecar JSON) of a weights file."""
+    return Path(weights).with_suffix(".json")
+
+
+def require_pretrained(name: str) -> Path:
+    """The installed weights file of preset ``name``; a one-line :class:`MissingWeightsError` if absent."""
+    path = pretrained_weights(name)
+    if path is None:
+        raise MissingWeightsError(f"{name} ships no trained weights (pass a checkpoint, or pretrained=False)")
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"{name}: trained weights not installed ({path} is missing); install them with "
+            f"`python3 scripts/install_teacher.py FOLDER` (from `lite3r train-teacher --out FOLDER`), "
+            f"or use random weights (pretrained=False)"
+        )
+    return path
+
+
+def weight_card(name: str) -> dict[str, Any]:
+    """The installed weight card of preset ``name`` (recipe, seed, steps, metrics, date, device)."""
+    card = card_path(require_pretrained(name))
+    if not card.is_file():
+        raise MissingWeightsError(f"{name}: weight card {card} is missing; reinstall with scripts/install_teacher.py")
+    return json.loads(card.read_text())
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, card: dict[str, Any]) -> list[Path]:
+    """Write ``model``'s state dict in bf16 as safetensors plus its card (with the file's SHA-256), atomically."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
+    data = save(tensors, metadata={"model": str(card.get("model", ""))})
+    card = {**card, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(card_path(path), (json.dumps(card, indent=2) + "\n").encode())
+    return [path, card_path(path)]
+
+
+def check_weights(name: str, weights: str | os.PathLike) -> dict[str, Any]:
+    """Check a weights file against its card and preset ``name``; returns the card.
+
+    The card must name the preset and carry the file's SHA-256, the file must fit in package data
+    (:data:`MAX_WEIGHTS_BYTES`) and load strictly into the preset's architecture.
+    """
+    weights = Path(weights)
+    card_file = card_path(weights)
+    if not weights.is_file() or not card_file.is_file():
+        raise CheckpointError(f"need both {weights.name} and {card_file.name} in {weights.parent}")
+    card = json.loads(card_file.read_text())
+    data = weights.read_bytes()
+    if card.get("model") != name:
+        raise CheckpointError(f"{card_file} describes model {card.get('model')!r}, not {name!r}")
+    if card.get("sha256") != hashlib.sha256(data).hexdigest():
+        raise CheckpointError(f"{weights} does not match the SHA-256 in {card_file} (a different or damaged file)")
+    if len(data) > MAX_WEIGHTS_BYTES:
+        raise CheckpointError(f"{weights} has {len(data)} bytes, more than package data may hold ({MAX_WEIGHTS_BYTES})")
+    build, config = get_preset(name)
+    with torch.device("meta"):
+        model = build(config)
+    load_state_dict_strict(model, read_checkpoint(weights), source=weights, assign=True)
+    return card
+
+
+def install_weights(source: str | os.PathLike, name: str = "vggt-small", weights_dir: str | os.PathLike = WEIGHTS_DIR):
+    """Check the weights + card of preset ``name`` in folder ``source`` and copy both into ``weights_dir``.
+
+    Both files are staged next to their destination and renamed only after both copies succeeded.
+    """
+    file = shipped_weights_name(name)
+    if file is None:
+        raise CheckpointError(f"{name} is not a preset with shipped weights")
+    source = Path(source)
+    card = check_weights(name, source / file)
+    weights_dir = Path(weights_dir)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".install-", dir=weights_dir))
+    try:
+        pairs = [(source / file, weights_dir / file), (card_path(source / file), card_path(weights_dir / file))]
+        for src, dst in pairs:
+            shutil.copyfile(src, stage / dst.name)
+        for _, dst in pairs:
+            os.replace(stage / dst.name, dst)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return [dst for _, dst in pairs], card
