@@ -5,6 +5,8 @@
 #   bash benchmarks/gpu_suite.sh onnx1b      # issue 6: full-size student ONNX + onnxruntime parity, 2 frames
 #   bash benchmarks/gpu_suite.sh fp8         # issue 5: FP8 GEMMs, bf16-SLA vs FP8-SLA latency, real vs fake FP8
 #   bash benchmarks/gpu_suite.sh distill     # issue 5: distillation closes the gap (VGGT-1B size and tiny)
+#   bash benchmarks/gpu_suite.sh teacher     # issue 12: train vggt-small (5 min), then the SLA/FP8 experiment on it
+#                                            # (about 3 min); $OUT/teacher holds the weights to install
 # ModelOpt / Polygraphy are not on the GPU image: carry them as wheels in .whl (see docs/gpu.md).
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -27,6 +29,12 @@ for part in "$@"; do
     distill) { python3 benchmarks/bench_distill.py --steps 60 --out "$OUT/distill_vggt1b.json" \
                && python3 benchmarks/bench_distill.py --model vggt-tiny --views 4 --size 112 --steps 100 \
                     --out "$OUT/distill_tiny.json"; } 2>&1 | tee "$OUT/distill.log" ;;
+    teacher) { python3 -m lite3r.cli train-teacher --minutes 5 --out /tmp/teacher \
+               && mkdir -p "$OUT/teacher" \
+               && cp /tmp/teacher/vggt-small.safetensors /tmp/teacher/vggt-small.json /tmp/teacher/log.jsonl \
+                     "$OUT/teacher/" \
+               && python3 benchmarks/bench_teacher.py --weights /tmp/teacher --train-log /tmp/teacher/log.jsonl \
+                    --minutes 2.75 --out "$OUT/bench"; } 2>&1 | tee "$OUT/teacher.log" ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
 done

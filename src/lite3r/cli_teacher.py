@@ -19,7 +19,7 @@ from lite3r._click import one_line_errors
 @click.option("--views", default="2:24", show_default=True, help="Views per scene, MIN:MAX (drawn per step).")
 @click.option("--images-per-step", default=96, show_default=True, type=click.IntRange(min=1))
 @click.option("--pool", "pool_scenes", default=512, show_default=True, type=click.IntRange(min=1),
-              help="Scenes kept rendered on the device (2 new ones per step).")
+              help="Scenes kept rendered on the device (one new one per step).")
 @click.option("--lr", default=5e-4, show_default=True, type=float)
 @click.option("--warmup-steps", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--eval-every", default=100, show_default=True, type=click.IntRange(min=0),

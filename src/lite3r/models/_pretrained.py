@@ -32,10 +32,10 @@ class MissingWeightsError(CheckpointError):
     """A preset's shipped weights are not installed."""
 
 
-def pretrained_weights(name: str, weights_dir: str | os.PathLike = WEIGHTS_DIR) -> Path | None:
+def pretrained_weights(name: str) -> Path | None:
     """Where preset ``name``'s shipped weights are (installed or not); None for a preset without any."""
     file = shipped_weights_name(name)
-    return None if file is None else Path(weights_dir) / file
+    return None if file is None else WEIGHTS_DIR / file
 
 
 def card_path(weights: str | os.PathLike) -> Path:
@@ -103,8 +103,9 @@ def check_weights(name: str, weights: str | os.PathLike) -> dict[str, Any]:
     return card
 
 
-def install_weights(source: str | os.PathLike, name: str = "vggt-small", weights_dir: str | os.PathLike = WEIGHTS_DIR):
-    """Check the weights + card of preset ``name`` in folder ``source`` and copy both into ``weights_dir``.
+def install_weights(source: str | os.PathLike, name: str = "vggt-small") -> tuple[list[Path], dict[str, Any]]:
+    """Check the weights + card of preset ``name`` in folder ``source`` and copy both into the package's
+    weights folder (:data:`WEIGHTS_DIR`).
 
     Both files are staged next to their destination and renamed only after both copies succeeded.
     """
@@ -113,7 +114,7 @@ def install_weights(source: str | os.PathLike, name: str = "vggt-small", weights
         raise CheckpointError(f"{name} is not a preset with shipped weights")
     source = Path(source)
     card = check_weights(name, source / file)
-    weights_dir = Path(weights_dir)
+    weights_dir = WEIGHTS_DIR
     weights_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".install-", dir=weights_dir))
     try:

@@ -35,6 +35,7 @@ from lite3r.train.losses import LossConfig, normalize_scene, vggt_loss
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
+MAX_SKIPPED = 10  # consecutive steps with a non-finite loss that end the run
 CURVE_METRICS = ("depth_abs_rel", "depth_delta_1_25", "rotation_error_deg", "translation_error_deg")
 
 
@@ -51,7 +52,7 @@ class TeacherConfig:
     views: tuple[int, int] = (2, 24)  # views per scene, drawn uniformly each step
     images_per_step: int = 96  # scenes per step = images_per_step // views
     pool_scenes: int = 512
-    refresh_per_step: int = 2  # new scenes rendered into the pool per step
+    refresh_per_step: int = 1  # new scenes rendered into the pool per step
     lr: float = 5e-4
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
@@ -173,6 +174,9 @@ def train_teacher(
             history.append(record)
             log(record)
             step += 1
+            if all(r["skipped"] for r in history[-MAX_SKIPPED:]) and len(history) >= MAX_SKIPPED:
+                raise TrainError(f"the loss was not finite for {MAX_SKIPPED} steps in a row (step {step}); "
+                                 f"lower the learning rate ({config.lr})")  # fmt: skip
             if total is None and step - start >= config.probe_steps:
                 total = _steps_that_fit(history, evals, config, step, deadline, steps)
                 bar.set_total(total)
@@ -181,12 +185,14 @@ def train_teacher(
             if out is not None and step % config.checkpoint_every == 0:
                 _save_checkpoint(out, model, optimizer, generator, pool, config, step, total or step)
             bar.advance(record)
+    if step == start:
+        raise TrainError(f"the time budget ({minutes} min) ended before the first training step; give more minutes")
     total = step
     if not evals or evals[-1]["eval"] != step:
         held_out_eval(step)
     model.eval()
     seconds = time.perf_counter() - started
-    card = _card(config, model, step, seconds, evals, device)
+    card = _card(config, model, step, seconds, evals, device) | {"skipped_steps": sum(r["skipped"] for r in history)}
     files: list[Path] = []
     if out is not None:
         from lite3r.models._pretrained import save_weights
@@ -211,10 +217,10 @@ def _step(model, optimizer, pool, generator, config: TeacherConfig, step: int, t
     loss, terms = vggt_loss(outputs, poses, targets, config.loss)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    optimizer.step()
     values = torch.stack([loss.detach(), grad_norm, *terms.values()]).tolist()  # one device sync per step
-    if not math.isfinite(values[0]):
-        raise TrainError(f"the loss became {values[0]} at step {step}; lower the learning rate ({config.lr})")
+    finite = math.isfinite(values[0]) and math.isfinite(values[1])
+    if finite:  # a rare overflow (exp of a large confidence logit) skips the step rather than ending the run
+        optimizer.step()
     return {
         "step": step,
         "loss": values[0],
@@ -223,6 +229,7 @@ def _step(model, optimizer, pool, generator, config: TeacherConfig, step: int, t
         "grad_norm": values[1],
         "views": views,
         "scenes": len(batch.images),
+        "skipped": not finite,
         "time_s": time.perf_counter() - started,
     }
 
