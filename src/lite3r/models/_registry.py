@@ -46,6 +46,8 @@ _PRESETS: dict[str, Preset] = {
     # model the SLA/FP8 experiment measures. Head dim 64 (the SLA Triton kernels take 64/128); 9.86 M
     # parameters, 18.8 MiB in bf16. At 224x224 a view is 256 patches + 5 special tokens, so 16 views give the
     # global attention 66 key blocks of 64 (kh = 5 % keeps 4). DPT reads 1, 2, 4, 5 of 6, like vggt-tiny.
+    # LayerScale starts at 0.1 rather than 0.01: trained from scratch for minutes, the residual branches
+    # should not spend the first hundreds of steps growing (it is a learned parameter: inference is the same).
     "vggt-small": Preset(
         VGGT,
         VGGTConfig(
@@ -60,6 +62,7 @@ _PRESETS: dict[str, Preset] = {
             dpt_features=32,
             dpt_out_channels=(32, 64, 96, 96),
             dpt_layers=(1, 2, 4, 5),
+            init_values=0.1,
             track_features=4,
             track_hidden_size=8,
             track_depth=1,

@@ -131,8 +131,7 @@ def train_teacher(
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model = lite3r.load_model(config.model, pretrained=False, img_size=config.image_size).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                  betas=config.betas)  # fmt: skip
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas)
     generator = torch.Generator().manual_seed(config.seed)
     pool = ScenePool(config.pool_scenes, config.views[1], config.image_size, config.seed, device)
     start, total = 0, steps
@@ -200,6 +199,16 @@ def train_teacher(
         _save_checkpoint(out, model, optimizer, generator, pool, config, step, total)
         files = [*save_weights(model, out / f"{config.model}.safetensors", card), out / CHECKPOINT, out / LOG]
     return TeacherResult(model, step, history, evals, files, seconds, card)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on the weight matrices and convolution kernels only: not on biases, norms, LayerScale
+    gammas, learned tokens or position tables (the usual ViT practice, timm's ``param_groups_weight_decay``)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        plain = param.ndim <= 1 or name.endswith(("token", "tokens", "pos_embed"))
+        (no_decay if plain else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _step(model, optimizer, pool, generator, config: TeacherConfig, step: int, total: int | None, device):
