@@ -155,6 +155,7 @@ def main() -> None:
         "rows": rows,
         "summary": summary,
         "curves": curves,
+        "teacher_training": training_log(args.train_log),
         "wall_s": round(time.perf_counter() - started, 1),
     }
     (out / "bench_teacher.json").write_text(json.dumps(finite(result), indent=1, allow_nan=False) + "\n")
@@ -169,10 +170,13 @@ def load_teacher(args) -> torch.nn.Module:
     if args.smoke and args.weights is None:
         torch.manual_seed(args.seed)
         return lite3r.load_model(args.model, img_size=args.size)  # random stand-in: checks the plumbing only
-    weights = Path(args.weights) if args.weights else None
-    if weights is not None and weights.is_dir():
+    if args.weights is None:
+        return lite3r.load_model(args.model)
+    weights = Path(args.weights)
+    if weights.is_dir():
         weights = weights / f"{args.model}.safetensors"
-    return lite3r.load_model(args.model, checkpoint=weights)
+    config = weights_description(args).get("config", {})  # the architecture it was trained with
+    return lite3r.load_model(args.model, checkpoint=weights, **config)
 
 
 def weights_description(args) -> dict:
@@ -227,7 +231,7 @@ class HeldOutCurve:
             for i in torch.randperm(len(self.data), generator=generator).tolist():
                 if step % self.every == 0:
                     metrics = evaluate(predict(self.student, self.scenes), self.scenes, self.teacher_pred)
-                    self.points.append({"step": step, **{k: metrics[k] for k in SHOWN}})
+                    self.points.append({"step": step, **metrics})
                 yield self.data[i]
                 step += 1
 
@@ -275,32 +279,51 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def training_log(train_log: str | None, points: int = 400) -> dict | None:
+    """The teacher's held-out curve and its loss at up to ``points`` evenly spaced steps (the raw log stays on
+    the device: a GPU run returns only a few files)."""
+    if not train_log or not Path(train_log).is_file():
+        return None
+    records = [json.loads(line) for line in Path(train_log).read_text().splitlines() if line]
+    steps = [r for r in records if "step" in r]
+    every = max(1, len(steps) // points)
+    keep = ("step", "loss", "lr", "views", "grad_norm", "time_s", "skipped")
+    return {
+        "evals": [r for r in records if "eval" in r],
+        "steps": [{k: r[k] for k in keep if k in r} for r in steps[::every]],
+        "step_time_s_median": float(np.median([r["time_s"] for r in steps])) if steps else None,
+        "skipped_steps": sum(bool(r.get("skipped")) for r in steps),
+    }
+
+
 def plot_curves(path: Path, curves: dict, train_log: str | None) -> None:
+    """Top: teacher training loss and held-out error. Bottom: distillation loss and held-out errors per step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8))
     if train_log and Path(train_log).is_file():
         records = [json.loads(line) for line in Path(train_log).read_text().splitlines() if line]
         steps = [r for r in records if "step" in r]
         evals = [r for r in records if "eval" in r]
         axes[0, 0].plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.5)
-        axes[0, 0].set(title="teacher training loss", xlabel="step", yscale="log")
-        twin = axes[0, 1].twinx()
-        axes[0, 1].plot([e["eval"] for e in evals], [e["depth_abs_rel"] for e in evals], "b.-", label="depth AbsRel")
-        twin.plot([e["eval"] for e in evals], [e["rotation_error_deg"] for e in evals], "r.-", label="rotation °")
-        axes[0, 1].set(title="teacher held-out error (blue: AbsRel, red: rotation °)", xlabel="step")
+        axes[0, 0].set(title="teacher: training loss", xlabel="step", yscale="log")
+        for ax, key in ((axes[0, 1], "depth_abs_rel"), (axes[0, 2], "rotation_error_deg")):
+            ax.plot([e["eval"] for e in evals], [e[key] for e in evals], ".-")
+            ax.set(title=f"teacher: held-out {key} vs GT", xlabel="step")
+    panels = ((axes[1, 1], "depth_abs_rel"), (axes[1, 2], "teacher_rotation_error_deg"))
     for name, curve in curves.items():
         axes[1, 0].plot(curve["loss"], lw=0.8, label=name)
-        points = curve["held_out"]
-        axes[1, 1].plot([p["step"] for p in points], [p["depth_abs_rel"] for p in points], ".-", label=name)
-    axes[1, 0].set(title="distillation loss", xlabel="step", yscale="log")
-    axes[1, 1].set(title="held-out depth AbsRel vs GT during distillation", xlabel="step")
+        for ax, key in panels:
+            ax.plot([p["step"] for p in curve["held_out"]], [p[key] for p in curve["held_out"]], ".-", label=name)
+    axes[1, 0].set(title="distillation: loss", xlabel="step", yscale="log")
+    axes[1, 1].set(title="distillation: held-out depth AbsRel vs GT", xlabel="step")
+    axes[1, 2].set(title="distillation: held-out rotation error vs teacher (°)", xlabel="step")
     axes[1, 0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 

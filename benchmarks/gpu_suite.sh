@@ -29,10 +29,11 @@ for part in "$@"; do
     distill) { python3 benchmarks/bench_distill.py --steps 60 --out "$OUT/distill_vggt1b.json" \
                && python3 benchmarks/bench_distill.py --model vggt-tiny --views 4 --size 112 --steps 100 \
                     --out "$OUT/distill_tiny.json"; } 2>&1 | tee "$OUT/distill.log" ;;
+    # Files come back at most 16 MiB each: the 19.7 MB weights travel as .part0/.part1, which
+    # scripts/install_teacher.py joins (and checks against the card's SHA-256).
     teacher) { python3 -m lite3r.cli train-teacher --minutes 5 --out /tmp/teacher \
-               && mkdir -p "$OUT/teacher" \
-               && cp /tmp/teacher/vggt-small.safetensors /tmp/teacher/vggt-small.json /tmp/teacher/log.jsonl \
-                     "$OUT/teacher/" \
+               && mkdir -p "$OUT/teacher" && cp /tmp/teacher/vggt-small.json "$OUT/teacher/" \
+               && split -b 10M -d -a 1 /tmp/teacher/vggt-small.safetensors "$OUT/teacher/vggt-small.safetensors.part" \
                && python3 benchmarks/bench_teacher.py --weights /tmp/teacher --train-log /tmp/teacher/log.jsonl \
                     --minutes 2.75 --out "$OUT/bench"; } 2>&1 | tee "$OUT/teacher.log" ;;
     *) echo "unknown part $part"; exit 2 ;;

@@ -1,9 +1,10 @@
 """Install trained teacher weights as the preset's shipped package data (``src/lite3r/models/weights/``).
 
-FOLDER is the output of ``lite3r train-teacher --out FOLDER`` (or the GPU suite's ``teacher`` part): it must
-hold ``<model>.safetensors`` and its weight card ``<model>.json``. The card must name the preset and carry
-the file's SHA-256, the file must fit in package data and load strictly into the preset; only then are both
-copied (together) into place, after which ``lite3r.load_model("vggt-small")`` loads them by default.
+FOLDER is the output of ``lite3r train-teacher --out FOLDER`` (or the GPU suite's ``teacher`` folder): it must
+hold ``<model>.safetensors`` (or its pieces ``<model>.safetensors.part0``, ``.part1``, ... in order) and its
+weight card ``<model>.json``. The card must name the preset and carry the file's SHA-256, the file must fit in
+package data and load strictly into the preset; only then are both written (together) into place, after
+which ``lite3r.load_model("vggt-small")`` loads them by default.
 
     python3 scripts/install_teacher.py out/teacher
 """

@@ -56,6 +56,22 @@ def test_install_then_load_by_default(no_installed_weights, trained_folder):
     assert lite3r.models.weight_card("vggt-small")["steps"] == 7
 
 
+def test_install_joins_split_pieces(no_installed_weights, trained_folder, tmp_path):
+    """A GPU run returns files of at most 16 MiB: the weights come back as .part0, .part1, ..."""
+    folder, _ = trained_folder
+    data = (folder / "vggt-small.safetensors").read_bytes()
+    pieces = tmp_path / "pieces"
+    pieces.mkdir()
+    for i in range(12):  # .part10 and .part11 must come after .part9
+        (pieces / f"vggt-small.safetensors.part{i}").write_bytes(data[i * len(data) // 12 : (i + 1) * len(data) // 12])
+    (pieces / "vggt-small.json").write_text((folder / "vggt-small.json").read_text())
+    files, _ = install_weights(pieces, "vggt-small")
+    assert files[0].read_bytes() == data
+    (pieces / "vggt-small.safetensors.part3").unlink()
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        install_weights(pieces, "vggt-small")
+
+
 def test_install_refuses_a_damaged_or_foreign_file(no_installed_weights, trained_folder, tmp_path):
     folder, _ = trained_folder
     bad = tmp_path / "bad"
@@ -69,7 +85,7 @@ def test_install_refuses_a_damaged_or_foreign_file(no_installed_weights, trained
     card = json.loads((folder / "vggt-small.json").read_text()) | {"model": "vggt-tiny"}
     (bad / "vggt-small.safetensors").write_bytes((folder / "vggt-small.safetensors").read_bytes())
     (bad / "vggt-small.json").write_text(json.dumps(card))
-    with pytest.raises(CheckpointError, match="describes model 'vggt-tiny'"):
+    with pytest.raises(CheckpointError, match="describes model 'vggt-tiny', not 'vggt-small'"):
         install_weights(bad, "vggt-small")
     with pytest.raises(CheckpointError, match="not a preset with shipped weights"):
         install_weights(folder, "vggt-tiny")

@@ -4,7 +4,7 @@ A preset that declares ``weights`` (``vggt-small``) finds ``lite3r/models/weight
 sidecar ``<name>.json`` (the weight card: training recipe, seed, steps, held-out metrics, date, device and
 the file's SHA-256). The weights are produced by ``lite3r train-teacher`` on a GPU and put in place with
 ``scripts/install_teacher.py`` (:func:`install_weights`), which checks the card and loads the file strictly
-before anything is copied.
+before anything is written.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from lite3r._io import atomic_write_bytes
-from lite3r.models._checkpoint import CheckpointError, load_state_dict_strict, read_checkpoint
+from lite3r.models._checkpoint import CheckpointError, load_state_dict_strict
 from lite3r.models._registry import get_preset, shipped_weights_name
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -78,51 +79,63 @@ def save_weights(model: nn.Module, path: str | os.PathLike, card: dict[str, Any]
     return [path, card_path(path)]
 
 
-def check_weights(name: str, weights: str | os.PathLike) -> dict[str, Any]:
-    """Check a weights file against its card and preset ``name``; returns the card.
-
-    The card must name the preset and carry the file's SHA-256, the file must fit in package data
-    (:data:`MAX_WEIGHTS_BYTES`) and load strictly into the preset's architecture.
-    """
-    weights = Path(weights)
-    card_file = card_path(weights)
-    if not weights.is_file() or not card_file.is_file():
-        raise CheckpointError(f"need both {weights.name} and {card_file.name} in {weights.parent}")
-    card = json.loads(card_file.read_text())
-    data = weights.read_bytes()
-    if card.get("model") != name:
-        raise CheckpointError(f"{card_file} describes model {card.get('model')!r}, not {name!r}")
-    if card.get("sha256") != hashlib.sha256(data).hexdigest():
-        raise CheckpointError(f"{weights} does not match the SHA-256 in {card_file} (a different or damaged file)")
-    if len(data) > MAX_WEIGHTS_BYTES:
-        raise CheckpointError(f"{weights} has {len(data)} bytes, more than package data may hold ({MAX_WEIGHTS_BYTES})")
-    build, config = get_preset(name)
-    with torch.device("meta"):
-        model = build(config)
-    load_state_dict_strict(model, read_checkpoint(weights), source=weights, assign=True)
-    return card
-
-
-def install_weights(source: str | os.PathLike, name: str = "vggt-small") -> tuple[list[Path], dict[str, Any]]:
-    """Check the weights + card of preset ``name`` in folder ``source`` and copy both into the package's
-    weights folder (:data:`WEIGHTS_DIR`).
-
-    Both files are staged next to their destination and renamed only after both copies succeeded.
-    """
+def read_weights(folder: str | os.PathLike, name: str) -> tuple[bytes, dict[str, Any]]:
+    """Preset ``name``'s weights file in ``folder`` and its card. The file may come split in pieces
+    ``<file>.part0``, ``<file>.part1``, ... (how a GPU run returns files above its size limit): they are joined
+    in order, and the card's SHA-256 tells whether the result is the file that was written."""
     file = shipped_weights_name(name)
     if file is None:
         raise CheckpointError(f"{name} is not a preset with shipped weights")
-    source = Path(source)
-    card = check_weights(name, source / file)
-    weights_dir = WEIGHTS_DIR
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".install-", dir=weights_dir))
+    folder = Path(folder)
+    card_file = card_path(folder / file)
+    numbered = {int(m[1]): p for p in folder.glob(f"{file}.part*") if (m := re.fullmatch(r".*\.part(\d+)", p.name))}
+    parts = [folder / file] if (folder / file).is_file() else [numbered[i] for i in sorted(numbered)]
+    if not parts or not card_file.is_file():
+        raise CheckpointError(f"need {file} (or its .part pieces) and {card_file.name} in {folder}")
+    return b"".join(p.read_bytes() for p in parts), json.loads(card_file.read_text())
+
+
+def check_weights(name: str, data: bytes, card: dict[str, Any], source: str | os.PathLike) -> None:
+    """The card must name preset ``name`` and carry the SHA-256 of ``data``, which must fit in package data
+    (:data:`MAX_WEIGHTS_BYTES`) and load strictly into the preset's architecture."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if card.get("model") != name:
+        raise CheckpointError(f"the card in {source} describes model {card.get('model')!r}, not {name!r}")
+    if card.get("sha256") != hashlib.sha256(data).hexdigest():
+        raise CheckpointError(f"the weights in {source} do not match the SHA-256 of their card (a different or "
+                              "damaged file)")  # fmt: skip
+    if len(data) > MAX_WEIGHTS_BYTES:
+        raise CheckpointError(f"the weights in {source} have {len(data)} bytes, more than package data may hold "
+                              f"({MAX_WEIGHTS_BYTES})")  # fmt: skip
     try:
-        pairs = [(source / file, weights_dir / file), (card_path(source / file), card_path(weights_dir / file))]
-        for src, dst in pairs:
-            shutil.copyfile(src, stage / dst.name)
-        for _, dst in pairs:
+        state_dict = load(data)
+    except SafetensorError as e:
+        raise CheckpointError(f"the weights in {source} are not a safetensors file: {e}") from None
+    build, config = get_preset(name)
+    with torch.device("meta"):
+        model = build(config)
+    load_state_dict_strict(model, state_dict, source=source, assign=True)
+
+
+def install_weights(source: str | os.PathLike, name: str = "vggt-small") -> tuple[list[Path], dict[str, Any]]:
+    """Check the weights + card of preset ``name`` in folder ``source`` (see :func:`read_weights`) and write
+    both into the package's weights folder (:data:`WEIGHTS_DIR`): staged next to their destination and renamed
+    only after both were written."""
+    data, card = read_weights(source, name)
+    check_weights(name, data, card, source)
+    file = shipped_weights_name(name)
+    destinations = [WEIGHTS_DIR / file, card_path(WEIGHTS_DIR / file)]
+    contents = [data, (json.dumps(card, indent=2) + "\n").encode()]
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".install-", dir=WEIGHTS_DIR))
+    try:
+        for dst, content in zip(destinations, contents):
+            (stage / dst.name).write_bytes(content)
+        for dst in destinations:
             os.replace(stage / dst.name, dst)
+            dst.chmod(0o644)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return [dst for _, dst in pairs], card
+    return destinations, card
