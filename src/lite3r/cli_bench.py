@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -104,7 +106,10 @@ def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, varia
         def on_progress(done: int, total: int, text: str) -> None:
             bar.update(task, completed=done, total=total, description=text)
 
-        result = run_bench(config, on_progress=on_progress, command=" ".join(["lite3r", *sys.argv[1:]]))
+        def on_cell(cell: dict) -> None:
+            bar.console.log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in cell.items()}))
+
+        result = run_bench(config, on_progress=on_progress, on_cell=on_cell, command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     written = write_report(result, out)
     out_console.print(_summary(result))
     for path in written:

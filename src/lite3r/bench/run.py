@@ -88,8 +88,15 @@ class BenchResult:
 Progress = Callable[[int, int, str], None]
 
 
-def run_bench(config: BenchConfig, *, on_progress: Progress | None = None, command: str | None = None) -> BenchResult:
-    """Run the grid; see the module docstring. Writes nothing: :func:`lite3r.bench.report.write_report` does."""
+def run_bench(
+    config: BenchConfig,
+    *,
+    on_progress: Progress | None = None,
+    on_cell: Callable[[dict[str, Any]], None] | None = None,
+    command: str | None = None,
+) -> BenchResult:
+    """Run the grid; see the module docstring. Writes nothing (:func:`lite3r.bench.report.write_report` does);
+    ``on_cell`` sees every cell as soon as it is measured (a long GPU run's log keeps what finished)."""
     import lite3r
     from lite3r.predict import resolve_device
 
@@ -128,6 +135,8 @@ def run_bench(config: BenchConfig, *, on_progress: Progress | None = None, comma
                 cell = _measure_cell(name, built, config, (height, width), frames, device)
                 ran_out_at = frames if cell["status"] == "oom" else None
                 cells.append(cell)
+                if on_cell is not None:
+                    on_cell(cell)
         if scenes and any(c["status"] == "ok" for c in cells if c["variant"] == name):
             record["accuracy"] = _accuracy(built, scenes, reference, device)
         built.release()
