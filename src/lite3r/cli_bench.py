@@ -107,7 +107,8 @@ def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, varia
             bar.update(task, completed=done, total=total, description=text)
 
         def on_cell(cell: dict) -> None:
-            bar.console.log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in cell.items()}))
+            line = json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in cell.items()})
+            bar.console.print(line, soft_wrap=True, highlight=False, markup=False)
 
         result = run_bench(config, on_progress=on_progress, on_cell=on_cell, command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     written = write_report(result, out)
