@@ -33,6 +33,9 @@ SDPA_BACKENDS = {
     "default": None,
 }
 _DYNAMO_CACHE_SIZE = 64  # block kinds x (static, dynamic) x dtypes exceed dynamo's default of 8
+# Round fused intermediates to their 16-bit dtype as eager does: otherwise a LayerNorm output feeding an FP8
+# quantization is quantized from float32 and some e4m3 codes differ from the eager / exported model's.
+_INDUCTOR_OPTIONS = {"emulate_precision_casts": True}
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ class TorchRuntime:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, _DYNAMO_CACHE_SIZE)
             for module in model.modules():
                 if isinstance(module, Block):
-                    module.compile()
+                    module.compile(options=_INDUCTOR_OPTIONS)
         return cls(model, options, device)
 
     @torch.no_grad()
