@@ -5,9 +5,11 @@
 #   bash benchmarks/gpu_suite.sh onnx1b      # issue 6: full-size student ONNX + onnxruntime parity, 2 frames
 #   bash benchmarks/gpu_suite.sh fp8         # issue 5: FP8 GEMMs, bf16-SLA vs FP8-SLA latency, real vs fake FP8
 #   bash benchmarks/gpu_suite.sh distill     # issue 5: distillation closes the gap (VGGT-1B size and tiny)
+#   bash benchmarks/gpu_suite.sh distill-ddp # issue 15: 1 vs 2 GPUs, DDP and FSDP2 (nvidia-h200-x2, < 8 min)
 # ModelOpt / Polygraphy are not on the GPU image: carry them as wheels in .whl (see docs/gpu.md).
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast stays off
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=src:/tmp/site
@@ -27,6 +29,8 @@ for part in "$@"; do
     distill) { python3 benchmarks/bench_distill.py --steps 60 --out "$OUT/distill_vggt1b.json" \
                && python3 benchmarks/bench_distill.py --model vggt-tiny --views 4 --size 112 --steps 100 \
                     --out "$OUT/distill_tiny.json"; } 2>&1 | tee "$OUT/distill.log" ;;
+    distill-ddp) python3 benchmarks/bench_distill_ddp.py --out "$OUT/distill_ddp.json" 2>&1 \
+                   | tee "$OUT/distill_ddp.log" ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
 done
