@@ -77,7 +77,8 @@ def drive(args: argparse.Namespace) -> None:
         scene_file = Path(tmp) / "scenes.pt"
         scenes = SyntheticScenes(args.scenes, args.frames, args.size, args.size, seed=0)
         torch.save(torch.stack([scene.images for scene in scenes]), scene_file)
-        print(f"rendered {args.scenes} scenes of {args.frames} views in {time.perf_counter() - started:.0f} s", flush=True)
+        print(f"rendered {args.scenes} scenes of {args.frames} views in {time.perf_counter() - started:.0f} s",
+              flush=True)
         for run in args.runs:
             gpus, parallel = run.split(":")
             name = f"{gpus}gpu_{parallel}"

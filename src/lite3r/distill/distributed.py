@@ -2,9 +2,9 @@
 by ``torchrun``, DDP by default and FSDP2 (``fully_shard``) on request.
 
 Only what the training loop needs from the process group: which process this is, the group itself for the
-command line, wrapping the models, switching gradient synchronisation off between micro-batches, sums across
-processes, and full (unsharded) copies of the trained state. Without a process group every function is the
-single-process no-op, so one code path serves one process and many.
+command line, wrapping the models, switching gradient synchronisation off between micro-batches, reductions
+across processes, and the sampler that splits every batch of scenes over the processes. Without a process
+group every function is the single-process no-op, so one code path serves one process and many.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ FP8 fake quantizers (QAT).
 One step = ``batch_size`` scenes: for each, the teacher and the student see the same views and the losses of
 :mod:`lite3r.distill.losses` compare them; AdamW updates ``proj_lin`` with the batch-mean gradient under a
 warmup + cosine schedule with gradient clipping. Under ``torchrun`` the scenes of a step are split over the
-processes (see :mod:`lite3r.distill.distributed`). With ``fp8_qat`` the student is first quantized with ModelOpt and calibrated on a
-few scenes; training then runs through the fake quantizers (straight-through gradients), so ``proj_lin``
-learns to absorb the FP8 error of the layers around it as well as the SLA error.
+processes (see :mod:`lite3r.distill.distributed`). With ``fp8_qat`` the student is first quantized with
+ModelOpt and calibrated on a few scenes; training then runs through the fake quantizers (straight-through
+gradients), so ``proj_lin`` learns to absorb the FP8 error of the layers around it as well as the SLA error.
 """
 
 from __future__ import annotations
