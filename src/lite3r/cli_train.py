@@ -95,14 +95,15 @@ def distill_command(model_name, checkpoint, data, views, size, scenes, seed, dev
     import lite3r
     from lite3r._io import check_writable_dir
     from lite3r.distill import DistillConfig, LossWeights, distill
-    from lite3r.distill.distributed import current_world, process_group
+    from lite3r.distill.distributed import process_group
+    from lite3r.distill.train import check_config
 
     check_writable_dir(out)
     config = DistillConfig(lr=lr, weights=LossWeights(gt_depth=gt_depth_weight), grad_checkpointing=grad_checkpointing,
                            seed=seed, checkpoint_every=checkpoint_every, batch_size=batch_size, parallel=parallel,
                            teacher_cache=teacher_cache, num_workers=workers)  # fmt: skip
     with process_group(device) as dev:
-        main = current_world().is_main
+        main = check_config(config).is_main  # a batch that does not split over the processes fails here
         teacher, dataset = _teacher_and_data(model_name, checkpoint, data, views, size, scenes, seed, dev,
                                              quiet=not main)
         student = lite3r.convert_to_sla(teacher, layers=layers, kh=kh, kl=kl)

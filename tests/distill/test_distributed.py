@@ -118,3 +118,13 @@ def test_the_sampler_splits_each_step_without_depending_on_the_number_of_process
             assert merged == alone[4 * start :]
             assert all(len(part) == len(SceneSampler(5, 4, 3, start=start, world=World(0, size))) for part in parts)
     assert list(SceneSampler(5, 2, 3, shuffle=False)) == [0, 1, 2, 3, 4, 0]
+
+
+@pytest.mark.slow
+def test_a_batch_that_does_not_split_over_the_processes_is_one_line_before_any_model_is_built(tmp_path):
+    command = [*_two_processes(tmp_path), "--batch-size", "3"]  # the last --batch-size wins
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    expected = "Error: batch_size must be a positive multiple of the number of processes (2), got 3"
+    assert done.stdout.count(expected) + done.stderr.count(expected) == 2  # one line from each process
+    assert "No --checkpoint" not in done.stderr and not (tmp_path / "log.jsonl").exists()

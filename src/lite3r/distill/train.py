@@ -139,16 +139,9 @@ def distill(
     module; its trained tensors are in ``student.safetensors``.
     """
     config = config or DistillConfig()
-    world = current_world()
     if steps < 1:
         raise DistillError(f"steps must be at least 1, got {steps}")
-    if config.batch_size < 1 or config.batch_size % world.size:
-        raise DistillError(
-            f"batch_size must be a positive multiple of the number of processes ({world.size}), "
-            f"got {config.batch_size}"
-        )
-    if config.parallel not in PARALLEL:
-        raise DistillError(f"parallel must be one of {PARALLEL}, got {config.parallel!r}")
+    world = check_config(config)
     params = _check_student(teacher, student)
     device = params[0].device
     teacher.to(device).eval().requires_grad_(False)
@@ -221,6 +214,20 @@ def distill(
         barrier()  # no process returns before rank 0's files are complete
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return DistillResult(student, history, files, peak)
+
+
+def check_config(config: DistillConfig) -> World:
+    """The processes this run is split over, after checking that the config fits them (callers can fail
+    before loading any model)."""
+    world = current_world()
+    if config.batch_size < 1 or config.batch_size % world.size:
+        raise DistillError(
+            f"batch_size must be a positive multiple of the number of processes ({world.size}), "
+            f"got {config.batch_size}"
+        )
+    if config.parallel not in PARALLEL:
+        raise DistillError(f"parallel must be one of {PARALLEL}, got {config.parallel!r}")
+    return world
 
 
 class _Loop:
