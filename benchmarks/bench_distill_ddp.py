@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (Triton compiles, allocator)")
     parser.add_argument("--runs", nargs="+", default=list(RUNS), help="GPUS:PARALLEL, e.g. 2:fsdp")
     parser.add_argument("--fp8", action="store_true", help="FP8 QAT (ModelOpt) instead of bf16 only")
-    parser.add_argument("--budget", type=int, default=450, help="seconds for all launches together (then stop)")
+    parser.add_argument("--budget", type=int, default=420, help="seconds for all launches together (then stop)")
     parser.add_argument("--out", required=True, help="results JSON; each run's log is written beside it")
     parser.add_argument("--smoke", action="store_true", help="CPU processes (gloo), vggt-tiny, tiny sizes")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
