@@ -7,9 +7,11 @@
 #   bash benchmarks/gpu_suite.sh distill     # issue 5: distillation closes the gap (VGGT-1B size and tiny)
 #   bash benchmarks/gpu_suite.sh runtime     # issue 10: GPU tests of TorchRuntime + SLA, SDPA backends
 #   BENCH_FRAMES=2,8,32,100 BENCH_ARGS="--reps 10" bash benchmarks/gpu_suite.sh bench   # issue 9/10: lite3r bench
+#   bash benchmarks/gpu_suite.sh distill-ddp # issue 15: 1 vs 2 GPUs, DDP and FSDP2 (nvidia-h200-x2, < 8 min)
 # ModelOpt / Polygraphy are not on the GPU image: carry them as wheels in .whl (see docs/gpu.md).
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast stays off
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=src:/tmp/site
@@ -33,6 +35,8 @@ for part in "$@"; do
                && python3 benchmarks/bench_sdpa_backends.py --frames 2 8 32; } 2>&1 | tee "$OUT/runtime.log" ;;
     bench) python3 -m lite3r.cli bench --model vggt --frames "$BENCH_FRAMES" $BENCH_ARGS --out "$OUT/bench" 2>&1 \
              | tee "$OUT/bench.log" ;;
+    distill-ddp) python3 benchmarks/bench_distill_ddp.py --out "$OUT/distill_ddp.json" 2>&1 \
+                   | tee "$OUT/distill_ddp.log" ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
 done
