@@ -22,6 +22,33 @@ _RESNET_MEAN = (0.485, 0.456, 0.406)
 _RESNET_STD = (0.229, 0.224, 0.225)
 
 
+class ImageNormalization(nn.Module):
+    """``(images - mean) / std`` in float32, with the ImageNet constants as device buffers.
+
+    Buffers instead of ``torch.tensor(...)`` in ``forward``: no host-to-device copy per call, so the model can
+    be captured in a CUDA graph. They follow the model's device but never its dtype (casting the model to
+    bf16 must not round the constants), and they are not persistent (the official state dict has no such keys).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._make_buffers(torch.device("cpu"))
+
+    def _make_buffers(self, device: torch.device) -> None:
+        for name, values in (("mean", _RESNET_MEAN), ("std", _RESNET_STD)):
+            self.register_buffer(
+                name, torch.tensor(values, dtype=torch.float32, device=device).view(1, 1, 3, 1, 1), persistent=False
+            )
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._make_buffers(self.mean.device)  # keep the device fn chose, restore exact float32 values
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
+
 class Aggregator(nn.Module):
     """Alternating-attention trunk of VGGT (24 frame + 24 global blocks in VGGT-1B).
 
@@ -50,6 +77,7 @@ class Aggregator(nn.Module):
         self.patch_start_idx = 1 + num_register_tokens
         self.keep_layers = None if keep_layers is None else frozenset(keep_layers)
         self.grad_checkpointing = False
+        self.normalize = ImageNormalization()
         self.patch_embed = DinoVisionTransformer(
             img_size, patch_size, embed_dim, dinov2_depth, dinov2_num_heads, mlp_ratio, num_register_tokens
         )
@@ -73,9 +101,10 @@ class Aggregator(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         """``images``: ``[B, S, 3, H, W]`` in ``[0, 1]``."""
         B, S, _, H, W = images.shape
-        mean = torch.tensor(_RESNET_MEAN, dtype=torch.float32, device=images.device).view(1, 1, 3, 1, 1)
-        std = torch.tensor(_RESNET_STD, dtype=torch.float32, device=images.device).view(1, 1, 3, 1, 1)
-        patches = self.patch_embed(((images - mean) / std).reshape(B * S, 3, H, W))
+        # Normalised in float32, then in the trunk's own dtype (bf16 weights take bf16 input; under autocast
+        # with float32 weights this is float32 and the convolution autocasts, as in the official model).
+        pixels = self.normalize(images).to(self.patch_embed.dtype)
+        patches = self.patch_embed(pixels.reshape(B * S, 3, H, W))
         special = torch.cat((_per_frame(self.camera_token, B, S), _per_frame(self.register_token, B, S)), dim=1)
         tokens = torch.cat((special, patches), dim=1)
         P, C = tokens.shape[1:]
