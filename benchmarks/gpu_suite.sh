@@ -14,10 +14,10 @@
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast stays off
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=src:/tmp/site
+if compgen -G ".whl/*.whl" >/dev/null && [ ! -d /tmp/site/modelopt ]; then  # parts on two GPUs share one install
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
 fi
+[ -d /tmp/site ] && export PYTHONPATH=src:/tmp/site
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 for part in "$@"; do
   echo "=== $part ==="
