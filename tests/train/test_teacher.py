@@ -83,8 +83,13 @@ def test_resumed_run_equals_the_uninterrupted_one(two_steps, tmp_path):
     assert [r["step"] for r in resumed.history] == [1]
     for (name, a), b in zip(result.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+    again = train_teacher(TeacherConfig(**TINY), steps=2, device="cpu", out_dir=tmp_path)  # complete: no steps
+    assert again.steps == 2 and again.history == []
     with pytest.raises(TrainError, match="another recipe"):
         train_teacher(TeacherConfig(**{**TINY, "lr": 1e-3}), steps=2, device="cpu", out_dir=tmp_path)
+    fresh = train_teacher(TeacherConfig(**TINY), steps=1, device="cpu", out_dir=tmp_path, resume=False)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert fresh.steps == 1 and [r.get("step", r.get("eval")) for r in records] == [0, 0, 1]
 
 
 def test_a_budget_too_small_for_one_step_is_an_error():

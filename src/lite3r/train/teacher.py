@@ -184,7 +184,7 @@ def train_teacher(
             if out is not None and step % config.checkpoint_every == 0:
                 _save_checkpoint(out, model, optimizer, generator, pool, config, step, total or step)
             bar.advance(record)
-    if step == start:
+    if step == start and (total is None or start < total):
         raise TrainError(f"the time budget ({minutes} min) ended before the first training step; give more minutes")
     total = step
     if not evals or evals[-1]["eval"] != step:
@@ -324,7 +324,7 @@ def _truncate_log(path: Path, start: int) -> None:
     if not path.is_file():
         return
     records = [json.loads(line) for line in path.read_text().splitlines() if line]
-    kept = [r for r in records if r.get("step", r.get("eval")) < start or r.get("eval") == start]
+    kept = [r for r in records if r.get("step", r.get("eval")) < start]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
