@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import platform
 import tempfile
 import time
@@ -44,6 +43,7 @@ import numpy as np
 import torch
 
 import lite3r
+from lite3r._io import json_ready
 from lite3r.calibration import calibrate_fp8
 from lite3r.data import SyntheticScenes
 from lite3r.distill import DistillConfig, distill
@@ -158,7 +158,7 @@ def main() -> None:
         "teacher_training": training_log(args.train_log),
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    (out / "bench_teacher.json").write_text(json.dumps(finite(result), indent=1, allow_nan=False) + "\n")
+    (out / "bench_teacher.json").write_text(json.dumps(json_ready(result), indent=1, allow_nan=False) + "\n")
     (out / "bench_teacher.md").write_text(markdown(result))
     plot_curves(out / "curves.png", curves, args.train_log)
     contact_sheet(out / "contact_sheet.png", held_out[0], teacher_pred[0])
@@ -331,17 +331,6 @@ def contact_sheet(path: Path, scene, prediction: dict) -> None:
     from lite3r.viz import contact_sheet as sheet
 
     sheet(path, scene.images.cpu().numpy(), prediction["depth"][0, ..., 0], prediction["depth_conf"][0], max_views=4)
-
-
-def finite(value):
-    """JSON has no NaN: undefined numbers become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 if __name__ == "__main__":

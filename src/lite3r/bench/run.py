@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import platform
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import torch
 
+from lite3r._io import json_ready
 from lite3r.bench import measure
 from lite3r.bench.variants import VARIANTS, Built, Context, NotRunnable, build
 from lite3r.deploy.torch import RuntimeOptions
@@ -80,7 +80,7 @@ class BenchResult:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (non-finite numbers, e.g. pose errors of a one-view scene, become null)."""
-        return _finite({"meta": self.meta, "variants": self.variants, "cells": self.cells})
+        return json_ready({"meta": self.meta, "variants": self.variants, "cells": self.cells})
 
     @property
     def errors(self) -> list[dict[str, Any]]:
@@ -270,16 +270,6 @@ def _accuracy(built: Built, scenes: list[Any], reference: list[dict], device: to
         return {"status": "error", "reason": f"{type(e).__name__}: {_one_line(e)}"}
     views = scenes[0].images.shape
     return {"status": "ok", "scenes": len(scenes), "views": views[0], "height": views[2], "width": views[3], **totals}
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _one_line(error: BaseException) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from lite3r._io import staged_output
+from lite3r._io import json_ready, staged_output
 from lite3r.deploy._trt import TensorRTNotInstalledError
 from lite3r.parity.gates import EXPORT_GATE, OUTPUT_NAMES, RECONSTRUCTION_GATE, Gate
 from lite3r.parity.runners import TorchRunner, engine_runner, feed_dicts, onnx_runner
@@ -157,17 +157,6 @@ def _markdown(result: ParityResult) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: a metric undefined for the scenes (pose errors of a single frame) becomes null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _json(result: ParityResult) -> str:
     data = {
         "passed": result.passed,
@@ -176,7 +165,7 @@ def _json(result: ParityResult) -> str:
         "comparisons": [asdict(c) | {"passed": c.passed} for c in result.comparisons],
         "notes": result.notes,
     }
-    return json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
+    return json.dumps(json_ready(data), indent=2, allow_nan=False) + "\n"
 
 
 def check(
