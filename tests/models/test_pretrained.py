@@ -90,3 +90,14 @@ def test_install_refuses_a_damaged_or_foreign_file(no_installed_weights, trained
     with pytest.raises(CheckpointError, match="not a preset with shipped weights"):
         install_weights(folder, "vggt-tiny")
     assert not no_installed_weights.exists() or not any(no_installed_weights.iterdir())
+
+
+def test_export_without_installed_weights_is_one_clear_error(no_installed_weights, tmp_path):
+    from click.testing import CliRunner
+
+    from lite3r.cli import export_main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(export_main, ["vggt-small", "--fp8", "--out", str(out)])
+    assert result.exit_code != 0 and "trained weights not installed" in result.output
+    assert "Traceback" not in result.output and (not out.exists() or not any(out.iterdir()))
