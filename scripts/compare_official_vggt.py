@@ -28,6 +28,7 @@ from unittest import mock
 
 import torch
 
+from _official import perturb_, report, save_fixture
 from lite3r.models import VGGT, VGGTConfig, load_state_dict_strict
 from lite3r.models._registry import get_preset
 
@@ -86,17 +87,6 @@ def _official_sizes(c: VGGTConfig):
         yield
 
 
-def perturb_(model: torch.nn.Module, seed: int) -> None:
-    """Seeded, in place: LayerScale gammas ~ U(0.1, 0.5), every other tensor += N(0, 0.02)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith(".gamma"):
-                tensor.uniform_(0.1, 0.5, generator=generator)
-            else:
-                tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.02)
-
-
 def compare(model_name: str, batch: int, frames: int, height: int, width: int, seed: int):
     """Returns (official state dict, images, official outputs, our outputs)."""
     _, config = get_preset(model_name)
@@ -126,37 +116,6 @@ def compare(model_name: str, batch: int, frames: int, height: int, width: int, s
     return state_dict, images, {k: reference[k] for k in OUTPUT_KEYS}, mine
 
 
-def report(reference: dict[str, torch.Tensor], mine: dict[str, torch.Tensor]) -> float:
-    """Prints a table; returns the worst relative error."""
-    if set(mine) != set(OUTPUT_KEYS):
-        raise SystemExit(f"lite3r returned keys {sorted(mine)}, expected {list(OUTPUT_KEYS)}")
-    print(f"{'output':<18} {'shape':<24} {'max |official|':>15} {'max abs err':>12} {'rel err':>10}")
-    worst = 0.0
-    for key in OUTPUT_KEYS:
-        ref, out = reference[key], mine[key]
-        if ref.shape != out.shape:
-            raise SystemExit(f"{key}: official shape {tuple(ref.shape)}, lite3r {tuple(out.shape)}")
-        scale = ref.abs().max().item()
-        err = (ref - out).abs().max().item()
-        rel = err / max(scale, 1e-12)
-        worst = max(worst, rel)
-        print(f"{key:<18} {str(tuple(ref.shape)):<24} {scale:>15.4g} {err:>12.3g} {rel:>10.3g}")
-    return worst
-
-
-def save_fixture(path: str, model_name: str, seed: int, state_dict, images, reference) -> None:
-    """Official-layout weights (``model.*``), the input (``input.images``) and official outputs (``output.*``)."""
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.contiguous() for k, v in state_dict.items()}
-    tensors["input.images"] = images.contiguous()
-    tensors.update({f"output.{k}": v.contiguous() for k, v in reference.items()})
-    metadata = {"preset": model_name, "seed": str(seed), "generator": "scripts/compare_official_vggt.py",
-                "reference": "facebookresearch/vggt (official code), float32, CPU"}
-    save_file(tensors, path, metadata=metadata)
-    print(f"wrote {path}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="vggt-tiny", help="lite3r preset (default: vggt-tiny)")
@@ -175,9 +134,11 @@ def main() -> None:
     state_dict, images, reference, mine = compare(
         args.model, args.batch, args.frames, args.height, args.width, args.seed
     )
-    worst = report(reference, mine)
+    worst = report(reference, mine, OUTPUT_KEYS)
     if args.save_fixture:
-        save_fixture(args.save_fixture, args.model, args.seed, state_dict, images, reference)
+        metadata = {"preset": args.model, "seed": str(args.seed), "generator": "scripts/compare_official_vggt.py",
+                    "reference": "facebookresearch/vggt (official code), float32, CPU"}
+        save_fixture(args.save_fixture, state_dict, images, reference, metadata)
     if worst > args.tolerance:
         raise SystemExit(f"FAIL: worst relative error {worst:.3g} > {args.tolerance:g}")
     print(f"OK: worst relative error {worst:.3g} <= {args.tolerance:g}")

@@ -14,11 +14,9 @@ FIXTURES = Path(__file__).parent.parent / "fixtures"
 OUTPUT_KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
 
 
-@pytest.fixture(scope="session")
-def official_tiny() -> dict:
-    """``weights`` (official key layout), ``images`` and the official ``outputs`` for them, written by
-    ``scripts/compare_official_vggt.py --model vggt-tiny --frames 3 --height 56 --width 70 --save-fixture``."""
-    tensors = load_file(FIXTURES / "vggt_tiny_official.safetensors")
+def _golden(filename: str) -> dict:
+    """``weights`` (official key layout), ``images`` and the official ``outputs`` for them."""
+    tensors = load_file(FIXTURES / filename)
     split = {"weights": {}, "outputs": {}}
     for name, tensor in tensors.items():
         group, key = name.split(".", 1)
@@ -27,6 +25,20 @@ def official_tiny() -> dict:
         else:
             split[{"model": "weights", "output": "outputs"}[group]][key] = tensor
     return split
+
+
+@pytest.fixture(scope="session")
+def official_tiny() -> dict:
+    """Written by ``scripts/compare_official_vggt.py --model vggt-tiny --frames 3 --height 56 --width 70
+    --save-fixture``."""
+    return _golden("vggt_tiny_official.safetensors")
+
+
+@pytest.fixture(scope="session")
+def official_da3_tiny() -> dict:
+    """Written by ``scripts/compare_official_da3.py --model da3-tiny --batch 2 --frames 4 --height 56 --width 70
+    --seed 7 --save-fixture``."""
+    return _golden("da3_tiny_official.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from lite3r.models._base import ConfigError
 from lite3r.models._builder import load_model
 from lite3r.models._checkpoint import CheckpointError, checkpoint_filter_fn, load_state_dict_strict, read_checkpoint
 from lite3r.models._registry import list_models
-from lite3r.models.vggt import VGGT, ConfigError, VGGTConfig
+from lite3r.models.da3 import DA3Config, DepthAnything3
+from lite3r.models.vggt import VGGT, VGGTConfig
 
 __all__ = [
     "VGGT",
     "CheckpointError",
     "ConfigError",
+    "DA3Config",
+    "DepthAnything3",
     "VGGTConfig",
     "checkpoint_filter_fn",
     "list_models",

@@ -15,11 +15,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from lite3r.models._base import normalize_images
 from lite3r.models.dinov2 import DinoVisionTransformer
 from lite3r.models.layers import Block, RotaryPositionEmbedding2D, patch_positions, run_block
-
-_RESNET_MEAN = (0.485, 0.456, 0.406)
-_RESNET_STD = (0.229, 0.224, 0.225)
 
 
 class Aggregator(nn.Module):
@@ -73,9 +71,7 @@ class Aggregator(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         """``images``: ``[B, S, 3, H, W]`` in ``[0, 1]``."""
         B, S, _, H, W = images.shape
-        mean = torch.tensor(_RESNET_MEAN, dtype=torch.float32, device=images.device).view(1, 1, 3, 1, 1)
-        std = torch.tensor(_RESNET_STD, dtype=torch.float32, device=images.device).view(1, 1, 3, 1, 1)
-        patches = self.patch_embed(((images - mean) / std).reshape(B * S, 3, H, W))
+        patches = self.patch_embed(normalize_images(images).reshape(B * S, 3, H, W))
         special = torch.cat((_per_frame(self.camera_token, B, S), _per_frame(self.register_token, B, S)), dim=1)
         tokens = torch.cat((special, patches), dim=1)
         P, C = tokens.shape[1:]

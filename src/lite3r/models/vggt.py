@@ -11,18 +11,17 @@ import dataclasses
 import torch
 from torch import nn
 
+from lite3r.models._base import ConfigError, ModelConfig, check_images
 from lite3r.models.aggregator import Aggregator
 from lite3r.models.heads import CameraHead, DPTHead
 from lite3r.models.track_head import TrackHead
 
 
-class ConfigError(ValueError):
-    """An invalid model configuration (unknown field, inconsistent sizes)."""
-
-
 @dataclasses.dataclass(frozen=True)
-class VGGTConfig:
+class VGGTConfig(ModelConfig):
     """Sizes of a VGGT model. The defaults are VGGT-1B, as built by the official ``VGGT()``."""
+
+    display_name = "VGGT"
 
     img_size: int = 518  # sets the DINOv2 position table (37 x 37 patches); any multiple of 14 runs
     patch_size: int = 14
@@ -63,14 +62,6 @@ class VGGTConfig:
             problems.append(f"dpt_out_channels {self.dpt_out_channels} must have 4 entries")
         if problems:
             raise ConfigError("; ".join(problems))
-
-    def replace(self, **overrides) -> VGGTConfig:
-        """A copy with ``overrides`` applied; unknown names raise :class:`ConfigError` listing the valid ones."""
-        valid = [f.name for f in dataclasses.fields(self)]
-        unknown = sorted(set(overrides) - set(valid))
-        if unknown:
-            raise ConfigError(f"unknown VGGT config field(s) {', '.join(unknown)}; valid fields: {', '.join(valid)}")
-        return dataclasses.replace(self, **overrides)
 
 
 class VGGT(nn.Module):
@@ -122,7 +113,7 @@ class VGGT(nn.Module):
         self.aggregator.set_grad_checkpointing(enable)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        images = self._check_images(images)
+        images = check_images(images, self.config.patch_size, "VGGT")
         H, W = images.shape[-2:]
         layers = self.aggregator(images)
         start = self.aggregator.patch_start_idx
@@ -138,20 +129,3 @@ class VGGT(nn.Module):
             "world_points": world_points,
             "world_points_conf": world_points_conf,
         }
-
-    def _check_images(self, images: torch.Tensor) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor) or images.ndim not in (4, 5):
-            got = f"shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"VGGT expects images [S, 3, H, W] or [B, S, 3, H, W]; got {got}")
-        if not images.is_floating_point():
-            raise ValueError(f"VGGT expects float images in [0, 1]; got {images.dtype} (divide uint8 images by 255)")
-        if images.ndim == 4:
-            images = images.unsqueeze(0)
-        *_, C, H, W = images.shape
-        p = self.config.patch_size
-        if C != 3 or H % p or W % p or H == 0 or W == 0:
-            raise ValueError(
-                f"VGGT expects 3-channel images with height and width multiples of {p}; "
-                f"got {C} channels, {H}x{W} (resize or crop, e.g. to {max(p, H // p * p)}x{max(p, W // p * p)})"
-            )
-        return images
