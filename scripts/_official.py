@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
+
+from lite3r.models import load_state_dict_strict
 
 
 def perturb_(model: torch.nn.Module, seed: int) -> None:
@@ -17,6 +20,36 @@ def perturb_(model: torch.nn.Module, seed: int) -> None:
                 tensor.uniform_(0.1, 0.5, generator=generator)
             else:
                 tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.02)
+
+
+def adopt_official_weights(
+    official: torch.nn.Module, build: Callable, config, seed: int, label: str
+) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
+    """Perturbs ``official``'s weights (:func:`perturb_`) and loads its state dict strictly into ``build(config)``,
+    built on the meta device: with assign=True ours adopts the official tensors, so both share one copy."""
+    t0 = time.perf_counter()
+    perturb_(official.eval(), seed)
+    state_dict = official.state_dict()
+    with torch.device("meta"):
+        ours = build(config)
+    load_state_dict_strict(ours, state_dict, source=f"official {label} state dict", assign=True)
+    n_params = sum(t.numel() for t in {t.data_ptr(): t for t in state_dict.values()}.values())
+    print(f"{label}: {len(state_dict)} tensors, {n_params / 1e6:.2f} M parameters, loaded strictly "
+          f"({time.perf_counter() - t0:.1f} s)")
+    return state_dict, ours.eval()
+
+
+def run_both(official: Callable, ours: Callable, images: torch.Tensor) -> tuple[Mapping, Mapping]:
+    """``official()`` and ``ours()`` without gradients, timed; returns their outputs."""
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        reference = official()
+        t_official = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        mine = ours()
+        t_ours = time.perf_counter() - t0
+    print(f"input {tuple(images.shape)} float32 CPU, forward: official {t_official:.1f} s, lite3r {t_ours:.1f} s")
+    return reference, mine
 
 
 def report(reference: Mapping[str, torch.Tensor], mine: Mapping[str, torch.Tensor], keys: Sequence[str]) -> float:

@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
-from functools import partial
 from unittest import mock
 
 import torch
 
-from _official import perturb_, report, save_fixture
-from lite3r.models import DA3Config, DepthAnything3, load_state_dict_strict
+from _official import adopt_official_weights, report, run_both, save_fixture
+from lite3r.models import DA3Config, DepthAnything3
 from lite3r.models._base import normalize_images
 from lite3r.models._registry import get_preset
 from lite3r.models.da3 import REFERENCE_VIEW_STRATEGIES
@@ -97,29 +95,14 @@ def compare(
     """Returns (official state dict, images, official outputs, our outputs)."""
     _, config = get_preset(model_name, ref_view_strategy=strategy)
     torch.manual_seed(seed)
-    t0 = time.perf_counter()
-    official = build_official(config.replace(ref_view_strategy="saddle_balanced"), official_root).eval()
-    perturb_(official, seed)
-    state_dict = official.state_dict()
-    with torch.device("meta"):
-        ours = DepthAnything3(config)
-    # assign=True: ours adopts the official tensors, so the two models share one copy of the weights.
-    load_state_dict_strict(ours, state_dict, source="official DA3 state dict", assign=True)
-    ours.eval()
-    n_params = sum(t.numel() for t in state_dict.values())
-    print(f"{model_name}: {len(state_dict)} tensors, {n_params / 1e6:.2f} M parameters, loaded strictly "
-          f"({time.perf_counter() - t0:.1f} s)")
-
+    official = build_official(config.replace(ref_view_strategy="saddle_balanced"), official_root)
+    state_dict, ours = adopt_official_weights(official, DepthAnything3, config, seed, model_name)
     images = torch.rand(batch, frames, 3, height, width, generator=torch.Generator().manual_seed(seed + 1))
     selected = []
-    with torch.no_grad(), _recording_reference_views(selected):
-        t0 = time.perf_counter()
-        reference = official(normalize_images(images), ref_view_strategy=strategy)
-        t_official = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        mine = ours(images)
-        t_ours = time.perf_counter() - t0
-    print(f"input {tuple(images.shape)} float32 CPU, forward: official {t_official:.1f} s, lite3r {t_ours:.1f} s")
+    with _recording_reference_views(selected):
+        reference, mine = run_both(
+            lambda: official(normalize_images(images), ref_view_strategy=strategy), lambda: ours(images), images
+        )
     print(f"official reference view per scene: {selected[0] if selected else 'none selected (< 3 views)'}; "
           f"official output keys: {sorted(k for k, v in reference.items() if isinstance(v, torch.Tensor))}")
     return state_dict, images, {k: reference[k] for k in OUTPUT_KEYS}, mine

@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 from functools import partial
 from unittest import mock
 
 import torch
 
-from _official import perturb_, report, save_fixture
-from lite3r.models import VGGT, VGGTConfig, load_state_dict_strict
+from _official import adopt_official_weights, report, run_both, save_fixture
+from lite3r.models import VGGT, VGGTConfig
 from lite3r.models._registry import get_preset
 
 OUTPUT_KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
@@ -91,28 +90,10 @@ def compare(model_name: str, batch: int, frames: int, height: int, width: int, s
     """Returns (official state dict, images, official outputs, our outputs)."""
     _, config = get_preset(model_name)
     torch.manual_seed(seed)
-    t0 = time.perf_counter()
-    official = build_official(config).eval()
-    perturb_(official, seed)
-    state_dict = official.state_dict()
-    with torch.device("meta"):
-        ours = VGGT(config)
-    # assign=True: ours adopts the official tensors, so the two models share one copy of the weights.
-    load_state_dict_strict(ours, state_dict, source="official VGGT state dict", assign=True)
-    ours.eval()
-    n_params = sum(t.numel() for t in state_dict.values())
-    print(f"{model_name}: {len(state_dict)} tensors, {n_params / 1e6:.2f} M parameters, loaded strictly "
-          f"({time.perf_counter() - t0:.1f} s)")
-
+    official = build_official(config)
+    state_dict, ours = adopt_official_weights(official, VGGT, config, seed, model_name)
     images = torch.rand(batch, frames, 3, height, width, generator=torch.Generator().manual_seed(seed + 1))
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        reference = official(images)
-        t_official = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        mine = ours(images)
-        t_ours = time.perf_counter() - t0
-    print(f"input {tuple(images.shape)} float32 CPU, forward: official {t_official:.1f} s, lite3r {t_ours:.1f} s")
+    reference, mine = run_both(lambda: official(images), lambda: ours(images), images)
     return state_dict, images, {k: reference[k] for k in OUTPUT_KEYS}, mine
 
 

@@ -45,3 +45,27 @@ def official_da3_tiny() -> dict:
 def tiny() -> torch.nn.Module:
     torch.manual_seed(0)
     return load_model("vggt-tiny")
+
+
+def assert_checkpointing_keeps_gradients(model, images, loss, monkeypatch, expected_calls: int) -> None:
+    """``model.set_grad_checkpointing(True)`` recomputes ``expected_calls`` blocks and leaves every gradient of
+    ``loss(model(images))`` unchanged."""
+    import lite3r.models.layers as layers_module
+
+    def grads():
+        model.train()
+        model.zero_grad()
+        loss(model(images)).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    expected = grads()
+    calls = []
+    original = layers_module.checkpoint
+    monkeypatch.setattr(layers_module, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    model.set_grad_checkpointing(True)
+    got = grads()
+    assert len(calls) == expected_calls
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+

@@ -20,6 +20,27 @@ class ModelConfig:
 
     display_name = "model"  # the family name used in messages
 
+    def _check(self, layers: str, channels: str, problems: list[str]) -> None:
+        """Makes the 4-tuples ``layers`` (head layer indices) and ``channels`` tuples, then raises one
+        :class:`ConfigError` naming every problem: the ViT sizes, those two fields and the family's ``problems``."""
+        for name in (layers, channels):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        problems = list(problems)
+        if self.img_size % self.patch_size:
+            problems.append(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.embed_dim % (4 * self.num_heads):
+            problems.append(
+                f"embed_dim {self.embed_dim} / num_heads {self.num_heads} must give a head size divisible by 4 "
+                "(2D RoPE splits each head into rows/columns and sin/cos halves)"
+            )
+        indices = getattr(self, layers)
+        if len(indices) != 4 or not all(0 <= i < self.depth for i in indices):
+            problems.append(f"{layers} {indices} must be 4 layer indices in [0, depth={self.depth})")
+        if len(getattr(self, channels)) != 4:
+            problems.append(f"{channels} {getattr(self, channels)} must have 4 entries")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
     def replace(self, **overrides):
         """A copy with ``overrides`` applied; unknown names raise :class:`ConfigError` listing the valid ones."""
         valid = [f.name for f in dataclasses.fields(self)]

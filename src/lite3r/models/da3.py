@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lite3r.geometry import invert_extrinsics, pose_encoding_to_extri_intri
-from lite3r.models._base import ConfigError, ModelConfig, check_images, normalize_images
+from lite3r.models._base import ModelConfig, check_images, normalize_images
 from lite3r.models.da3_heads import CameraDecoder, CameraEncoder, DualDPTHead
 from lite3r.models.dinov2 import resize_position_table
 from lite3r.models.layers import Block, PatchEmbed, RotaryPositionEmbedding2D, patch_positions, run_block
@@ -51,31 +51,17 @@ class DA3Config(ModelConfig):
     ref_view_strategy: str = "saddle_balanced"  # the official default
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "out_layers", tuple(self.out_layers))
-        object.__setattr__(self, "head_out_channels", tuple(self.head_out_channels))
         problems = []
-        if self.img_size % self.patch_size:
-            problems.append(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
-        if self.embed_dim % (4 * self.num_heads):
-            problems.append(
-                f"embed_dim {self.embed_dim} / num_heads {self.num_heads} must give a head size divisible by 4 "
-                "(2D RoPE splits each head into rows/columns and sin/cos halves)"
-            )
-        if len(self.out_layers) != 4 or not all(0 <= i < self.depth for i in self.out_layers):
-            problems.append(f"out_layers {self.out_layers} must be 4 layer indices in [0, depth={self.depth})")
         if not 2 <= self.alt_start < self.depth:
             problems.append(f"alt_start {self.alt_start} must be in [2, depth={self.depth})")
         for name in ("qknorm_start", "rope_start"):
             if not 0 <= getattr(self, name) < self.depth:
                 problems.append(f"{name} {getattr(self, name)} must be in [0, depth={self.depth})")
-        if len(self.head_out_channels) != 4:
-            problems.append(f"head_out_channels {self.head_out_channels} must have 4 entries")
         if self.ref_view_strategy not in REFERENCE_VIEW_STRATEGIES:
             problems.append(
                 f"ref_view_strategy {self.ref_view_strategy!r} must be one of {', '.join(REFERENCE_VIEW_STRATEGIES)}"
             )
-        if problems:
-            raise ConfigError("; ".join(problems))
+        self._check("out_layers", "head_out_channels", problems)
 
 
 class DA3Backbone(nn.Module):

@@ -11,7 +11,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from lite3r.models._base import ConfigError, ModelConfig, check_images
+from lite3r.models._base import ModelConfig, check_images
 from lite3r.models.aggregator import Aggregator
 from lite3r.models.heads import CameraHead, DPTHead
 from lite3r.models.track_head import TrackHead
@@ -46,22 +46,7 @@ class VGGTConfig(ModelConfig):
     keep_all_layers: bool = False  # True: the aggregator keeps every layer output, as the official code does
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dpt_out_channels", tuple(self.dpt_out_channels))
-        object.__setattr__(self, "dpt_layers", tuple(self.dpt_layers))
-        problems = []
-        if self.img_size % self.patch_size:
-            problems.append(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
-        if self.embed_dim % (4 * self.num_heads):
-            problems.append(
-                f"embed_dim {self.embed_dim} / num_heads {self.num_heads} must give a head size divisible by 4 "
-                "(2D RoPE splits each head into rows/columns and sin/cos halves)"
-            )
-        if len(self.dpt_layers) != 4 or not all(0 <= i < self.depth for i in self.dpt_layers):
-            problems.append(f"dpt_layers {self.dpt_layers} must be 4 layer indices in [0, depth={self.depth})")
-        if len(self.dpt_out_channels) != 4:
-            problems.append(f"dpt_out_channels {self.dpt_out_channels} must have 4 entries")
-        if problems:
-            raise ConfigError("; ".join(problems))
+        self._check("dpt_layers", "dpt_out_channels", [])
 
 
 class VGGT(nn.Module):
