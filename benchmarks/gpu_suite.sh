@@ -5,6 +5,8 @@
 #   bash benchmarks/gpu_suite.sh onnx1b      # issue 6: full-size student ONNX + onnxruntime parity, 2 frames
 #   bash benchmarks/gpu_suite.sh fp8         # issue 5: FP8 GEMMs, bf16-SLA vs FP8-SLA latency, real vs fake FP8
 #   bash benchmarks/gpu_suite.sh distill     # issue 5: distillation closes the gap (VGGT-1B size and tiny)
+#   bash benchmarks/gpu_suite.sh runtime     # issue 10: GPU tests of TorchRuntime + SLA, SDPA backends
+#   BENCH_FRAMES=2,8,32,100 BENCH_ARGS="--reps 10" bash benchmarks/gpu_suite.sh bench   # issue 9/10: lite3r bench
 # ModelOpt / Polygraphy are not on the GPU image: carry them as wheels in .whl (see docs/gpu.md).
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -27,6 +29,10 @@ for part in "$@"; do
     distill) { python3 benchmarks/bench_distill.py --steps 60 --out "$OUT/distill_vggt1b.json" \
                && python3 benchmarks/bench_distill.py --model vggt-tiny --views 4 --size 112 --steps 100 \
                     --out "$OUT/distill_tiny.json"; } 2>&1 | tee "$OUT/distill.log" ;;
+    runtime) { python3 -m pytest -q -x -p no:cacheprovider tests/deploy/test_torch_runtime.py tests/sla/test_sla_gpu.py \
+               && python3 benchmarks/bench_sdpa_backends.py --frames 2 8 32; } 2>&1 | tee "$OUT/runtime.log" ;;
+    bench) python3 -m lite3r.cli bench --model vggt --frames "$BENCH_FRAMES" $BENCH_ARGS --out "$OUT/bench" 2>&1 \
+             | tee "$OUT/bench.log" ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
 done

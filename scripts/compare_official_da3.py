@@ -28,7 +28,7 @@ import torch
 
 from _official import adopt_official_weights, report, run_both, save_fixture
 from lite3r.models import DA3Config, DepthAnything3
-from lite3r.models._base import normalize_images
+from lite3r.models._base import ImageNormalization
 from lite3r.models._registry import get_preset
 from lite3r.models.da3 import REFERENCE_VIEW_STRATEGIES
 
@@ -101,7 +101,7 @@ def compare(
     selected = []
     with _recording_reference_views(selected):
         reference, mine = run_both(
-            lambda: official(normalize_images(images), ref_view_strategy=strategy), lambda: ours(images), images
+            lambda: official(ImageNormalization()(images), ref_view_strategy=strategy), lambda: ours(images), images
         )
     print(f"official reference view per scene: {selected[0] if selected else 'none selected (< 3 views)'}; "
           f"official output keys: {sorted(k for k, v in reference.items() if isinstance(v, torch.Tensor))}")

@@ -301,14 +301,16 @@ def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, fr
     out_console.print("[green]parity passed[/]")
 
 
-def _attach_training_commands() -> None:
+def _attach_commands() -> None:
+    from lite3r.cli_bench import bench_command
     from lite3r.cli_train import calibrate_command, distill_command
 
     main.add_command(distill_command, "distill")
     main.add_command(calibrate_command, "calibrate")
+    main.add_command(bench_command, "bench")
 
 
-_attach_training_commands()
+_attach_commands()
 
 if __name__ == "__main__":
     main()

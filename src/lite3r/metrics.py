@@ -99,6 +99,24 @@ def relative_pose_errors(pred_extrinsics: torch.Tensor, gt_extrinsics: torch.Ten
     }
 
 
+def prediction_gap(
+    pred: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], image_size: tuple[int, int]
+) -> dict[str, float]:
+    """Errors of one scene's prediction with a reference prediction (e.g. the teacher's) taken as ground truth.
+
+    Both are official output dicts with a batch of one scene. ``depth_abs_rel`` / ``depth_delta_1_25``
+    (per-view median-scaled, :func:`depth_metrics`), the relative-pose errors of :func:`relative_pose_errors`
+    on the decoded cameras, and ``pose_enc_l1``.
+    """
+    depth_ref, depth_pred = (out["depth"][0, ..., 0].float().cpu() for out in (reference, pred))
+    metrics = depth_metrics(depth_pred, depth_ref, torch.ones_like(depth_ref, dtype=torch.bool))
+    extrinsics = [pose_encoding_to_extri_intri(out["pose_enc"][0].float().cpu(), tuple(image_size))[0]
+                  for out in (pred, reference)]  # fmt: skip
+    metrics |= relative_pose_errors(*extrinsics)
+    metrics["pose_enc_l1"] = (pred["pose_enc"].float().cpu() - reference["pose_enc"].float().cpu()).abs().mean().item()
+    return metrics
+
+
 def nearest_neighbor_distances(query: torch.Tensor, reference: torch.Tensor, chunk_size: int = 2048) -> torch.Tensor:
     """For each of ``query [N, 3]``, the distance to its nearest point in ``reference [M, 3]``.
 

@@ -185,3 +185,26 @@ def test_camera_encoder_refuses_to_run(da3_tiny):
 def test_bad_config_raises_config_error(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_model("da3-tiny", **overrides)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("autocast", [False, True], ids=["plain", "autocast"])
+@pytest.mark.parametrize("heads", ["16-bit", "float32"])
+def test_16bit_weights_run_and_track_float32(da3_tiny, official_da3_tiny, dtype, autocast, heads):
+    """Cast to bf16/fp16 (heads too, or heads kept float32), with or without autocast: outputs in the heads' dtype,
+    close to the float32 model. One scene of 2 views: in 16 bits a near-tie may pick another reference view."""
+    model = load_model("da3-tiny")
+    model.load_state_dict(da3_tiny.state_dict())
+    model.to(dtype)
+    if heads == "float32":
+        for head in (model.head, model.cam_dec):
+            head.float()
+    images = official_da3_tiny["images"][:1, :2]
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=autocast):
+        out = model(images)
+    with torch.no_grad():
+        reference = da3_tiny(images)
+    assert out["depth"].dtype == (dtype if heads == "16-bit" else torch.float32)
+    for key in DA3_KEYS:
+        error = (out[key].float() - reference[key]).norm() / reference[key].norm()
+        assert error < 5e-2, (key, error.item())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch import nn
 
 # ImageNet statistics: VGGT's aggregator and DA3's input processor both normalise [0, 1] images with them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -71,9 +72,29 @@ def check_images(images: torch.Tensor, patch_size: int, model: str) -> torch.Ten
     return images
 
 
-def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """``[..., 3, H, W]`` in ``[0, 1]`` -> ImageNet-normalised, as both official pipelines feed their networks."""
-    shape = (3, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).view(shape)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).view(shape)
-    return (images - mean) / std
+class ImageNormalization(nn.Module):
+    """``(images - mean) / std`` in float32 with the ImageNet constants, as both official pipelines feed their
+    networks; the constants are device buffers.
+
+    Buffers instead of ``torch.tensor(...)`` in ``forward``: no host-to-device copy per call, so the model can
+    be captured in a CUDA graph. They follow the model's device but never its dtype (casting the model to
+    bf16 must not round the constants), and they are not persistent (the official state dicts have no such keys).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._make_buffers(torch.device("cpu"))
+
+    def _make_buffers(self, device: torch.device) -> None:
+        for name, values in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+            self.register_buffer(
+                name, torch.tensor(values, dtype=torch.float32, device=device).view(1, 1, 3, 1, 1), persistent=False
+            )
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._make_buffers(self.mean.device)  # keep the device fn chose, restore exact float32 values
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std

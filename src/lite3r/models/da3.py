@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lite3r.geometry import invert_extrinsics, pose_encoding_to_extri_intri
-from lite3r.models._base import ModelConfig, check_images, normalize_images
+from lite3r.models._base import ImageNormalization, ModelConfig, check_images
 from lite3r.models.da3_heads import CameraDecoder, CameraEncoder, DualDPTHead
 from lite3r.models.dinov2 import resize_position_table
 from lite3r.models.layers import Block, PatchEmbed, RotaryPositionEmbedding2D, patch_positions, run_block
@@ -212,6 +212,7 @@ class DepthAnything3(nn.Module):
         super().__init__()
         c = config or DA3Config()
         self.config = c
+        self.normalize = ImageNormalization()
         self.backbone = nn.Module()  # the official DinoV2 wrapper holds the ViT as `pretrained`
         self.backbone.pretrained = DA3Backbone(
             img_size=c.img_size,
@@ -242,7 +243,10 @@ class DepthAnything3(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         images = check_images(images, self.config.patch_size, "DA3")
         H, W = images.shape[-2:]
-        layers, camera_tokens = self.backbone.pretrained(normalize_images(images))
+        backbone = self.backbone.pretrained
+        # Normalised in float32, then in the backbone's dtype (bf16 weights take bf16 input; float32 weights under
+        # autocast take float32 and the convolution autocasts, as in the official model).
+        layers, camera_tokens = backbone(self.normalize(images).to(backbone.patch_embed.proj.weight.dtype))
         # As in the official model, the heads run in full precision even under autocast.
         with torch.autocast(images.device.type, enabled=False):
             depth, depth_conf = self.head(layers, (H, W), 0)

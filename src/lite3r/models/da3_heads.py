@@ -101,7 +101,8 @@ class CameraDecoder(nn.Module):
 
     def forward(self, camera_tokens: torch.Tensor) -> torch.Tensor:
         B, S = camera_tokens.shape[:2]
-        feat = self.backbone(camera_tokens.reshape(B * S, -1)).float()
+        # The backbone may run in another dtype than the decoder (bf16 backbone, float32 heads).
+        feat = self.backbone(camera_tokens.reshape(B * S, -1).to(self.fc_t.weight.dtype))
         pose_enc = torch.cat((self.fc_t(feat), self.fc_qvec(feat), self.fc_fov(feat)), dim=-1)
         return pose_enc.reshape(B, S, POSE_ENCODING_SIZE)
 

@@ -54,6 +54,11 @@ class DinoVisionTransformer(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights: the patch convolution's input must have it (no autocast)."""
+        return self.patch_embed.proj.weight.dtype
+
     def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """Position table ``[1, 1 + grid_h*grid_w, C]`` (class token first) for a ``grid_h x grid_w`` patch grid."""
         return resize_position_table(self.pos_embed, grid_h, grid_w)

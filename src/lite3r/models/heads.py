@@ -50,7 +50,8 @@ class CameraHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """``tokens``: last aggregator layer ``[B, S, P, C]``. Returns the pose encoding after every iteration."""
-        camera_tokens = self.token_norm(tokens[:, :, 0])
+        # The trunk may run in another dtype than the head (bf16 trunk, float32 head): convert its tokens here.
+        camera_tokens = self.token_norm(tokens[:, :, 0].to(self.token_norm.weight.dtype))
         B, S, _ = camera_tokens.shape
         raw_pose = None
         poses = []
@@ -184,7 +185,7 @@ class DPTHead(nn.Module):
         for layer, project, resize in zip(self.layers, self.projects, self.resize_layers):
             x = layers[layer][:, start:end, patch_start_idx:]
             B, S = x.shape[:2]
-            x = self.norm(x.reshape(B * S, grid_h * grid_w, -1))
+            x = self.norm(x.reshape(B * S, grid_h * grid_w, -1).to(self.norm.weight.dtype))  # per chunk: no copy
             x = project(x.permute(0, 2, 1).reshape(B * S, -1, grid_h, grid_w))
             if self.pos_embed:
                 x = _add_uv_embedding(x, W / H, self.uv_dtype)
@@ -273,7 +274,7 @@ def _add_uv_embedding(
     halves = (_sincos(coords.reshape(-1), C // 2, frequency_dtype) for coords in (uu, vv))
     embedding = torch.cat(tuple(halves), dim=-1)
     embedding = (embedding.view(h, w, C) * ratio).permute(2, 0, 1)
-    return x + embedding[None]
+    return x + embedding[None].to(x.dtype)  # a float32 table must not promote a 16-bit head to float32
 
 
 def _sincos(positions: torch.Tensor, dim: int, dtype: torch.dtype, omega_0: float = 100.0) -> torch.Tensor:
