@@ -32,7 +32,7 @@ def quantize_fp8(
     """
     import modelopt.torch.quantization as mtq
 
-    recipe = recipe or FP8Recipe()
+    recipe = (recipe or FP8Recipe()).for_model(model)
     recipe.linear_names(model)  # a recipe that selects nothing fails here, with the layer names it saw
     return mtq.quantize(model, recipe.modelopt_config(), forward_loop)
 

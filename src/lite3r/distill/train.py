@@ -27,6 +27,7 @@ from lite3r.data.datasets import item_images
 from lite3r.data.synthetic import Scene, SyntheticScenes
 from lite3r.distill.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_student, trainable_state
 from lite3r.distill.losses import AttentionTaps, LossWeights, distillation_losses, sla_layer_names
+from lite3r.models import family_of
 from lite3r.quant import FP8Recipe
 
 LOG = "log.jsonl"
@@ -78,7 +79,7 @@ class DistillResult:
 
 def default_data(teacher: nn.Module, num_views: int = 2, num_scenes: int = 8, seed: int = 0) -> list[Scene]:
     """The embedded default: ``num_scenes`` synthetic scenes at the model's image size, rendered once."""
-    size = getattr(getattr(teacher, "config", None), "img_size", 518)
+    size = family_of(teacher).image_size
     return list(SyntheticScenes(num_scenes, num_views, size, size, seed))
 
 
@@ -173,7 +174,7 @@ def _step(teacher, student, item, taps, optimizer, params, config, step, steps, 
         student_out = student(images)
     scene = item if isinstance(item, Scene) else None
     loss, terms = distillation_losses(
-        student_out, teacher_out, student_attention, teacher_attention, config.weights, scene
+        student_out, teacher_out, student_attention, teacher_attention, config.weights, family_of(teacher), scene
     )
     if not torch.isfinite(loss):
         raise DistillError(f"the loss became {loss.item()} at step {step}; lower the learning rate ({config.lr})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from lite3r.models._base import ConfigError
 from lite3r.models._builder import load_model
 from lite3r.models._checkpoint import CheckpointError, checkpoint_filter_fn, load_state_dict_strict, read_checkpoint
+from lite3r.models._family import ModelFamily, family_of
 from lite3r.models._registry import list_models
 from lite3r.models.da3 import DA3Config, DepthAnything3
 from lite3r.models.vggt import VGGT, VGGTConfig
@@ -15,8 +16,10 @@ __all__ = [
     "ConfigError",
     "DA3Config",
     "DepthAnything3",
+    "ModelFamily",
     "VGGTConfig",
     "checkpoint_filter_fn",
+    "family_of",
     "list_models",
     "load_model",
     "load_state_dict_strict",

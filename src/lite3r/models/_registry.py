@@ -63,6 +63,7 @@ _PRESETS: dict[str, Preset] = {
             head_out_channels=(4, 8, 16, 16),
             cam_enc_depth=1,
             cam_enc_num_heads=2,
+            view_size=112,
         ),
     ),
 }

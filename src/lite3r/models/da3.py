@@ -10,12 +10,14 @@ the camera decoder. The state dict has the official ``DepthAnything3Net`` layout
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 from torch import nn
 
-from lite3r.geometry import invert_extrinsics, pose_encoding_to_extri_intri
+from lite3r.geometry import extri_intri_to_pose_encoding, invert_extrinsics, pose_encoding_to_extri_intri
 from lite3r.models._base import ImageNormalization, ModelConfig, check_images
+from lite3r.models._family import ModelFamily
 from lite3r.models.da3_heads import CameraDecoder, CameraEncoder, DualDPTHead
 from lite3r.models.dinov2 import resize_position_table
 from lite3r.models.layers import Block, PatchEmbed, RotaryPositionEmbedding2D, patch_positions, run_block
@@ -49,6 +51,7 @@ class DA3Config(ModelConfig):
     cam_enc_depth: int = 4
     cam_enc_num_heads: int = 16
     ref_view_strategy: str = "saddle_balanced"  # the official default
+    view_size: int = 504  # default view size: the official input processor's (longest side 504)
 
     def __post_init__(self) -> None:
         problems = []
@@ -201,6 +204,46 @@ def reference_first_order(reference: torch.Tensor, num_views: int) -> torch.Tens
     return torch.cat((reference[:, None], shifted[:, 1:]), dim=1)
 
 
+OUTPUT_SHAPES = {
+    "depth": ("S", "H", "W"),
+    "depth_conf": ("S", "H", "W"),
+    "extrinsics": ("S", 3, 4),
+    "intrinsics": ("S", 3, 3),
+}
+_RAY_BRANCH = (
+    *(f"head.scratch.refinenet{i}_aux" for i in range(1, 5)),
+    "head.scratch.output_conv1_aux",
+    "head.scratch.output_conv2_aux",
+)
+
+
+@functools.cache
+def da3_family(config: DA3Config) -> ModelFamily:
+    """DA3's contract with the pipeline (see :class:`~lite3r.models.ModelFamily`)."""
+    blocks = r"(?:^|\.)backbone\.pretrained\.blocks\.(?:{})\.attn$"
+    alternating = range(config.alt_start, config.depth)
+    cross_view = [i for i in alternating if i % 2 == 1]  # DA3Backbone.is_cross_view
+    return ModelFamily(
+        name="da3",
+        output_shapes=OUTPUT_SHAPES,
+        image_size=config.view_size,
+        # Cross-view blocks are the long-sequence layers; "all" adds the per-view blocks of the alternating part
+        # (as VGGT's "all" adds its frame blocks), not the DINOv2 blocks before it.
+        sla_layers={
+            "global": blocks.format("|".join(map(str, cross_view))),
+            "all": blocks.format("|".join(map(str, alternating))),
+        },
+        fp8_layers=("backbone.pretrained.blocks.*",),
+        heads=("head", "cam_dec"),
+        parameters_only=("cam_enc", *_RAY_BRANCH),
+        cameras=lambda outputs, size: (outputs["extrinsics"], outputs["intrinsics"]),
+        pose_encoding=lambda outputs, size: extri_intri_to_pose_encoding(
+            outputs["extrinsics"], outputs["intrinsics"], size
+        ),
+        depth_channel=False,
+    )
+
+
 class DepthAnything3(nn.Module):
     """``model(images)`` with ``images`` ``[S, 3, H, W]`` or ``[B, S, 3, H, W]`` in ``[0, 1]`` (H, W multiples
     of 14) returns the official DA3 outputs: ``depth [B, S, H, W]``, ``depth_conf [B, S, H, W]``,
@@ -235,6 +278,10 @@ class DepthAnything3(nn.Module):
         )
         self.cam_dec = CameraDecoder(dim_in)
         self.cam_enc = CameraEncoder(c.embed_dim, c.cam_enc_depth, c.cam_enc_num_heads, c.mlp_ratio)
+
+    @property
+    def family(self) -> ModelFamily:
+        return da3_family(self.config)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute backbone blocks in the backward pass (only while training with gradients enabled)."""

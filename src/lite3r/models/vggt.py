@@ -7,11 +7,14 @@ The state dict has the official facebookresearch/vggt layout (``aggregator``, ``
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 from torch import nn
 
+from lite3r.geometry import pose_encoding_to_extri_intri
 from lite3r.models._base import ModelConfig, check_images
+from lite3r.models._family import ModelFamily
 from lite3r.models.aggregator import Aggregator
 from lite3r.models.heads import CameraHead, DPTHead
 from lite3r.models.track_head import TrackHead
@@ -47,6 +50,39 @@ class VGGTConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         self._check("dpt_layers", "dpt_out_channels", [])
+
+
+OUTPUT_SHAPES = {
+    "pose_enc": ("S", 9),
+    "depth": ("S", "H", "W", 1),
+    "depth_conf": ("S", "H", "W"),
+    "world_points": ("S", "H", "W", 3),
+    "world_points_conf": ("S", "H", "W"),
+}
+
+
+@functools.cache
+def vggt_family(config: VGGTConfig) -> ModelFamily:
+    """VGGT's contract with the pipeline (see :class:`~lite3r.models.ModelFamily`)."""
+    return ModelFamily(
+        name="vggt",
+        output_shapes=OUTPUT_SHAPES,
+        image_size=config.img_size,
+        # The aggregator alternates frame attention (within one frame) and global attention (all frames); these
+        # are the long-sequence layers. DINOv2 patch-embed blocks and the camera-head trunk are never converted.
+        sla_layers={
+            "global": r"(?:^|\.)global_blocks\.\d+\.attn$",
+            "all": r"(?:^|\.)(?:global|frame)_blocks\.\d+\.attn$",
+        },
+        fp8_layers=("aggregator.patch_embed.blocks.*", "aggregator.frame_blocks.*", "aggregator.global_blocks.*"),
+        heads=("camera_head", "depth_head", "point_head"),
+        parameters_only=("track_head",),
+        cameras=lambda outputs, size: pose_encoding_to_extri_intri(outputs["pose_enc"], size),
+        pose_encoding=lambda outputs, size: outputs["pose_enc"],
+        depth_channel=True,
+        points="world_points",
+        official_settings={"aggregator.keep_layers": None},  # the official aggregator keeps every layer output
+    )
 
 
 class VGGT(nn.Module):
@@ -92,6 +128,10 @@ class VGGT(nn.Module):
             out_channels=c.dpt_out_channels,
             layers=c.dpt_layers,
         )
+
+    @property
+    def family(self) -> ModelFamily:
+        return vggt_family(self.config)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute aggregator blocks in the backward pass (only while training with gradients enabled)."""
