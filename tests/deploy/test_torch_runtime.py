@@ -53,6 +53,24 @@ def test_prepared_model_is_16bit_except_fp8_layers_and_constants():
     assert prepared.track_head is None  # never run by forward
 
 
+def test_da3_runtime_drops_what_it_never_runs_and_keeps_its_heads_float32():
+    torch.manual_seed(0)
+    teacher = lite3r.load_model("da3-tiny")
+    images = torch.rand(1, 3, 3, 42, 42)
+    with torch.no_grad():
+        reference = teacher(images)
+    runtime = TorchRuntime.build(
+        teacher, RuntimeOptions(compile=False, cuda_graphs=False, heads_dtype="float32"), device="cpu"
+    )
+    model = runtime.model
+    assert model.cam_enc is None and model.head.scratch.refinenet1_aux is None  # parameters only
+    assert model.backbone.pretrained.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert model.head.norm.weight.dtype == model.cam_dec.fc_t.weight.dtype == torch.float32
+    out = runtime(images)
+    errors = {k: ((out[k] - reference[k]).norm() / reference[k].norm()).item() for k in reference}
+    assert max(errors.values()) < 3e-2, errors
+
+
 @pytest.mark.parametrize("heads", [None, "float32"])
 def test_cpu_runtime_is_the_16bit_model(heads):
     student = _student()

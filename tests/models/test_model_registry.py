@@ -35,7 +35,8 @@ def test_full_size_state_dict_has_exactly_the_official_names_and_shapes(model_cl
 
 
 def test_unknown_model_lists_the_available_ones():
-    with pytest.raises(ConfigError, match=r"unknown model 'vggt-huge'; available: da3-large, da3-tiny, vggt, vggt-tiny"):
+    message = r"unknown model 'vggt-huge'; available: da3-large, da3-tiny, vggt, vggt-tiny"
+    with pytest.raises(ConfigError, match=message):
         load_model("vggt-huge")
 
 

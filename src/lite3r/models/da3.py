@@ -145,10 +145,17 @@ class DA3Backbone(nn.Module):
         batch = torch.arange(B, device=images.device)[:, None]
         order = None  # views reordered reference-first, when a reference is selected
         outputs = {}
-        select = S >= MIN_VIEWS_FOR_REFERENCE_SELECTION and self.ref_view_strategy != "first"
+        # In an exported graph the view count is a dynamic axis, so the selection runs for any count and keeps
+        # view 0 (the identity order) below the threshold, where the official code does not select.
+        exporting = torch.compiler.is_exporting()
+        select = self.ref_view_strategy != "first" and (exporting or S >= MIN_VIEWS_FOR_REFERENCE_SELECTION)
         for i, block in enumerate(self.blocks):
             if i == self.alt_start - 1 and select:
-                order = reference_first_order(select_reference_view(x[:, :, 0], self.ref_view_strategy), S)
+                reference = select_reference_view(x[:, :, 0], self.ref_view_strategy)
+                if exporting:
+                    enough = torch.full_like(reference, S) >= MIN_VIEWS_FOR_REFERENCE_SELECTION
+                    reference = torch.where(enough, reference, torch.zeros_like(reference))
+                order = reference_first_order(reference, S)
                 x, local = x[batch, order], local[batch, order]
             if i == self.alt_start:
                 reference, others = self.camera_token[:, :1], self.camera_token[:, 1:]
