@@ -74,8 +74,9 @@ def export_onnx(
     """Export ``model`` (a float32 lite3r model, dense or SLA) to ``path``; nothing is written unless the whole
     export and ``onnx.checker`` (full check) succeed.
 
-    ``image_size``: H, W fixed in the graph (multiples of the patch size; default: the family's view size). ``example_frames``: the frame count
-    traced, at least 2 (a 1-frame trace would fix the frame axis; the graph runs at any S >= 1).
+    ``image_size``: H, W fixed in the graph (multiples of the patch size; default: the family's view size).
+    ``example_frames``: the frame count traced, at least 2 (a 1-frame trace would fix the frame axis; the graph
+    runs at any S >= 1).
     ``quant_state``: a ``quant_state.json`` path or dict; its linears get FP8 Q/DQ. A model carrying ModelOpt
     fake quantizers is traced with them switched off and, without ``quant_state``, gives its own scales.
     ``simplify``: constant folding and graph simplification (the exporter's onnxscript optimizer).
