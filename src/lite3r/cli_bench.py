@@ -51,7 +51,10 @@ def _grid(sizes: tuple[str, ...], frames: tuple[int, ...], default_size: tuple[i
 @click.option("--variants", help="Comma-separated subset of teacher-official, teacher-fast, student-bf16, "
               "student-fp8, pt2 (default: all).")
 @click.option("--reps", default=10, show_default=True, type=click.IntRange(min=1), help="Timed runs per cell.")
-@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed runs per cell.")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Untimed runs per cell after the first call (which compiles / captures).")
+@click.option("--max-cell-seconds", type=click.FloatRange(min=1),
+              help="Time budget per cell: fewer timed runs (at least 3) where --reps would take longer.")
 @click.option("--kh", default=0.05, show_default=True, help="SLA critical-block fraction of the student.")
 @click.option("--kl", default=0.10, show_default=True, help="SLA negligible-block fraction of the student.")
 @click.option("--dtype", type=click.Choice(["bfloat16", "float16"]), default="bfloat16", show_default=True,
@@ -72,9 +75,9 @@ def _grid(sizes: tuple[str, ...], frames: tuple[int, ...], default_size: tuple[i
               "compile or CUDA graphs, 3 timed runs (checks the tool, measures nothing of interest).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
-def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, variants, reps, warmup, kh, kl, dtype,
-                  heads_dtype, compile_blocks, cuda_graphs, sdpa, accuracy_scenes, accuracy_frames, device, seed,
-                  smoke, out):
+def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, variants, reps, warmup, max_cell_seconds,
+                  kh, kl, dtype, heads_dtype, compile_blocks, cuda_graphs, sdpa, accuracy_scenes, accuracy_frames,
+                  device, seed, smoke, out):
     """Latency, peak memory and accuracy of the teacher (official usage, fast runtime) and its SLA students
     over frame counts; writes bench.json, bench.md and plots."""
     quiet_third_party()
@@ -97,6 +100,7 @@ def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, varia
                                  cuda_graphs=cuda_graphs, sdpa=sdpa)  # fmt: skip
         config = BenchConfig(
             model=model_name, grid=_grid(sizes, counts, (518, 518)), reps=reps, warmup=warmup, device=device,
+            max_cell_seconds=max_cell_seconds,
             runtime=runtime, accuracy_frames=accuracy_frames, **options,
         )
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),

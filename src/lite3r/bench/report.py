@@ -73,7 +73,10 @@ def markdown(result: BenchResult) -> str:
         f"- Date: {meta['date']}. Device: {meta['device']}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + f". git {meta['git'] or 'unknown'}.",
         f"- Command: `{meta['command']}`",
-        f"- Model: {meta['config']['model']}, batch 1, {meta['config']['reps']} timed runs per cell after "
+        f"- Model: {meta['config']['model']}, batch 1, {meta['config']['reps']} timed runs per cell "
+        + (f"([n runs] where {meta['config']['max_cell_seconds']} s per cell allowed fewer) "
+           if meta["config"]["max_cell_seconds"] else "")
+        + "after "
         f"{meta['config']['warmup']} warm-up runs (and one first call, reported as setup); "
         f"{'CUDA events' if meta['device_type'] == 'cuda' else 'wall clock'}; "
         "median (min–max) ms. Peak memory: allocated by PyTorch during the cell, weights included.",
@@ -96,6 +99,8 @@ def markdown(result: BenchResult) -> str:
                 text = cell_text(cell)
                 if cell and cell["status"] == "ok":
                     text += f" ({cell['min_ms']:.1f}–{cell['max_ms']:.1f})"
+                    if cell["reps"] != meta["config"]["reps"]:
+                        text += f" [{cell['reps']} runs]"
                     up = ups.get((name, height, width, f), {})
                     if name not in TEACHERS and up:
                         text += " " + " / ".join(f"{up[b]:.2f}×" if b in up else "–" for b in TEACHERS)

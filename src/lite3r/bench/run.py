@@ -28,6 +28,7 @@ from lite3r.deploy.torch import RuntimeOptions
 from lite3r.models import ModelFamily
 
 Grid = tuple[tuple[tuple[int, int], tuple[int, ...]], ...]  # ((height, width), frame counts) per view size
+MIN_REPS = 3
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class BenchConfig:
     grid: Grid = (((518, 518), (2, 8, 32, 100, 200)),)
     variants: tuple[str, ...] = VARIANTS
     reps: int = 10
-    warmup: int = 2
+    warmup: int = 1
+    max_cell_seconds: float | None = None  # cap a cell's timed runs (never below MIN_REPS) to this budget
     kh: float = 0.05
     kl: float = 0.10
     accuracy_scenes: int = 2
@@ -197,7 +199,10 @@ def _measure_cell(
         measure.reset_memory(device)
         images = _inputs(frames, size, config.seed).to(device)
         _, setup_s = measure.timed_seconds(lambda: built.run(images), device)
-        timing = measure.time_call(lambda: built.run(images), config.reps, device, warmup=config.warmup)
+        call_s = setup_s
+        for _ in range(config.warmup):
+            _, call_s = measure.timed_seconds(lambda: built.run(images), device)
+        timing = measure.time_call(lambda: built.run(images), _reps(config, call_s), device, warmup=0)
         allocated, reserved = measure.peak_memory_gib(device)
         return _cell(name, size, frames, "ok", **asdict(timing), peak_allocated_gib=allocated,
                      peak_reserved_gib=reserved, setup_s=setup_s, **built.setup((1, frames, 3, *size)))  # fmt: skip
@@ -208,6 +213,13 @@ def _measure_cell(
     finally:
         del images
         measure.reset_memory(device)
+
+
+def _reps(config: BenchConfig, call_s: float) -> int:
+    """``config.reps``, or fewer (at least ``MIN_REPS``) when they would not fit in ``max_cell_seconds``."""
+    if config.max_cell_seconds is None or call_s * config.reps <= config.max_cell_seconds:
+        return config.reps
+    return max(MIN_REPS, int(config.max_cell_seconds / call_s))
 
 
 def _accuracy_scenes(config: BenchConfig) -> list[Any]:

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lite3r.deploy.torch.prepare import prepare_model, resolve_dtype
+from lite3r.models.heads import DPTHead
 from lite3r.models.layers import Block
 
 SDPA_BACKENDS = {
@@ -33,6 +34,9 @@ SDPA_BACKENDS = {
     "default": None,
 }
 _DYNAMO_CACHE_SIZE = 64  # block kinds x (static, dynamic) x dtypes exceed dynamo's default of 8
+# Round fused intermediates to their 16-bit dtype as eager does: otherwise a LayerNorm output feeding an FP8
+# quantization is quantized from float32 and some e4m3 codes differ from the eager / exported model's.
+_INDUCTOR_OPTIONS = {"emulate_precision_casts": True}
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class RuntimeOptions:
     dtype: str = "bfloat16"
     heads_dtype: str | None = None  # None: same as dtype
     compile: bool = True
+    compile_heads: bool = False  # also compile each DPT head's per-chunk prediction (convolutions, upsampling)
     cuda_graphs: bool = True
     frames: str | None = None
     sdpa: str = "cudnn"
@@ -105,11 +110,15 @@ class TorchRuntime:
         model = prepare_model(
             model, device=device, dtype=resolve_dtype(options.dtype), heads_dtype=heads, quant_state=quant_state
         )
-        if options.compile:
+        if options.compile or options.compile_heads:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, _DYNAMO_CACHE_SIZE)
-            for module in model.modules():
-                if isinstance(module, Block):
-                    module.compile()
+        for module in model.modules():
+            if options.compile and isinstance(module, Block):
+                module.compile(options=_INDUCTOR_OPTIONS)
+            if options.compile_heads and isinstance(module, DPTHead):
+                # The chunk, not the head: every full chunk of frames has the same shapes, so one graph serves
+                # them all (compiling the head would unroll its loop over chunks for every frame count).
+                module._predict = torch.compile(module._predict, options=_INDUCTOR_OPTIONS)
         return cls(model, options, device)
 
     @torch.no_grad()
