@@ -125,7 +125,7 @@ def test_a_batch_step_is_the_mean_loss_of_its_scenes(teacher, small_scenes):
         with taps[1].record() as student_attention:
             student_out = student(scene.images)
         losses.append(distillation_losses(student_out, teacher_out, student_attention, teacher_attention,
-                                          config.weights, scene)[0])  # fmt: skip
+                                          config.weights, teacher.family, scene)[0])  # fmt: skip
     loss = torch.stack(losses).mean()
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
