@@ -9,14 +9,16 @@
 #   BENCH_FRAMES=2,8,32,100 BENCH_ARGS="--reps 10" bash benchmarks/gpu_suite.sh bench   # issue 9/10: lite3r bench
 #   BENCH_MODEL=da3-large BENCH_FRAMES=2,8,32,100 BENCH_ARGS="--size 504x504" bash benchmarks/gpu_suite.sh bench  # 14
 #   bash benchmarks/gpu_suite.sh distill-ddp # issue 15: 1 vs 2 GPUs, DDP and FSDP2 (nvidia-h200-x2, < 8 min)
+#   bash benchmarks/gpu_suite.sh teacher     # issue 12: train vggt-small (5 min), then the SLA/FP8 experiment on it
+#                                            # (about 3 min); $OUT/teacher holds the weights to install
 # ModelOpt / Polygraphy are not on the GPU image: carry them as wheels in .whl (see docs/gpu.md).
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast stays off
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=src:/tmp/site
+if compgen -G ".whl/*.whl" >/dev/null && [ ! -d /tmp/site/modelopt ]; then  # parts on two GPUs share one install
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
 fi
+[ -d /tmp/site ] && export PYTHONPATH=src:/tmp/site
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 for part in "$@"; do
   echo "=== $part ==="
@@ -38,6 +40,13 @@ for part in "$@"; do
              | tee "$OUT/bench.log" ;;
     distill-ddp) python3 benchmarks/bench_distill_ddp.py --out "$OUT/distill_ddp.json" 2>&1 \
                    | tee "$OUT/distill_ddp.log" ;;
+    # Files come back at most 16 MiB each: the 19.7 MB weights travel as .part0/.part1, which
+    # scripts/install_teacher.py joins (and checks against the card's SHA-256).
+    teacher) { python3 -m lite3r.cli train-teacher --minutes 5 --out /tmp/teacher \
+               && mkdir -p "$OUT/teacher" && cp /tmp/teacher/vggt-small.json "$OUT/teacher/" \
+               && split -b 10M -d -a 1 /tmp/teacher/vggt-small.safetensors "$OUT/teacher/vggt-small.safetensors.part" \
+               && python3 benchmarks/bench_teacher.py --weights /tmp/teacher --train-log /tmp/teacher/log.jsonl \
+                    --minutes 2.75 --out "$OUT/bench"; } 2>&1 | tee "$OUT/teacher.log" ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
 done

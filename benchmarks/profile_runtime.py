@@ -65,6 +65,24 @@ def kernel_profile(runtime, images) -> dict:
             "top_kernels": [(k[:90], round(v, 3)) for k, v in top]}  # fmt: skip
 
 
+def profile_setting(student, state, setting: str, frame_counts, device) -> list[dict]:
+    fp8, heads = setting.startswith("fp8"), setting.endswith("+heads")
+    graphed = TorchRuntime.build(copy.deepcopy(student), RuntimeOptions(compile_heads=heads),
+                                 quant_state=state if fp8 else None)  # fmt: skip
+    rows = []
+    for frames in frame_counts:
+        images = torch.rand(1, frames, 3, 518, 518, device=device)
+        ms = time_call(lambda: graphed(images), 10, device, warmup=2).median_ms
+        eager_launch = TorchRuntime(graphed.model, RuntimeOptions(cuda_graphs=False), device)
+        eager_ms = time_call(lambda: eager_launch(images), 5, device, warmup=2).median_ms
+        row = {"setting": setting, "frames": frames, "graph_ms": ms, "no_graph_ms": eager_ms,
+               **kernel_profile(eager_launch, images)}  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    graphed.release()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[2, 32])
@@ -77,20 +95,10 @@ def main() -> None:
     state = synthetic_quant_state(student)
     results = []
     for setting in args.settings:
-        fp8, heads = setting.startswith("fp8"), setting.endswith("+heads")
-        graphed = TorchRuntime.build(copy.deepcopy(student), RuntimeOptions(compile_heads=heads),
-                                     quant_state=state if fp8 else None)  # fmt: skip
-        for frames in args.frames:
-            images = torch.rand(1, frames, 3, 518, 518, device=device)
-            ms = time_call(lambda: graphed(images), 10, device, warmup=2).median_ms
-            eager_launch = TorchRuntime(graphed.model, RuntimeOptions(cuda_graphs=False), device)
-            eager_ms = time_call(lambda: eager_launch(images), 5, device, warmup=2).median_ms
-            row = {"setting": setting, "frames": frames, "graph_ms": ms, "no_graph_ms": eager_ms,
-                   **kernel_profile(eager_launch, images)}  # fmt: skip
-            results.append(row)
-            print(json.dumps(row), flush=True)
-        graphed.release()
-        del graphed
+        try:
+            results += profile_setting(student, state, setting, args.frames, device)
+        except Exception as e:  # noqa: BLE001 - one broken setting must not lose the others' numbers
+            print(f"{setting}: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
         torch.cuda.empty_cache()
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)

@@ -65,7 +65,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--model", "model_name", default="vggt", show_default=True,
-              help="Model preset (vggt, vggt-tiny, da3-large, da3-tiny).")
+              help="Model preset (vggt, vggt-small, vggt-tiny, da3-large, da3-tiny).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Official .pt/.safetensors.")
 @click.option("--images", type=click.Path(path_type=Path), help="Folder of images (one scene).")
 @click.option("--synthetic", type=click.IntRange(min=1), help="Render a synthetic scene with N views instead.")
@@ -91,6 +91,7 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
 
     import lite3r
     from lite3r._io import check_writable_dir
+    from lite3r.models import has_trained_weights
     from lite3r.predict import DTYPES, resolve_device, run_model, save_prediction
 
     if (images is None) == (synthetic is None):
@@ -103,7 +104,7 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
         task = progress.add_task("loading model", total=4)
         torch.manual_seed(seed)
         model = lite3r.load_model(model_name, checkpoint=checkpoint)
-        if checkpoint is None:
+        if not has_trained_weights(model_name, checkpoint):
             console.print(f"[yellow]No --checkpoint: {model_name} has random weights (seed {seed}).[/]")
         if student is not None:
             from lite3r.distill import load_student
@@ -160,9 +161,10 @@ def build(onnx_path, out, target, frames, timing_cache, verbose):
 def _teacher_and_student(model_name, checkpoint, student_dir, *, fp8: bool):
     import lite3r
     from lite3r.distill import load_student
+    from lite3r.models import has_trained_weights
 
     teacher = lite3r.load_model(model_name, checkpoint=checkpoint)
-    if checkpoint is None:
+    if not has_trained_weights(model_name, checkpoint):
         console.print(f"[yellow]No --checkpoint: {model_name} has random weights (seed 0).[/]")
     student = None if student_dir is None else load_student(teacher, student_dir, fp8=fp8)
     return teacher, student
@@ -211,7 +213,7 @@ def export_command(model_name, checkpoint, student_dir, size, frames, out):
 @click.option("--views", default=2, show_default=True, type=click.IntRange(min=1), help="Views per scene.")
 @click.option("--size", help="View size HxW; default: the model's image size.")
 @click.option("--teacher-gate", type=click.Choice(TEACHER_GATE_MODES), default="auto", show_default=True,
-              help="Gate on student-vs-teacher; auto: only with a --checkpoint.")
+              help="Gate on student-vs-teacher; auto: only for trained weights (--checkpoint, or shipped).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
 def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, synthetic, views, size, teacher_gate,
@@ -220,6 +222,7 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
     import torch
 
     from lite3r.data.synthetic import make_scene
+    from lite3r.models import has_trained_weights
     from lite3r.parity import check
     from lite3r.parity import teacher_gate as make_teacher_gate
 
@@ -232,7 +235,9 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
     with console.status("running parity"):
         result = check(
             out, scenes, student=student, teacher=teacher, onnx_path=onnx_path, engine_path=engine_path,
-            reconstruction_gate=make_teacher_gate(teacher_gate, trained_teacher=checkpoint is not None),
+            reconstruction_gate=make_teacher_gate(
+                teacher_gate, trained_teacher=has_trained_weights(model_name, checkpoint)
+            ),
         )
     out_console.print(result.md_path.read_text())
     if not result.passed:
@@ -255,7 +260,8 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
 @click.option("--kh", default=0.05, show_default=True, help="SLA critical-block fraction.")
 @click.option("--kl", default=0.10, show_default=True, help="SLA negligible-block fraction.")
 @click.option("--teacher-gate", type=click.Choice(TEACHER_GATE_MODES), default="auto", show_default=True,
-              help="Gate on student-vs-teacher parity; auto: only with a --checkpoint (random teachers: report only).")
+              help="Gate on student-vs-teacher parity; auto: only for trained weights (--checkpoint, or shipped "
+                   "like vggt-small's; random teachers: report only).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Where distillation/calibration run.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
@@ -304,11 +310,13 @@ def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, fr
 
 def _attach_commands() -> None:
     from lite3r.cli_bench import bench_command
+    from lite3r.cli_teacher import train_teacher_command
     from lite3r.cli_train import calibrate_command, distill_command
 
     main.add_command(distill_command, "distill")
     main.add_command(calibrate_command, "calibrate")
     main.add_command(bench_command, "bench")
+    main.add_command(train_teacher_command, "train-teacher")
 
 
 _attach_commands()

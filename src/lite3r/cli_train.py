@@ -50,10 +50,11 @@ def _teacher_and_data(model_name, checkpoint, data, views, size, scenes, seed, d
 
     import lite3r
     from lite3r.data.datasets import open_scenes
+    from lite3r.models import has_trained_weights
 
     torch.manual_seed(seed)
     teacher = lite3r.load_model(model_name, checkpoint=checkpoint).to(dev).eval()
-    if checkpoint is None and not quiet:
+    if not has_trained_weights(model_name, checkpoint) and not quiet:
         click.echo(f"No --checkpoint: {model_name} has random weights (seed {seed}).", err=True)
     dataset = open_scenes(data, views, size=size or teacher.family.image_size, num_scenes=scenes, seed=seed)
     if data == "synthetic":

@@ -103,6 +103,7 @@ def export_model(
     (+ build log, where a TensorRT is installed), ``parity.json`` and ``parity.md`` into ``out``."""
     import lite3r
     from lite3r.deploy.engine import parse_frames
+    from lite3r.models import has_trained_weights, require_pretrained
     from lite3r.parity import teacher_gate as make_teacher_gate
     from lite3r.predict import resolve_device
 
@@ -112,7 +113,10 @@ def export_model(
         raise ExportError(f"checkpoint not found: {checkpoint}")
     if calib is not None and not Path(calib).is_dir():
         raise ExportError(f"--calib {calib}: not a folder")
-    reconstruction_gate = make_teacher_gate(teacher_gate, trained_teacher=checkpoint is not None)
+    trained = has_trained_weights(model_name, checkpoint)
+    if checkpoint is None and trained:
+        require_pretrained(model_name)  # shipped weights not installed: say so before any work
+    reconstruction_gate = make_teacher_gate(teacher_gate, trained_teacher=trained)
     if distill_steps < 0:
         raise ExportError(f"--distill-steps must be >= 0; got {distill_steps}")
     dev = resolve_device(device)
@@ -138,7 +142,10 @@ def export_model(
             state["teacher"] = lite3r.load_model(model_name, checkpoint=checkpoint).to(dev)
             size = image_size or (state["teacher"].family.image_size,) * 2
             state["size"] = size
-            weights = f"weights {checkpoint}" if checkpoint else f"RANDOM weights (seed {seed}; no --checkpoint)"
+            if checkpoint:
+                weights = f"weights {checkpoint}"
+            else:
+                weights = "shipped trained weights" if trained else f"RANDOM weights (seed {seed}; no --checkpoint)"
             return f"{model_name}, {weights}, views {size[0]}x{size[1]}"
 
         def convert():
@@ -210,7 +217,8 @@ def export_model(
             summary.parity_passed = result.passed
             summary.parity_failures = result.failures()
             verdict = "PASSED" if result.passed else "FAILED"
-            scope = "" if reconstruction_gate.enforced else " (student vs teacher informational: random teacher)"
+            why = "" if trained else ": random teacher"
+            scope = "" if reconstruction_gate.enforced else f" (student vs teacher informational{why})"
             return f"{verdict} on {parity_scenes} held-out synthetic scenes{scope}"
 
         for name, work in (

@@ -81,6 +81,9 @@ class DistillConfig:
     parallel: str = "ddp"  # under a process group: "ddp" (replicated models) or "fsdp" (FSDP2-sharded)
     teacher_cache: bool = False  # teacher targets computed once into <out_dir>/teacher_cache, read back after
     num_workers: int = 0  # DataLoader processes loading scenes (sized datasets)
+    # "proj_lin": only SLA's proj_lin may train (distillation); "all": whatever the student lets train, e.g. every
+    # parameter for the full fine-tuning control of benchmarks/bench_teacher.py.
+    trainable: str = "proj_lin"
 
     def lr_at(self, step: int, steps: int) -> float:
         warmup = max(1, round(self.warmup_fraction * steps))
@@ -143,7 +146,7 @@ def distill(
     if steps < 1:
         raise DistillError(f"steps must be at least 1, got {steps}")
     world = check_config(config)
-    params = _check_student(teacher, student)
+    params = _check_student(teacher, student, config.trainable)
     device = params[0].device
     teacher.to(device).eval().requires_grad_(False)
     data = default_data(teacher, seed=config.seed) if data is None else data
@@ -157,7 +160,7 @@ def distill(
         _check_checkpoint(checkpoint, student, steps, config)
     if fp8_qat:
         _quantize(student, data, recipe, config, checkpoint)
-        _check_student(teacher, student)  # quantization must not have made anything else trainable
+        _check_student(teacher, student, config.trainable)  # quantization must not open other parameters
     elif checkpoint is not None and checkpoint.get("quant_state") is not None:
         raise DistillError(f"{out / CHECKPOINT} was trained with fp8_qat; resume it with fp8_qat=True")
     if config.grad_checkpointing and not hasattr(student, "set_grad_checkpointing"):
@@ -309,15 +312,18 @@ class _Loop:
         return outputs, attention
 
 
-def _check_student(teacher: nn.Module, student: nn.Module) -> list[nn.Parameter]:
-    """The student's trainable parameters, which must be exactly its SLA ``proj_lin`` weights."""
+def _check_student(teacher: nn.Module, student: nn.Module, allowed: str = "proj_lin") -> list[nn.Parameter]:
+    """The student's trainable parameters, which must be exactly its SLA ``proj_lin`` weights (unless
+    ``allowed`` is ``"all"``)."""
+    if allowed not in ("proj_lin", "all"):
+        raise DistillError(f"trainable must be 'proj_lin' or 'all'; got {allowed!r}")
     if student is teacher:
         raise DistillError("the student is the teacher; build it with lite3r.convert_to_sla(teacher)")
     trainable = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
     if not trainable:
         raise DistillError("the student has no trainable parameters; build it with lite3r.convert_to_sla(teacher)")
     others = [n for n, _ in trainable if ".proj_lin." not in f".{n}"]
-    if others:
+    if others and allowed == "proj_lin":
         raise DistillError(
             f"only SLA proj_lin may be trained, but {len(others)} other parameters are ({others[0]}, ...)"
         )

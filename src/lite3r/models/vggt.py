@@ -138,19 +138,25 @@ class VGGT(nn.Module):
         self.aggregator.set_grad_checkpointing(enable)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_with_pose_iterations(images)[0]
+
+    def forward_with_pose_iterations(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """The outputs of ``forward`` and the camera head's estimate after every refinement iteration (the
+        last is ``pose_enc``): the camera loss of teacher training weighs them all, as the official one does."""
         images = check_images(images, self.config.patch_size, "VGGT")
         H, W = images.shape[-2:]
         layers = self.aggregator(images)
         start = self.aggregator.patch_start_idx
         # As in the official model, the heads run in full precision even under autocast.
         with torch.autocast(images.device.type, enabled=False):
-            pose_enc = self.camera_head(layers[self.config.depth - 1])[-1]
+            poses = self.camera_head(layers[self.config.depth - 1])
             depth, depth_conf = self.depth_head(layers, (H, W), start)
             world_points, world_points_conf = self.point_head(layers, (H, W), start)
-        return {
-            "pose_enc": pose_enc,
+        outputs = {
+            "pose_enc": poses[-1],
             "depth": depth,
             "depth_conf": depth_conf,
             "world_points": world_points,
             "world_points_conf": world_points_conf,
         }
+        return outputs, poses
