@@ -132,3 +132,57 @@ def test_stage_subcommands_reuse_the_artifacts(exported, tmp_path):
     assert "informational" in (tmp_path / "report" / "parity.md").read_text()
     result = runner.invoke(main, [*args, "--teacher-gate", "on", "--out", str(tmp_path / "gated")])
     assert result.exit_code == 1  # the random teacher's reconstruction gate fails once it is enforced
+
+
+@pytest.fixture(scope="module")
+def exported_da3(tmp_path_factory):
+    """The same chain on da3-tiny (engine with TensorRT-RTX where installed: --target auto)."""
+    out = tmp_path_factory.mktemp("export-da3") / "out"
+    args = ["da3-tiny", "--fp8", "--size", "56x56", "--frames", "2:2:4", "--synthetic", "2", "--out", str(out)]
+    result = CliRunner().invoke(export_main, args)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+@pytest.mark.slow
+def test_da3_chain_exports_its_own_outputs_and_passes_parity(exported_da3):
+    out, output = exported_da3
+    names = {p.name for p in out.iterdir()}
+    assert {"student.safetensors", "quant_state.json", "model.onnx", "parity.json", "parity.md"} <= names
+    if HAS_RTX or HAS_TRT:
+        assert {"model.engine", "model.build.log"} <= names
+    model = onnx.load(out / "model.onnx")
+    assert [o.name for o in model.graph.output] == ["depth", "depth_conf", "extrinsics", "intrinsics"]
+    sla = [n for n in model.graph.node if n.domain == "lite3r" and n.op_type == "SparseLinearAttention"]
+    assert len(sla) == 2  # da3-tiny's cross-view blocks 3 and 5
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 0
+    report = json.loads((out / "parity.json").read_text())
+    export = report["comparisons"][0]
+    assert report["passed"] and export["gate"] == "export"
+    assert [o["name"] for o in export["outputs"]] == ["depth", "depth_conf", "extrinsics", "intrinsics"]
+    assert "parity passed" in output
+
+
+@pytest.mark.slow
+def test_da3_onnx_selects_and_restores_the_reference_view_like_pytorch(exported_da3, tmp_path, monkeypatch):
+    """At 4 views the exported graph picks the reference view from the views' content (here views 3 and 2),
+    moves it first and restores the order, as the student does: the export gate holds."""
+    import lite3r.models.da3 as da3
+    from lite3r.data.synthetic import make_scene
+    from lite3r.distill import load_student
+    from lite3r.parity import check
+
+    out, _ = exported_da3
+    torch.manual_seed(0)  # the chain's random teacher
+    student = load_student(lite3r.load_model("da3-tiny"), out)
+    selected = []
+    select = da3.select_reference_view
+    def recording(cls_tokens, strategy):
+        selected.append(select(cls_tokens, strategy).tolist())
+        return select(cls_tokens, strategy)
+
+    monkeypatch.setattr(da3, "select_reference_view", recording)
+    scenes = [make_scene(4, 56, 56, seed=seed).images for seed in (1000, 1001)]
+    result = check(tmp_path, scenes, student=student, onnx_path=out / "model.onnx")
+    assert selected == [[3], [2]]
+    assert result.passed, result.failures()

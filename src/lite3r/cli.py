@@ -60,12 +60,12 @@ def _metrics_table(metrics: dict[str, float]) -> Table:
 @click.group()
 @click.version_option(package_name="lite3r")
 def main() -> None:
-    """lite3r: fast feed-forward 3D reconstruction (VGGT) with SLA, FP8, ONNX and TensorRT."""
+    """lite3r: fast feed-forward 3D reconstruction (VGGT, Depth-Anything-3) with SLA, FP8, ONNX and TensorRT."""
 
 
 @main.command()
 @click.option("--model", "model_name", default="vggt", show_default=True,
-              help="Model preset (vggt, vggt-small, vggt-tiny).")
+              help="Model preset (vggt, vggt-small, vggt-tiny, da3-large, da3-tiny).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Official .pt/.safetensors.")
 @click.option("--images", type=click.Path(path_type=Path), help="Folder of images (one scene).")
 @click.option("--synthetic", type=click.IntRange(min=1), help="Render a synthetic scene with N views instead.")
@@ -117,11 +117,11 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
         if images is not None:
             from lite3r.data import load_images
 
-            views = load_images(images, mode=mode, target_size=model.config.img_size)
+            views = load_images(images, mode=mode, target_size=model.family.image_size)
         else:
             from lite3r.data.synthetic import make_scene
 
-            h, w = hw or (model.config.img_size, model.config.img_size)
+            h, w = hw or (model.family.image_size,) * 2
             scene = make_scene(synthetic, height=h, width=w, seed=seed)
             views = scene.images
         progress.update(task, advance=1, description=f"running {model_name} on {len(views)} views")
@@ -131,8 +131,8 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
         if scene is not None:
             from lite3r.metrics import reconstruction_metrics
 
-            metrics = reconstruction_metrics(outputs, scene)
-        written = save_prediction(out, views, outputs, metrics)
+            metrics = reconstruction_metrics(outputs, scene, model.family)
+        written = save_prediction(out, views, outputs, model.family, metrics)
         progress.update(task, advance=1, description="done")
 
     if metrics:
@@ -197,7 +197,7 @@ def export_command(model_name, checkpoint, student_dir, size, frames, out):
     quant = None if student_dir is None else Path(student_dir) / "quant_state.json"
     with console.status("exporting ONNX"):
         report = export_onnx(
-            student or teacher, out, image_size=_parse_size(size) or teacher.config.img_size,
+            student or teacher, out, image_size=_parse_size(size) or teacher.family.image_size,
             example_frames=frames, quant_state=quant if quant is not None and quant.exists() else None,
         )
     out_console.print(report.summary())
@@ -230,7 +230,7 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
         raise click.UsageError("--student DIR is required (the model every artifact is compared with)")
     torch.manual_seed(0)
     teacher, student = _teacher_and_student(model_name, checkpoint, student_dir, fp8=True)
-    h, w = _parse_size(size) or (teacher.config.img_size,) * 2
+    h, w = _parse_size(size) or (teacher.family.image_size,) * 2
     scenes = [make_scene(views, h, w, seed=1000 + i).images for i in range(synthetic)]
     with console.status("running parity"):
         result = check(

@@ -14,7 +14,8 @@ DATA_HELP = "'synthetic' (embedded scenes), or a folder: DTU / BlendedMVS (MVSNe
 
 def _model_options(fn):
     options = [
-        click.option("--model", "model_name", default="vggt", show_default=True, help="Preset (vggt, vggt-tiny)."),
+        click.option("--model", "model_name", default="vggt", show_default=True,
+                     help="Preset (vggt, vggt-tiny, da3-large, da3-tiny)."),
         click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Official .pt/.safetensors"),
         click.option("--data", default="synthetic", show_default=True, help=DATA_HELP),
         click.option("--views", default=2, show_default=True, type=click.IntRange(min=1), help="Views per scene."),
@@ -38,9 +39,9 @@ def _recipe_options(fn):
 
 
 def _recipe(fp8_layers: tuple[str, ...], fp8_skip: tuple[str, ...]):
-    from lite3r.quant import DEFAULT_FP8_LAYERS, DEFAULT_FP8_SKIP, FP8Recipe
+    from lite3r.quant import DEFAULT_FP8_SKIP, FP8Recipe
 
-    return FP8Recipe(layers=fp8_layers or DEFAULT_FP8_LAYERS, skip=fp8_skip or DEFAULT_FP8_SKIP)
+    return FP8Recipe(layers=fp8_layers or None, skip=fp8_skip or DEFAULT_FP8_SKIP)  # None: the model's trunk
 
 
 def _teacher_and_data(model_name, checkpoint, data, views, size, scenes, seed, dev, *, quiet=False):
@@ -55,7 +56,7 @@ def _teacher_and_data(model_name, checkpoint, data, views, size, scenes, seed, d
     teacher = lite3r.load_model(model_name, checkpoint=checkpoint).to(dev).eval()
     if not has_trained_weights(model_name, checkpoint) and not quiet:
         click.echo(f"No --checkpoint: {model_name} has random weights (seed {seed}).", err=True)
-    dataset = open_scenes(data, views, size=size or teacher.config.img_size, num_scenes=scenes, seed=seed)
+    dataset = open_scenes(data, views, size=size or teacher.family.image_size, num_scenes=scenes, seed=seed)
     if data == "synthetic":
         dataset = list(dataset)  # render once, reuse every epoch
     return teacher, dataset

@@ -140,7 +140,7 @@ def export_model(
         def load():
             torch.manual_seed(seed)
             state["teacher"] = lite3r.load_model(model_name, checkpoint=checkpoint).to(dev)
-            size = image_size or (state["teacher"].config.img_size,) * 2
+            size = image_size or (state["teacher"].family.image_size,) * 2
             state["size"] = size
             if checkpoint:
                 weights = f"weights {checkpoint}"

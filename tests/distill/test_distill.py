@@ -31,6 +31,17 @@ def test_only_proj_lin_receives_gradients_and_the_teacher_is_untouched(teacher, 
         assert torch.equal(value, before[key]), key
 
 
+def test_da3_student_distills_through_the_same_code(scenes):
+    torch.manual_seed(0)
+    teacher = lite3r.load_model("da3-tiny").eval()
+    student = lite3r.convert_to_sla(teacher, kh=0.2, kl=0.2)
+    gap_before = gap_to_teacher(teacher, student, scenes)
+    result = distill(teacher, student, scenes, steps=3, fp8_qat=False, config=FAST)
+    assert {"attention", "depth", "pose"} <= result.history[0].keys() and "points" not in result.history[0]
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert gap_to_teacher(teacher, student, scenes)["depth_abs_rel"] < gap_before["depth_abs_rel"]
+
+
 def test_loss_and_gap_to_teacher_decrease(teacher, scenes):
     student = lite3r.convert_to_sla(teacher)
     gap_before = gap_to_teacher(teacher, student, scenes)
@@ -114,7 +125,7 @@ def test_a_batch_step_is_the_mean_loss_of_its_scenes(teacher, small_scenes):
         with taps[1].record() as student_attention:
             student_out = student(scene.images)
         losses.append(distillation_losses(student_out, teacher_out, student_attention, teacher_attention,
-                                          config.weights, scene)[0])  # fmt: skip
+                                          config.weights, teacher.family, scene)[0])  # fmt: skip
     loss = torch.stack(losses).mean()
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)

@@ -50,6 +50,7 @@ from lite3r.distill.distributed import (
 )
 from lite3r.distill.losses import AttentionTaps, LossWeights, distillation_losses, sla_layer_names
 from lite3r.distill.teacher_cache import TeacherCache
+from lite3r.models import family_of
 from lite3r.quant import FP8Recipe
 
 LOG = "log.jsonl"
@@ -109,7 +110,7 @@ class DistillResult:
 
 def default_data(teacher: nn.Module, num_views: int = 2, num_scenes: int = 8, seed: int = 0) -> list[Scene]:
     """The embedded default: ``num_scenes`` synthetic scenes at the model's image size, rendered once."""
-    size = getattr(getattr(teacher, "config", None), "img_size", 518)
+    size = family_of(teacher).image_size
     return list(SyntheticScenes(num_scenes, num_views, size, size, seed))
 
 
@@ -261,7 +262,8 @@ class _Loop:
                     student_out = self.model(images)
                 scene = item if isinstance(item, Scene) else None
                 loss, terms = distillation_losses(
-                    student_out, teacher_out, student_attention, teacher_attention, config.weights, scene
+                    student_out, teacher_out, student_attention, teacher_attention, config.weights,
+                    family_of(self.teacher), scene,
                 )
                 (loss * (self.world.size / config.batch_size)).backward()
             for name, value in {"loss": loss.item(), **terms}.items():

@@ -1,7 +1,7 @@
-"""``export_onnx``: a lite3r VGGT (teacher or SLA student, optionally FP8) as one ONNX model with the deployment
-contract: input ``images [1, S, 3, H, W]`` (S dynamic), the five VGGT outputs, one ``lite3r::SparseLinearAttention``
-node per SLA layer plus its model-local functions, FP8 Q/DQ from ``quant_state.json``. docs/exporter.md has the
-decisions and measurements.
+"""``export_onnx``: a lite3r model (VGGT or DA3; teacher or SLA student, optionally FP8) as one ONNX model with the
+deployment contract: input ``images [1, S, 3, H, W]`` (S dynamic), the official outputs of the model's family (VGGT's
+five, DA3's four), one ``lite3r::SparseLinearAttention`` node per SLA layer plus its model-local functions, FP8 Q/DQ
+from ``quant_state.json``. docs/exporter.md has the decisions and measurements.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from lite3r.calibration.state import QuantStateError, read_quant_state, validate
 from lite3r.exporter import graph_passes, sla_onnx
 from lite3r.exporter.qdq import insert_fp8_qdq
 from lite3r.exporter.sla_onnx import SLAExportError, SLAOptions
-from lite3r.parity.gates import OUTPUT_NAMES  # the five VGGT outputs, in the contract's order
+from lite3r.models import family_of
 
 INPUT_NAME = "images"
 FRAMES = "frames"  # dim_param of the frame axis
@@ -65,29 +65,30 @@ def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
     *,
-    image_size: int | tuple[int, int] = 518,
+    image_size: int | tuple[int, int] | None = None,
     example_frames: int = 2,
     quant_state: dict[str, Any] | str | os.PathLike | None = None,
     opset: int = 21,
     simplify: bool = True,
 ) -> ExportReport:
-    """Export ``model`` (float32 VGGT, dense or SLA) to ``path``; nothing is written unless the whole export and
-    ``onnx.checker`` (full check) succeed.
+    """Export ``model`` (a float32 lite3r model, dense or SLA) to ``path``; nothing is written unless the whole
+    export and ``onnx.checker`` (full check) succeed.
 
-    ``image_size``: H, W fixed in the graph (multiples of the patch size). ``example_frames``: the frame count
-    traced, at least 2 (a 1-frame trace would fix the frame axis; the graph runs at any S >= 1).
+    ``image_size``: H, W fixed in the graph (multiples of the patch size; default: the family's view size).
+    ``example_frames``: the frame count traced, at least 2 (a 1-frame trace would fix the frame axis; the graph
+    runs at any S >= 1).
     ``quant_state``: a ``quant_state.json`` path or dict; its linears get FP8 Q/DQ. A model carrying ModelOpt
     fake quantizers is traced with them switched off and, without ``quant_state``, gives its own scales.
     ``simplify``: constant folding and graph simplification (the exporter's onnxscript optimizer).
     """
     started = time.perf_counter()
     path = Path(path)
-    size = _check_image_size(model, image_size)
+    _check_model(model)
+    size = _check_image_size(model, family_of(model).image_size if image_size is None else image_size)
     if not isinstance(example_frames, int) or example_frames < 1:
         raise ExportError(f"example_frames must be a positive integer; got {example_frames!r}")
     if opset not in OPSETS:
         raise ExportError(f"opset must be one of {OPSETS} (FP8 Q/DQ need 19); got {opset!r}")
-    _check_model(model)
     state = _quant_state(model, quant_state)
     options = _sla_options(model)
     check_writable_dir(path.parent)  # fail now, not after minutes of tracing
@@ -139,8 +140,8 @@ def _check_image_size(model: nn.Module, image_size: int | tuple[int, int]) -> tu
 
 
 def _check_model(model: nn.Module) -> None:
-    if not isinstance(model, nn.Module):
-        raise ExportError(f"export_onnx takes a torch.nn.Module (a lite3r VGGT); got {type(model).__name__}")
+    if not isinstance(model, nn.Module) or not hasattr(model, "family"):
+        raise ExportError(f"export_onnx takes a lite3r model (lite3r.load_model); got {type(model).__name__}")
     dtypes = {p.dtype for p in model.parameters()}
     if dtypes != {torch.float32}:
         raise ExportError(f"export a float32 model (model.float()); its parameters are {sorted(map(str, dtypes))}")
@@ -232,8 +233,9 @@ def _trace(model: nn.Module, size: tuple[int, int], frames: int, opset: int, sim
                 detail = next((line for line in lines if line.startswith(("Not all values", "solving"))), lines[0])
                 raise ExportError(f"the frame axis cannot stay dynamic: {detail}") from None
         keys = list(program.call_spec.out_spec.context)
-        if sorted(keys) != sorted(OUTPUT_NAMES):
-            raise ExportError(f"the model must return a dict with keys {OUTPUT_NAMES}; it returns {keys}")
+        outputs = family_of(model).outputs
+        if sorted(keys) != sorted(outputs):
+            raise ExportError(f"the model must return a dict with keys {outputs}; it returns {keys}")
         with _sla_schema():
             onnx_program = torch.onnx.export(
                 program, (images,), dynamo=True, input_names=[INPUT_NAME], output_names=keys, opset_version=opset,
@@ -245,7 +247,7 @@ def _trace(model: nn.Module, size: tuple[int, int], frames: int, opset: int, sim
     proto = onnx_program.model_proto
     graph_passes.name_axis(proto.graph, proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param, FRAMES)
     graph_passes.float64_to_float32(proto.graph)
-    ordered = sorted(proto.graph.output, key=lambda o: OUTPUT_NAMES.index(o.name))
+    ordered = sorted(proto.graph.output, key=lambda o: outputs.index(o.name))
     ordered = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in ordered]
     del proto.graph.output[:]
     proto.graph.output.extend(ordered)  # the contract's order, whatever the model's dict order

@@ -7,12 +7,14 @@ from typing import NamedTuple
 
 from torch import nn
 
-from lite3r.models.vggt import VGGT, ConfigError, VGGTConfig
+from lite3r.models._base import ConfigError, ModelConfig
+from lite3r.models.da3 import DA3Config, DepthAnything3
+from lite3r.models.vggt import VGGT, VGGTConfig
 
 
 class Preset(NamedTuple):
-    build: Callable[[VGGTConfig], nn.Module]
-    config: VGGTConfig
+    build: Callable[[ModelConfig], nn.Module]
+    config: ModelConfig
     weights: str | None = None  # trained weights shipped as package data (lite3r/models/weights/<file>)
 
 
@@ -69,6 +71,29 @@ _PRESETS: dict[str, Preset] = {
         ),
         weights="vggt-small.safetensors",
     ),
+    # DA3-Large exactly as the official da3-large.yaml builds DepthAnything3Net; loads the released checkpoint.
+    "da3-large": Preset(DepthAnything3, DA3Config()),
+    # Same code at toy sizes for tests. Output layers 1, 3, 4, 5 of 6 cover every case the large model's
+    # (11, 15, 19, 23) and more: before the camera token (1), cross-view (3, 5) and per-view (4) blocks.
+    # scripts/compare_official_da3.py checks it against the official modules built with these sizes.
+    "da3-tiny": Preset(
+        DepthAnything3,
+        DA3Config(
+            img_size=112,
+            embed_dim=32,
+            depth=6,
+            num_heads=2,
+            alt_start=2,
+            qknorm_start=2,
+            rope_start=2,
+            out_layers=(1, 3, 4, 5),
+            head_features=8,
+            head_out_channels=(4, 8, 16, 16),
+            cam_enc_depth=1,
+            cam_enc_num_heads=2,
+            view_size=112,
+        ),
+    ),
 }
 
 
@@ -77,7 +102,7 @@ def list_models() -> list[str]:
     return sorted(_PRESETS)
 
 
-def get_preset(name: str, **overrides) -> tuple[Callable[[VGGTConfig], nn.Module], VGGTConfig]:
+def get_preset(name: str, **overrides) -> tuple[Callable[[ModelConfig], nn.Module], ModelConfig]:
     """The builder of ``name`` and its config with ``overrides`` applied."""
     preset = _preset(name)
     return preset.build, preset.config.replace(**overrides)

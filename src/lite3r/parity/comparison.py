@@ -20,7 +20,8 @@ import torch
 
 from lite3r._io import json_ready, staged_output
 from lite3r.deploy._trt import TensorRTNotInstalledError
-from lite3r.parity.gates import EXPORT_GATE, OUTPUT_NAMES, RECONSTRUCTION_GATE, Gate
+from lite3r.models import ModelFamily, family_of
+from lite3r.parity.gates import EXPORT_GATE, RECONSTRUCTION_GATE, Gate
 from lite3r.parity.runners import TorchRunner, engine_runner, feed_dicts, onnx_runner
 
 _STATS = ("max", "mean", "median", "quantile")
@@ -95,39 +96,39 @@ def _output_parity(name: str, gate: Gate, per_scene: Sequence[Any]) -> OutputPar
     return OutputParity(name, passed, tol.stat, tol.atol, tol.rtol, absdiff, reldiff)
 
 
-def _compare(run_results: Any, candidate: str, reference: str, gate: Gate) -> Comparison:
+def _compare(run_results: Any, candidate: str, reference: str, gate: Gate, outputs: Sequence[str]) -> Comparison:
     from polygraphy.comparator import Comparator
 
     names = list(run_results.keys())
-    missing = {runner: sorted(set(OUTPUT_NAMES) - set(run_results[runner][0])) for runner in (candidate, reference)}
+    missing = {runner: sorted(set(outputs) - set(run_results[runner][0])) for runner in (candidate, reference)}
     missing = {runner: absent for runner, absent in missing.items() if absent}
     if missing:
-        raise ValueError(f"outputs missing (official names {list(OUTPUT_NAMES)}): {missing}")
+        raise ValueError(f"outputs missing (official names {list(outputs)}): {missing}")
     pair = (names.index(candidate), names.index(reference))
     [accuracy] = Comparator.compare_accuracy(run_results, comparisons=[pair], compare_func=gate.compare_func())
     per_scene = accuracy[(candidate, reference)]
-    outputs = [_output_parity(name, gate, [scene[name] for scene in per_scene]) for name in OUTPUT_NAMES]
+    parities = [_output_parity(name, gate, [scene[name] for scene in per_scene]) for name in outputs]
     return Comparison(
-        candidate, reference, gate.name, outputs, metric_limits=dict(gate.metric_limits), enforced=gate.enforced
+        candidate, reference, gate.name, parities, metric_limits=dict(gate.metric_limits), enforced=gate.enforced
     )
 
 
-def metrics_against_teacher(student: dict[str, np.ndarray], teacher: dict[str, np.ndarray]) -> dict[str, float]:
+def metrics_against_teacher(
+    student: dict[str, np.ndarray], teacher: dict[str, np.ndarray], family: ModelFamily
+) -> dict[str, float]:
     """Depth AbsRel / delta and relative camera-pose errors of one scene, the teacher's prediction as truth."""
-    from lite3r.geometry import pose_encoding_to_extri_intri
     from lite3r.metrics import depth_metrics, relative_pose_errors
 
-    pred_depth, true_depth = (torch.from_numpy(d[0, ..., 0]).double() for d in (student["depth"], teacher["depth"]))
+    student, teacher = ({k: torch.from_numpy(v).double() for k, v in out.items()} for out in (student, teacher))
+    pred_depth, true_depth = (family.depth(out)[0] for out in (student, teacher))
     size = tuple(true_depth.shape[-2:])
-    extrinsics = [
-        pose_encoding_to_extri_intri(torch.from_numpy(p[0]).double(), size)[0]
-        for p in (student["pose_enc"], teacher["pose_enc"])
-    ]
+    extrinsics = [family.cameras(out, size)[0][0] for out in (student, teacher)]
     return depth_metrics(pred_depth, true_depth, true_depth > 0) | relative_pose_errors(*extrinsics)
 
 
-def _mean_metrics(run_results: Any, candidate: str, reference: str) -> dict[str, float]:
-    scenes = [metrics_against_teacher(c, r) for c, r in zip(run_results[candidate], run_results[reference])]
+def _mean_metrics(run_results: Any, candidate: str, reference: str, family: ModelFamily) -> dict[str, float]:
+    pairs = zip(run_results[candidate], run_results[reference])
+    scenes = [metrics_against_teacher(c, r, family) for c, r in pairs]
     return {k: float(np.mean([s[k] for s in scenes])) for k in scenes[0]}
 
 
@@ -182,8 +183,8 @@ def check(
     """Compare what is given on ``scenes`` (image tensors ``[S, 3, H, W]``) and write the reports to ``out_dir``.
 
     Comparisons: ONNX vs student and engine vs student (``export_gate``), student vs teacher
-    (``reconstruction_gate`` and its metric limits). The engine needs datacenter TensorRT; without it the
-    engine is skipped with a note. At least one comparison must be possible.
+    (``reconstruction_gate`` and its metric limits), on the outputs of the models' family. The engine needs
+    datacenter TensorRT; without it the engine is skipped with a note. At least one comparison must be possible.
     """
     from polygraphy.comparator import Comparator
     from polygraphy.logger import G_LOGGER
@@ -208,13 +209,14 @@ def check(
         plan.append(("student", "teacher", reconstruction_gate))
     if not plan:
         raise ValueError("parity needs a student and at least one of: teacher, onnx_path, engine_path")
+    family = family_of(student if student is not None else teacher)
 
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the verdicts are reported here, not logged
         run_results = Comparator.run(runners, data_loader=feeds)
-        comparisons = [_compare(run_results, cand, ref, gate) for cand, ref, gate in plan]
+        comparisons = [_compare(run_results, cand, ref, gate, family.outputs) for cand, ref, gate in plan]
     for c in comparisons:
         if c.gate == reconstruction_gate.name:
-            c.metrics = _mean_metrics(run_results, c.candidate, c.reference)
+            c.metrics = _mean_metrics(run_results, c.candidate, c.reference, family)
 
     out_dir = Path(out_dir)
     result = ParityResult(

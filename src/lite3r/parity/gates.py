@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Mapping
 
+# VGGT's output names. The pipeline asks a model for its own: model.family.outputs (lite3r.models.ModelFamily).
 OUTPUT_NAMES = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
 Statistic = Literal["max", "mean", "median", "quantile"]
 
@@ -57,10 +58,15 @@ class Gate:
 _TIGHT = Tolerance(atol=1e-3, rtol=1e-3, stat="quantile")
 _TIGHT_CONF = Tolerance(atol=1e-2, rtol=1e-2, stat="quantile")
 
+_CAMERA = Tolerance(atol=1e-3, rtol=1e-3, stat="max")  # a few numbers per frame: every one counts
+
+# Tolerances for the outputs of every model family (VGGT: pose_enc, world_points; DA3: extrinsics, intrinsics).
 EXPORT_GATE = Gate(
     "export",
     {
-        "pose_enc": Tolerance(atol=1e-3, rtol=1e-3, stat="max"),  # 9 numbers per frame: every one counts
+        "pose_enc": _CAMERA,
+        "extrinsics": _CAMERA,
+        "intrinsics": _CAMERA,  # pixels: the relative error decides
         "depth": _TIGHT,
         "depth_conf": _TIGHT_CONF,
         "world_points": _TIGHT,
@@ -72,6 +78,8 @@ RECONSTRUCTION_GATE = Gate(
     "reconstruction",
     {
         "pose_enc": Tolerance(atol=2e-2, rtol=5e-2, stat="median"),
+        "extrinsics": Tolerance(atol=2e-2, rtol=5e-2, stat="median"),
+        "intrinsics": Tolerance(atol=1e-2, rtol=5e-2, stat="median"),
         "depth": Tolerance(atol=1e-3, rtol=5e-2, stat="median"),
         "depth_conf": Tolerance(atol=1e-1, rtol=5e-1, stat="median"),
         "world_points": Tolerance(atol=1e-2, rtol=1e-1, stat="median"),

@@ -18,7 +18,7 @@ import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
-from lite3r.parity.gates import OUTPUT_NAMES
+from lite3r.models import family_of
 
 INPUT_NAME = "images"
 
@@ -29,6 +29,7 @@ class TorchRunner(BaseRunner):
     def __init__(self, model: torch.nn.Module, name: str) -> None:
         super().__init__(name=name)
         self.model = model
+        self.outputs = family_of(model).outputs
 
     def activate_impl(self) -> None:
         self.model.eval()
@@ -44,7 +45,7 @@ class TorchRunner(BaseRunner):
             outputs = self.model(images)
         self.inference_time = time.perf_counter() - start
         return OrderedDict(
-            (k, np.ascontiguousarray(outputs[k].float().cpu().numpy())) for k in OUTPUT_NAMES if k in outputs
+            (k, np.ascontiguousarray(outputs[k].float().cpu().numpy())) for k in self.outputs if k in outputs
         )
 
 

@@ -18,9 +18,11 @@ from lite3r.calibration.fp8 import autocast
 from lite3r.data.synthetic import Scene
 from lite3r.geometry import pose_encoding_to_extri_intri
 from lite3r.metrics import depth_metrics, relative_pose_errors
+from lite3r.models.vggt import VGGTConfig, vggt_family
 from lite3r.parity.gates import OUTPUT_NAMES
 
 Prediction = dict[str, np.ndarray]  # the official outputs of one scene, batch dim 1, float32 on the CPU
+_VGGT = vggt_family(VGGTConfig())  # the output layout of the VGGT models teacher training trains
 
 
 def predict(model: nn.Module, scenes: Sequence[Scene], *, bf16: bool = True) -> list[Prediction]:
@@ -59,7 +61,7 @@ def evaluate(
     for i, (prediction, scene) in enumerate(zip(predictions, scenes, strict=True)):
         row = errors_vs_ground_truth(prediction, scene)
         if teacher is not None:
-            row |= {f"teacher_{k}": v for k, v in metrics_against_teacher(prediction, teacher[i]).items()}
+            row |= {f"teacher_{k}": v for k, v in metrics_against_teacher(prediction, teacher[i], _VGGT).items()}
         per_scene.append(row)
     return _mean(per_scene)
 

@@ -46,7 +46,7 @@ class RuntimeOptions:
     dtype: str = "bfloat16"
     heads_dtype: str | None = None  # None: same as dtype
     compile: bool = True
-    compile_heads: bool = False  # also compile each DPT head's per-chunk prediction (convolutions, upsampling)
+    compile_heads: bool = True  # with compile: each DPT head's per-chunk prediction too (10 % faster, H200, 32 frames)
     cuda_graphs: bool = True
     frames: str | None = None
     sdpa: str = "cudnn"
@@ -110,12 +110,12 @@ class TorchRuntime:
         model = prepare_model(
             model, device=device, dtype=resolve_dtype(options.dtype), heads_dtype=heads, quant_state=quant_state
         )
-        if options.compile or options.compile_heads:
+        if options.compile:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, _DYNAMO_CACHE_SIZE)
         for module in model.modules():
             if options.compile and isinstance(module, Block):
                 module.compile(options=_INDUCTOR_OPTIONS)
-            if options.compile_heads and isinstance(module, DPTHead):
+            if options.compile and options.compile_heads and isinstance(module, DPTHead):
                 # The chunk, not the head: every full chunk of frames has the same shapes, so one graph serves
                 # them all (compiling the head would unroll its loop over chunks for every frame count).
                 module._predict = torch.compile(module._predict, options=_INDUCTOR_OPTIONS)
