@@ -10,7 +10,8 @@
 #   BENCH_MODEL=da3-large BENCH_FRAMES=2,8,32,100 BENCH_ARGS="--size 504x504" bash benchmarks/gpu_suite.sh bench  # 14
 #   bash benchmarks/gpu_suite.sh distill-ddp # issue 15: 1 vs 2 GPUs, DDP and FSDP2 (nvidia-h200-x2, < 8 min)
 #   bash benchmarks/gpu_suite.sh teacher     # issue 12: train vggt-small (5 min), then the SLA/FP8 experiment on it
-#                                            # (about 3 min); $OUT/teacher holds the weights to install
+#                                            # (about 3 min); $OUT/teacher holds the weights to install;
+#                                            # TEACHER_ARGS="--lr 1e-3 --images-per-step 32" changes the recipe
 # ModelOpt / Polygraphy are not on the GPU image: carry them as wheels in .whl (see docs/gpu.md).
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -42,7 +43,7 @@ for part in "$@"; do
                    | tee "$OUT/distill_ddp.log" ;;
     # Files come back at most 16 MiB each: the 19.7 MB weights travel as .part0/.part1, which
     # scripts/install_teacher.py joins (and checks against the card's SHA-256).
-    teacher) { python3 -m lite3r.cli train-teacher --minutes 5 --no-resume --out /tmp/teacher \
+    teacher) { python3 -m lite3r.cli train-teacher --minutes 5 --no-resume ${TEACHER_ARGS:-} --out /tmp/teacher \
                && mkdir -p "$OUT/teacher" && cp /tmp/teacher/vggt-small.json "$OUT/teacher/" \
                && split -b 10M -d -a 1 /tmp/teacher/vggt-small.safetensors "$OUT/teacher/vggt-small.safetensors.part" \
                && python3 benchmarks/bench_teacher.py --weights /tmp/teacher --train-log /tmp/teacher/log.jsonl \

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from lite3r.train import HELD_OUT_SEED, TeacherConfig, TrainError, train_teacher
-from lite3r.train.teacher import _steps_that_fit
+from lite3r.train.teacher import _estimate_now, _steps_that_fit
 
 TINY = dict(model="vggt-tiny", image_size=28, views=(2, 2), images_per_step=4, pool_scenes=2, refresh_per_step=1,
             warmup_steps=1, eval_every=0, eval_scenes=1, eval_views=2, probe_steps=1, checkpoint_every=1)  # fmt: skip
@@ -41,11 +41,32 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 
 def test_step_count_fits_the_remaining_time():
-    history = [{"time_s": 5.0}] * 5 + [{"time_s": 1.0}] * 10  # warm-up steps are not timed
-    deadline = time.perf_counter() + 100.0
-    fitting = _steps_that_fit(history, [], TeacherConfig(eval_every=0), 15, deadline, None)
-    assert 15 + 90 <= fitting <= 15 + 95  # 95 % of the remaining 100 s at 1 s per step
-    assert _steps_that_fit(history, [], TeacherConfig(eval_every=0), 15, deadline, 40) == 40
+    config = TeacherConfig(eval_every=0, probe_steps=10)
+    history = [{"time_s": 5.0}] * 5 + [{"time_s": 1.0}] * 7 + [{"time_s": 9.0}] * 3  # median of the last 10: 1 s
+    deadline = time.perf_counter() + 105.0
+    fitting = _steps_that_fit(history, [], config, 15, deadline, None)
+    assert 15 + 95 <= fitting <= 15 + 97  # 97 % of 105 s, less 5 s kept for the end, at 1 s per step
+    assert _steps_that_fit(history, [], config, 15, deadline, 40) == 40
+    evals = [{"time_s": 10.0}, {"time_s": 10.0}]  # 10 s every 10 steps: 2 s per step in all
+    assert 15 + 42 <= _steps_that_fit(history, evals, TeacherConfig(eval_every=10, probe_steps=10), 15, deadline,
+                                      None) <= 15 + 44  # fmt: skip
+
+
+def test_the_estimate_is_renewed_at_doubling_step_counts_in_the_first_half():
+    assert [run for run in range(1, 300) if _estimate_now(run, None, 30)] == [30, 60, 120, 240]
+    assert [run for run in range(1, 300) if _estimate_now(run, 300, 30)] == [30, 60, 120]
+
+
+def test_cli_maps_its_options_onto_the_recipe(tmp_path):
+    from lite3r.cli import main
+
+    args = ["train-teacher", "--model", "vggt-tiny", "--size", "28", "--views", "2:2", "--images-per-step", "4",
+            "--pool", "2", "--eval-every", "0", "--warmup-steps", "1", "--steps", "1", "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "vggt-tiny.json").read_text())
+    assert card["recipe"]["views"] == [2, 2] and card["recipe"]["images_per_step"] == 4
+    assert card["recipe"]["lr"] == TeacherConfig().lr and card["steps"] == 1
 
 
 @pytest.fixture(scope="module")

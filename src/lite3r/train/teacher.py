@@ -3,9 +3,10 @@
 Every step draws a number of views ``S`` (uniform in ``config.views``) and ``images_per_step // S`` scenes
 from a :class:`~lite3r.train.data.ScenePool` on the training device, runs the model under bf16 autocast,
 and minimises the VGGT objective (:mod:`lite3r.train.losses`) with AdamW, a linear warmup and a cosine
-decay, and gradient clipping. Given ``minutes``, the step count is fixed after ``probe_steps`` steps from
-the measured speed so that the run ends inside the budget (a hard deadline stops it if it runs slow);
-re-running with ``steps`` = the recorded count repeats the same schedule.
+decay, and gradient clipping. Given ``minutes``, the step count is estimated from the measured speed after
+``probe_steps`` steps and renewed at 2, 4, 8 ... times that while less than half has run, so that the cosine
+ends inside the budget (a hard deadline stops the run if it still goes slow); re-running with ``steps`` = the
+recorded count repeats the schedule up to those early renewals.
 
 ``out_dir`` receives ``log.jsonl`` (one record per step, ``{"eval": ...}`` records for the held-out curve),
 an atomic resumable ``checkpoint.pt``, and at the end the weights ``<model>.safetensors`` (bf16) with their
@@ -19,6 +20,7 @@ import json
 import math
 import platform
 import random
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,10 +52,10 @@ class TeacherConfig:
     model: str = "vggt-small"
     image_size: int = 224
     views: tuple[int, int] = (2, 24)  # views per scene, drawn uniformly each step
-    images_per_step: int = 96  # scenes per step = images_per_step // views
+    images_per_step: int = 64  # scenes per step = images_per_step // views
     pool_scenes: int = 512
     refresh_per_step: int = 1  # new scenes rendered into the pool per step
-    lr: float = 5e-4
+    lr: float = 8e-4
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 100
@@ -62,11 +64,11 @@ class TeacherConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     bf16: bool = True  # autocast on CUDA; CPU runs in float32
     seed: int = 0
-    eval_every: int = 100  # steps between held-out evaluations (0: only at the start and the end)
+    eval_every: int = 200  # steps between held-out evaluations (0: only at the start and the end)
     eval_scenes: int = 4
     eval_views: int = 16
     checkpoint_every: int = 250
-    probe_steps: int = 30  # with a time budget: steps timed before the step count is fixed
+    probe_steps: int = 30  # with a time budget: the step count is estimated after 1, 2, 4 ... x this many steps
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "views", tuple(self.views))
@@ -176,7 +178,7 @@ def train_teacher(
             if all(r["skipped"] for r in history[-MAX_SKIPPED:]) and len(history) >= MAX_SKIPPED:
                 raise TrainError(f"the loss was not finite for {MAX_SKIPPED} steps in a row (step {step}); "
                                  f"lower the learning rate ({config.lr})")  # fmt: skip
-            if total is None and step - start >= config.probe_steps:
+            if deadline is not None and _estimate_now(step - start, total, config.probe_steps):
                 total = _steps_that_fit(history, evals, config, step, deadline, steps)
                 bar.set_total(total)
             if config.eval_every and step % config.eval_every == 0:
@@ -243,14 +245,25 @@ def _step(model, optimizer, pool, generator, config: TeacherConfig, step: int, t
     }
 
 
-def _steps_that_fit(history, evals, config: TeacherConfig, done: int, deadline: float | None, cap: int | None) -> int:
-    """The step count that ends the run inside the deadline, from the speed of the steps timed so far (the
-    first few, which include warm-up and kernel selection, are skipped) plus the held-out evaluations."""
-    timed = [r["time_s"] for r in history[min(5, len(history) - 1):]]
-    per_step = sum(timed) / len(timed)
-    if config.eval_every and evals:
-        per_step += max(e["time_s"] for e in evals) / config.eval_every
-    remaining = (deadline - time.perf_counter()) * 0.95 - (evals[-1]["time_s"] if evals else 0.0)
+def _estimate_now(run: int, total: int | None, probe: int) -> bool:
+    """With a time budget the step count is (re-)estimated after ``probe``, 2, 4, 8 ... x ``probe`` steps of this
+    run, while less than half of the current estimate has run: the speed settles once every view count has
+    been seen (each new shape costs kernel selection), and a change of the total that early moves the cosine
+    schedule by a negligible amount."""
+    if run < probe or run % probe or (run // probe) & (run // probe - 1):
+        return False
+    return total is None or run < total / 2
+
+
+def _steps_that_fit(history, evals, config: TeacherConfig, done: int, deadline: float, cap: int | None) -> int:
+    """The step count that ends the run inside the deadline: the median time of the last ``probe_steps`` steps
+    (robust to the first step of each new view count) plus the held-out evaluations, spread over the steps,
+    and a reserve for the final evaluation and the saved files."""
+    per_step = statistics.median(r["time_s"] for r in history[-config.probe_steps :])
+    eval_s = statistics.median(e["time_s"] for e in evals) if evals else 0.0
+    if config.eval_every:
+        per_step += eval_s / config.eval_every
+    remaining = (deadline - time.perf_counter()) * 0.97 - eval_s - 5.0
     fitting = done + max(0, int(remaining / per_step))
     return min(fitting, cap) if cap is not None else fitting
 
