@@ -15,6 +15,7 @@ weight card ``<model>.json`` (:func:`lite3r.models._pretrained.save_weights`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -24,7 +25,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -145,8 +146,6 @@ def train_teacher(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         _truncate_log(out / LOG, start)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # the heads run in fp32
 
     history: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
@@ -167,7 +166,7 @@ def train_teacher(
         held_out_eval(0)
     model.train()
     step = start
-    with _progress_bar(progress, total) as bar:
+    with _progress_bar(progress, total) as bar, _training_flags(device):
         while total is None or step < total:
             if deadline is not None and time.perf_counter() > deadline:
                 break  # ran slower than the probe said: stop in time, the card records the steps run
@@ -201,6 +200,21 @@ def train_teacher(
         _save_checkpoint(out, model, optimizer, generator, pool, config, step, total)
         files = [*save_weights(model, out / f"{config.model}.safetensors", card), out / CHECKPOINT, out / LOG]
     return TeacherResult(model, step, history, evals, files, seconds, card)
+
+
+@contextlib.contextmanager
+def _training_flags(device: torch.device) -> Iterator[None]:
+    """On CUDA while training: TF32 for the fp32 heads' matmuls and convolutions, and cuDNN autotuning (one
+    tuning per batch shape, i.e. per view count); the previous settings come back afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
