@@ -43,10 +43,11 @@ for part in "$@"; do
                    | tee "$OUT/distill_ddp.log" ;;
     # Files come back at most 16 MiB each: the 19.7 MB weights travel as .part0/.part1, which
     # scripts/install_teacher.py joins (and checks against the card's SHA-256).
-    teacher) { python3 -m lite3r.cli train-teacher --minutes 5 --no-resume ${TEACHER_ARGS:-} --out /tmp/teacher \
-               && mkdir -p "$OUT/teacher" && cp /tmp/teacher/vggt-small.json "$OUT/teacher/" \
-               && split -b 10M -d -a 1 /tmp/teacher/vggt-small.safetensors "$OUT/teacher/vggt-small.safetensors.part" \
-               && python3 benchmarks/bench_teacher.py --weights /tmp/teacher --train-log /tmp/teacher/log.jsonl \
+    teacher) work=$(mktemp -d /tmp/teacher.XXXX)  # two parts on two GPUs of one machine do not collide
+             { python3 -m lite3r.cli train-teacher --minutes 5 --no-resume ${TEACHER_ARGS:-} --out "$work" \
+               && mkdir -p "$OUT/teacher" && cp "$work/vggt-small.json" "$OUT/teacher/" \
+               && split -b 10M -d -a 1 "$work/vggt-small.safetensors" "$OUT/teacher/vggt-small.safetensors.part" \
+               && python3 benchmarks/bench_teacher.py --weights "$work" --train-log "$work/log.jsonl" \
                     --minutes 2.75 --out "$OUT/bench"; } 2>&1 | tee "$OUT/teacher.log" ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
