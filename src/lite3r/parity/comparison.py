@@ -20,7 +20,8 @@ import torch
 
 from lite3r._io import staged_output
 from lite3r.deploy._trt import TensorRTNotInstalledError
-from lite3r.parity.gates import EXPORT_GATE, OUTPUT_NAMES, RECONSTRUCTION_GATE, Gate
+from lite3r.parity import gates
+from lite3r.parity.gates import OUTPUT_NAMES, RECONSTRUCTION_GATE, Gate
 from lite3r.parity.runners import TorchRunner, engine_runner, feed_dicts, onnx_runner
 
 _STATS = ("max", "mean", "median", "quantile")
@@ -131,6 +132,29 @@ def _mean_metrics(run_results: Any, candidate: str, reference: str) -> dict[str,
     return {k: float(np.mean([s[k] for s in scenes])) for k in scenes[0]}
 
 
+def _precision_gate(student: torch.nn.Module | None, onnx_path: str | os.PathLike | None, notes: list[str]) -> Gate:
+    """The export gate of the artifacts' precision: the ONNX file's recorded precision, else the student's; a
+    student in another precision than the file is refused (the gate compares like with like)."""
+    from lite3r.exporter.export import PRECISIONS, graph_precision, precision_of
+
+    dtypes = {p.dtype for p in student.parameters()} if student is not None else set()
+    student_precision = precision_of(next(iter(dtypes))) if len(dtypes) == 1 else None
+    recorded = graph_precision(onnx_path) if onnx_path is not None and Path(onnx_path).is_file() else None
+    if recorded is not None and student is not None and student_precision != recorded:
+        raise ValueError(
+            f"{Path(onnx_path).name} computes in {recorded} but the student's parameters are "
+            f"{sorted(map(str, dtypes))}: compare it with the student in {recorded} "
+            f"(student.to({PRECISIONS[recorded]}))"
+        )
+    precision = recorded or student_precision or "fp32"
+    if precision == "bf16" and onnx_path is not None:
+        notes.append(
+            "onnx: ONNX Runtime's CPU provider has no bf16 arithmetic kernels; each op it cannot run in bf16 ran "
+            "in float32 with its result rounded to bf16 (lite3r.parity.bf16_cpu)"
+        )
+    return gates.export_gate(precision)
+
+
 def _markdown(result: ParityResult) -> str:
     lines = [f"# Parity: {'PASSED' if result.passed else 'FAILED'}", "", f"{result.scenes} scene(s).", ""]
     for c in result.comparisons:
@@ -187,12 +211,13 @@ def check(
     teacher: torch.nn.Module | None = None,
     onnx_path: str | os.PathLike | None = None,
     engine_path: str | os.PathLike | None = None,
-    export_gate: Gate = EXPORT_GATE,
+    export_gate: Gate | None = None,
     reconstruction_gate: Gate = RECONSTRUCTION_GATE,
 ) -> ParityResult:
     """Compare what is given on ``scenes`` (image tensors ``[S, 3, H, W]``) and write the reports to ``out_dir``.
 
-    Comparisons: ONNX vs student and engine vs student (``export_gate``), student vs teacher
+    Comparisons: ONNX vs student and engine vs student (``export_gate``: by default the gate of the artifacts'
+    precision, ``gates.export_gate``; the student must be in that precision), student vs teacher
     (``reconstruction_gate`` and its metric limits). The engine needs datacenter TensorRT; without it the
     engine is skipped with a note. At least one comparison must be possible.
     """
@@ -201,6 +226,8 @@ def check(
 
     feeds = feed_dicts(scenes)
     notes: list[str] = []
+    if export_gate is None:
+        export_gate = _precision_gate(student, onnx_path, notes)
     runners = []
     if student is not None:
         runners.append(TorchRunner(student, "student"))

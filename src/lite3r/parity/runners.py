@@ -11,7 +11,7 @@ import contextlib
 import os
 import time
 from collections import OrderedDict
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -49,9 +49,17 @@ class TorchRunner(BaseRunner):
 
 
 def onnx_runner(onnx_path: str | os.PathLike, name: str = "onnx") -> BaseRunner:
+    """ONNX Runtime on the CPU; a bf16 model runs as ``bf16_cpu.emulate_bf16`` adapts it (the CPU provider has no
+    bf16 arithmetic kernels), passed to the session in memory (protobuf's 2 GiB limit applies)."""
+    import onnx
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
-    return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"]), name=name)
+    from lite3r.parity import bf16_cpu
+
+    source: str | Callable[[], bytes] = str(onnx_path)
+    if bf16_cpu.has_bf16(onnx.load(source, load_external_data=False)):
+        source = lambda: bf16_cpu.emulate_bf16(onnx_path).SerializeToString()  # noqa: E731 (built on activate)
+    return OnnxrtRunner(SessionFromOnnx(source, providers=["CPUExecutionProvider"]), name=name)
 
 
 def engine_runner(engine_path: str | os.PathLike, name: str = "tensorrt") -> BaseRunner:
