@@ -90,7 +90,8 @@ def test_rtx_build_inlines_custom_node_function_body(tmp_path):
     [node] = report.custom_nodes
     assert (node.node, node.op_type, node.resolved, node.layers) == ("attn_0", "SparseLinearAttention", "function", 2)
     assert report.sla_resolution == "function"
-    assert "attn_0 (SparseLinearAttention): function body inlined, 2 layers" in report.summary()
+    assert "attn_0 (SparseLinearAttention): function body (2 layers, no plugin)" in report.summary()
+    assert "custom nodes on a plugin: 0 of 1" in report.summary()
 
 
 @needs_rtx

@@ -147,10 +147,10 @@ def _precision_gate(student: torch.nn.Module | None, onnx_path: str | os.PathLik
             f"(student.to({PRECISIONS[recorded]}))"
         )
     precision = recorded or student_precision or "fp32"
-    if precision == "bf16" and onnx_path is not None:
+    if precision != "fp32" and onnx_path is not None:
         notes.append(
-            "onnx: ONNX Runtime's CPU provider has no bf16 arithmetic kernels; each op it cannot run in bf16 ran "
-            "in float32 with its result rounded to bf16 (lite3r.parity.bf16_cpu)"
+            f"onnx: each op ONNX Runtime's CPU provider has no {precision} kernel for ran in float32 with its result "
+            f"rounded to {precision} (lite3r.parity.ort_16bit)"
         )
     return gates.export_gate(precision)
 

@@ -49,16 +49,16 @@ class TorchRunner(BaseRunner):
 
 
 def onnx_runner(onnx_path: str | os.PathLike, name: str = "onnx") -> BaseRunner:
-    """ONNX Runtime on the CPU; a bf16 model runs as ``bf16_cpu.emulate_bf16`` adapts it (the CPU provider has no
-    bf16 arithmetic kernels), passed to the session in memory (protobuf's 2 GiB limit applies)."""
+    """ONNX Runtime on the CPU; a bf16/fp16 model runs as ``ort_16bit.per_op_rounding`` adapts it (the CPU
+    provider has no bf16 arithmetic and computes fp16 in float32), passed in memory (protobuf's 2 GiB limit)."""
     import onnx
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
-    from lite3r.parity import bf16_cpu
+    from lite3r.parity import ort_16bit
 
     source: str | Callable[[], bytes] = str(onnx_path)
-    if bf16_cpu.has_bf16(onnx.load(source, load_external_data=False)):
-        source = lambda: bf16_cpu.emulate_bf16(onnx_path).SerializeToString()  # noqa: E731 (built on activate)
+    if ort_16bit.is_16bit(onnx.load(source, load_external_data=False)):
+        source = lambda: ort_16bit.per_op_rounding(onnx_path).SerializeToString()  # noqa: E731 (built on activate)
     return OnnxrtRunner(SessionFromOnnx(source, providers=["CPUExecutionProvider"]), name=name)
 
 
