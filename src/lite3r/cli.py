@@ -216,7 +216,7 @@ def export_command(model_name, checkpoint, student_dir, size, frames, precision,
 @click.option("--teacher-gate", type=click.Choice(TEACHER_GATE_MODES), default="auto", show_default=True,
               help="Gate on student-vs-teacher; auto: only with a --checkpoint.")
 @click.option("--precision", type=click.Choice(PRECISION_NAMES),
-              help="Precision of the artifacts (the student is compared in it); default: the ONNX's, else fp32.")
+              help="Precision of the artifacts (the student is compared in it); default: the ONNX's.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
 def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, synthetic, views, size, teacher_gate,
@@ -225,22 +225,19 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
     import torch
 
     from lite3r.data.synthetic import make_scene
-    from lite3r.exporter import PRECISIONS, graph_precision
     from lite3r.parity import check
     from lite3r.parity import teacher_gate as make_teacher_gate
 
     if student_dir is None:
         raise click.UsageError("--student DIR is required (the model every artifact is compared with)")
-    if precision is None:
-        precision = (graph_precision(onnx_path) if onnx_path is not None and onnx_path.is_file() else None) or "fp32"
     torch.manual_seed(0)
     teacher, student = _teacher_and_student(model_name, checkpoint, student_dir, fp8=True)
-    student.to(PRECISIONS[precision])
     h, w = _parse_size(size) or (teacher.config.img_size,) * 2
     scenes = [make_scene(views, h, w, seed=1000 + i).images for i in range(synthetic)]
     with console.status("running parity"):
         result = check(
             out, scenes, student=student, teacher=teacher, onnx_path=onnx_path, engine_path=engine_path,
+            precision=precision,
             reconstruction_gate=make_teacher_gate(teacher_gate, trained_teacher=checkpoint is not None),
         )
     out_console.print(result.md_path.read_text())

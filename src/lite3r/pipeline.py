@@ -215,16 +215,14 @@ def export_model(
 
         def parity():
             from lite3r.data.synthetic import make_scene
-            from lite3r.exporter import PRECISIONS
             from lite3r.parity import check
 
             scenes = [
                 make_scene(frame_range.min, *state["size"], seed=seed + 1000 + i).images for i in range(parity_scenes)
             ]
-            student = state["student"].cpu().to(PRECISIONS[precision])  # the artifacts' precision (saved already)
             result = check(
-                stage_dir, scenes, student=student, teacher=state["teacher"].cpu(),
-                onnx_path=stage_dir / "model.onnx", engine_path=state.get("engine"),
+                stage_dir, scenes, student=state["student"].cpu(), teacher=state["teacher"].cpu(),
+                onnx_path=stage_dir / "model.onnx", engine_path=state.get("engine"), precision=precision,
                 reconstruction_gate=reconstruction_gate,
             )
             summary.parity_passed = result.passed

@@ -105,8 +105,10 @@ def export_onnx(
     sla_core = _sla_core(model, precision)
     check_writable_dir(path.parent)  # fail now, not after minutes of tracing
 
-    with _in_dtype(model, PRECISIONS[precision]) as converted, _quantizers_disabled(converted):
+    converted = as_dtype(model, PRECISIONS[precision])
+    with _quantizers_disabled(converted):
         proto = _trace(converted, size, max(2, example_frames), opset, simplify)
+    del converted
     if precision == "bf16":
         graph_passes.transposed_convolutions_as_depth_to_space(proto.graph)
     if options is not None:
@@ -196,14 +198,10 @@ def _opset(opset: int | None, precision: str) -> int:
     return opset
 
 
-@contextlib.contextmanager
-def _in_dtype(model: nn.Module, dtype: torch.dtype) -> Iterator[nn.Module]:
+def as_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """The model itself when its parameters are ``dtype`` already, else a converted copy (the caller's model is
     never changed; a model converted beforehand saves the copy's memory)."""
-    if {p.dtype for p in model.parameters()} == {dtype}:
-        yield model
-    else:
-        yield copy.deepcopy(model).to(dtype)
+    return model if {p.dtype for p in model.parameters()} == {dtype} else copy.deepcopy(model).to(dtype)
 
 
 def _quant_state(model: nn.Module, quant_state: dict[str, Any] | str | os.PathLike | None) -> dict | None:
