@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import importlib.util
 
 import numpy as np
 import onnx
@@ -202,6 +203,29 @@ def test_bf16_onnxruntime_passes_parity_against_the_bf16_student(tmp_path, fp8_s
 
 
 @pytest.mark.slow
+def test_head_dim_64_bf16_export_marks_every_core_for_the_plugin(tmp_path):
+    """At a head dim the plugin runs, the bf16 export marks the nested cores for it (plugin_namespace). TensorRT-RTX
+    has no plugins: it still parses and builds the file, running the function bodies, and says why."""
+    # Head dim 64 (embed 128, 2 heads), small otherwise; native 56 x 56 (no position-table interpolation).
+    model = lite3r.load_model("vggt-tiny", embed_dim=128, num_heads=2, depth=2, dpt_layers=(0, 1, 1, 1), img_size=56,
+                              dinov2_depth=1, camera_iterations=1)  # fmt: skip
+    report = export_onnx(lite3r.convert_to_sla(model, layers="global"), tmp_path / "d64.onnx", image_size=(56, 56),
+                         precision="bf16")  # fmt: skip
+    assert (report.sla_core, report.sla_nodes) == ("plugin", 2)
+    exported = onnx.load(report.path)
+    [core_function] = [f for f in exported.functions if f.name == "SparseLinearAttention"]
+    [core] = [n for n in core_function.node if n.op_type == "SparseLinearAttentionCore"]
+    assert {a.name: a.s for a in core.attribute if a.name == "plugin_namespace"} == {"plugin_namespace": b"lite3r"}
+    if importlib.util.find_spec("tensorrt_rtx_bindings") is None:
+        pytest.skip("TensorRT-RTX is not installed here: the build half of this test did not run")
+    from lite3r.deploy import build_engine
+
+    build = build_engine(report.path, tmp_path / "d64.engine", target="tensorrt-rtx", frames="1:2:2")
+    assert build.sla_resolution == "function" and len(build.custom_nodes) == 2
+    assert "exported SLA cores for TensorRT: plugin" in build.notes
+
+
+@pytest.mark.slow
 def test_fp16_export_passes_parity_against_the_fp16_student(tmp_path, student, scenes):
     from lite3r.parity import check
 
@@ -266,7 +290,8 @@ def test_sla_options_must_be_one_exact_set(tmp_path, tiny):
 
 
 def test_precision_must_be_known_and_fit_the_opset(tmp_path, tiny):
-    _fails(tmp_path, tiny, ExportError, r"precision must be one of fp32, bf16, fp16; got 'float16'", precision="float16")
+    _fails(tmp_path, tiny, ExportError, r"precision must be one of fp32, bf16, fp16; got 'float16'",
+           precision="float16")  # fmt: skip
     _fails(tmp_path, tiny, ExportError, r"a bf16 graph needs opset 22 or later \(bf16 convolutions\); got 21",
            precision="bf16", opset=21)  # fmt: skip
     tiny.camera_head.half()  # mixed dtypes: the exporter cannot guess which one is meant
