@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from lite3r.parity.ort_16bit import is_16bit, per_op_rounding
+from lite3r.parity.ort_16bit import is_16bit, per_op_rounding, per_op_rounding_file
 
 NUMPY = {TensorProto.BFLOAT16: ml_dtypes.bfloat16, TensorProto.FLOAT16: np.float16}
 EPS = {TensorProto.BFLOAT16: 2**-7, TensorProto.FLOAT16: 2**-10}  # spacing just above 1.0
@@ -83,3 +83,20 @@ def test_only_ops_without_a_16bit_kernel_are_widened():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )  # fmt: skip
     assert is_16bit(_chain(TensorProto.FLOAT16)) and not is_16bit(helper.make_model(float_graph))
+
+
+def test_file_copy_keeps_the_weights_external(tmp_path):
+    """A model with external weights (as VGGT-1B has) is rewritten from its graph alone, its weights read from
+    beside the original, and the copy saved in the given folder; the original is not touched."""
+    source = tmp_path / "model.onnx"
+    onnx.save_model(_chain(TensorProto.BFLOAT16), source, save_as_external_data=True, location="model.onnx.data",
+                    size_threshold=0)  # fmt: skip
+    before = source.read_bytes()
+    (tmp_path / "copy").mkdir()
+    path = per_op_rounding_file(source, tmp_path / "copy")
+    assert path.parent == tmp_path / "copy"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = _x(TensorProto.BFLOAT16)
+    expected = _run(per_op_rounding(_chain(TensorProto.BFLOAT16)), x)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], expected)
+    assert source.read_bytes() == before

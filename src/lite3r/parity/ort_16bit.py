@@ -7,14 +7,15 @@ float32 ops, so a chain of them runs in float32 throughout (measured: Mul then N
 in between). ``per_op_rounding`` makes a copy that ONNX Runtime runs faithfully in both cases: every node that
 has a 16-bit input or output and no CPU kernel for those types reads its 16-bit inputs cast to float32 (exact)
 and rounds each 16-bit output back (round to nearest even). Each op thus computes in float32 and rounds its
-result, as a strongly typed TensorRT network does with its layers. The file itself is not changed;
-docs/deploy.md ("Parity") has the decision.
+result, as a strongly typed TensorRT network does with its layers. The file itself is not changed (the copy
+goes to ``per_op_rounding_file``'s folder); docs/deploy.md ("Parity") has the decision.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 import onnx
 import onnx.inliner
@@ -33,12 +34,21 @@ def is_16bit(model: onnx.ModelProto) -> bool:
     )
 
 
-def per_op_rounding(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
-    """A copy of ``model`` (or of the file) in which every 16-bit op that the CPU provider cannot run in its
-    type computes in float32 between explicit Casts. Model-local functions are inlined first, so their bodies
-    count too."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(os.fspath(model))
+def per_op_rounding_file(onnx_path: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Write ``per_op_rounding`` of the file at ``onnx_path`` into ``folder`` (weights as external data, so a
+    model over protobuf's 2 GiB works too) and return its path."""
+    onnx_path, folder = Path(onnx_path), Path(folder)
+    model = per_op_rounding(onnx.load(str(onnx_path), load_external_data=False))  # the graph alone: small
+    onnx.load_external_data_for_model(model, str(onnx_path.parent))
+    path = folder / onnx_path.name
+    onnx.save_model(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
+    return path
+
+
+def per_op_rounding(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` in which every 16-bit op that the CPU provider cannot run in its type computes in
+    float32 between explicit Casts. Model-local functions are inlined first, so their bodies count too. Only the
+    graph is read: initializers may still be external references."""
     model = onnx.shape_inference.infer_shapes(onnx.inliner.inline_local_functions(model))
     graph = model.graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}

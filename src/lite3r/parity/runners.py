@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from collections import OrderedDict
 from typing import Callable, Iterable
@@ -49,16 +50,17 @@ class TorchRunner(BaseRunner):
 
 
 def onnx_runner(onnx_path: str | os.PathLike, name: str = "onnx") -> BaseRunner:
-    """ONNX Runtime on the CPU; a bf16/fp16 model runs as ``ort_16bit.per_op_rounding`` adapts it (the CPU
-    provider has no bf16 arithmetic and computes fp16 in float32), passed in memory (protobuf's 2 GiB limit)."""
+    """ONNX Runtime on the CPU; a bf16/fp16 model runs as ``ort_16bit.per_op_rounding`` adapts it (the CPU provider
+    has no bf16 arithmetic and computes fp16 in float32), from a temporary copy that lives as long as the runner."""
     import onnx
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
     from lite3r.parity import ort_16bit
 
-    source: str | Callable[[], bytes] = str(onnx_path)
+    source: str | Callable[[], str] = str(onnx_path)
     if ort_16bit.is_16bit(onnx.load(source, load_external_data=False)):
-        source = lambda: ort_16bit.per_op_rounding(onnx_path).SerializeToString()  # noqa: E731 (built on activate)
+        folder = tempfile.TemporaryDirectory(prefix="lite3r-ort-16bit-")  # removed with the runner's loader
+        source = lambda: str(ort_16bit.per_op_rounding_file(onnx_path, folder.name))  # noqa: E731 (on activate)
     return OnnxrtRunner(SessionFromOnnx(source, providers=["CPUExecutionProvider"]), name=name)
 
 
