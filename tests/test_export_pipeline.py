@@ -95,6 +95,7 @@ def test_export_gate_passes_and_fails_for_a_perturbed_student(exported, tmp_path
         (["--frames", "a:b:c"], "frames"),
         (["--target", "tensorrt"], "datacenter TensorRT is not installed"),
         (["--size", "50x50"], "multiple"),
+        (["--precision", "fp64"], "'--precision'"),
     ],
 )
 def test_bad_input_one_clear_error_no_artifacts(tmp_path, args, message):
@@ -124,14 +125,15 @@ def test_stage_subcommands_reuse_the_artifacts(exported, tmp_path):
     runner = CliRunner()
     onnx_path = tmp_path / "again.onnx"
     result = runner.invoke(main, ["export", "--model", "vggt-tiny", "--student", str(out), "--size", "56x56",
-                                  "--out", str(onnx_path)])  # fmt: skip
+                                  "--precision", "bf16", "--out", str(onnx_path)])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "SLA nodes" in result.output and "0 FP8 Q/DQ pairs" not in result.output
+    assert "SLA nodes" in result.output and "0 FP8 Q/DQ pairs" not in result.output and "bf16" in result.output
     args = ["parity", "--model", "vggt-tiny", "--student", str(out), "--onnx", str(onnx_path), "--size", "56x56",
             "--synthetic", "1"]  # fmt: skip
     result = runner.invoke(main, [*args, "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
-    assert "informational" in (tmp_path / "report" / "parity.md").read_text()
+    report = (tmp_path / "report" / "parity.md").read_text()
+    assert "informational" in report and "(export-bf16 gate): passed" in report  # precision read from the file
     result = runner.invoke(main, [*args, "--teacher-gate", "on", "--out", str(tmp_path / "gated")])
     assert result.exit_code == 1  # the random teacher's reconstruction gate fails once it is enforced
 
