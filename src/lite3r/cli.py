@@ -17,6 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from lite3r._click import one_line_errors, quiet_third_party
+from lite3r.exporter import PRECISION_NAMES
 from lite3r.parity.gates import TEACHER_GATE_MODES
 
 console = Console(stderr=True)
@@ -183,22 +184,25 @@ _student_option = click.option(
 @click.option("--size", help="View size HxW fixed in the graph; default: the model's image size.")
 @click.option("--frames", default=2, show_default=True, type=click.IntRange(min=1),
               help="Frames traced (the axis stays dynamic).")
+@click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
+              help="Weights and activations of the graph; bf16/fp16 let TensorRT use the SLA plugin.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write.")
 @one_line_errors
-def export_command(model_name, checkpoint, student_dir, size, frames, out):
+def export_command(model_name, checkpoint, student_dir, size, frames, precision, out):
     """Export the teacher, or a student with its FP8 scales, to ONNX (SLA as a custom op with a function body)."""
     quiet_third_party()
     import torch
 
-    from lite3r.exporter import export_onnx
+    from lite3r.exporter import PRECISIONS, export_onnx
 
     torch.manual_seed(0)
     teacher, student = _teacher_and_student(model_name, checkpoint, student_dir, fp8=False)
     quant = None if student_dir is None else Path(student_dir) / "quant_state.json"
+    model = (student or teacher).to(PRECISIONS[precision])  # ours to convert: no copy in the exporter
     with console.status("exporting ONNX"):
         report = export_onnx(
-            student or teacher, out, image_size=_parse_size(size) or teacher.family.image_size,
-            example_frames=frames, quant_state=quant if quant is not None and quant.exists() else None,
+            model, out, image_size=_parse_size(size) or teacher.family.image_size, example_frames=frames,
+            quant_state=quant if quant is not None and quant.exists() else None, precision=precision,
         )
     out_console.print(report.summary())
 
@@ -214,10 +218,12 @@ def export_command(model_name, checkpoint, student_dir, size, frames, out):
 @click.option("--size", help="View size HxW; default: the model's image size.")
 @click.option("--teacher-gate", type=click.Choice(TEACHER_GATE_MODES), default="auto", show_default=True,
               help="Gate on student-vs-teacher; auto: only for trained weights (--checkpoint, or shipped).")
+@click.option("--precision", type=click.Choice(PRECISION_NAMES),
+              help="Precision of the artifacts (the student is compared in it); default: the ONNX's.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
 def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, synthetic, views, size, teacher_gate,
-                   out):
+                   precision, out):
     """Compare student, ONNX and engine against each other and the teacher; exit 1 when a gate fails."""
     import torch
 
@@ -235,6 +241,7 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
     with console.status("running parity"):
         result = check(
             out, scenes, student=student, teacher=teacher, onnx_path=onnx_path, engine_path=engine_path,
+            precision=precision,
             reconstruction_gate=make_teacher_gate(
                 teacher_gate, trained_teacher=has_trained_weights(model_name, checkpoint)
             ),
@@ -256,6 +263,8 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
 @click.option("--frames", default="2:8:32", show_default=True, help="Engine frame range min:opt:max.")
 @click.option("--target", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnx"]), default="auto",
               show_default=True, help="auto: TensorRT, else TensorRT-RTX, else ONNX only.")
+@click.option("--precision", type=click.Choice(PRECISION_NAMES),
+              help="Weights and activations of the ONNX/engine; default: bf16 for a TensorRT target, fp32 for onnx.")
 @click.option("--size", help="View size HxW (multiples of 14); default: the model's image size.")
 @click.option("--kh", default=0.05, show_default=True, help="SLA critical-block fraction.")
 @click.option("--kl", default=0.10, show_default=True, help="SLA negligible-block fraction.")
@@ -266,8 +275,8 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
 @click.option("--device", default="cpu", show_default=True, help="Where distillation/calibration run.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @one_line_errors
-def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, frames, target, size, kh, kl,
-                teacher_gate, seed, device, out):
+def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, frames, target, precision, size, kh,
+                kl, teacher_gate, seed, device, out):
     """Teacher → SLA student → FP8 → ONNX → engine → parity, into one folder; exits 1 when a parity gate fails."""
     quiet_third_party()
     from lite3r.pipeline import export_model
@@ -282,8 +291,8 @@ def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, fr
 
         summary = export_model(
             model_name, out, fp8=fp8, checkpoint=checkpoint, distill_steps=distill_steps, calib=calib,
-            synthetic=synthetic, frames=frames, target=target, image_size=_parse_size(size), kh=kh, kl=kl,
-            teacher_gate=teacher_gate, seed=seed, device=device, on_stage=on_stage,
+            synthetic=synthetic, frames=frames, target=target, precision=precision, image_size=_parse_size(size),
+            kh=kh, kl=kl, teacher_gate=teacher_gate, seed=seed, device=device, on_stage=on_stage,
         )
         progress.update(task, completed=len(stages), description="done")
 

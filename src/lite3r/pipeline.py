@@ -21,6 +21,7 @@ import torch
 
 from lite3r._io import check_writable_dir, staged_output
 from lite3r.deploy._trt import FLAVOURS
+from lite3r.exporter import PRECISION_NAMES
 
 TARGETS = ("auto", "tensorrt", "tensorrt-rtx", "onnx")
 
@@ -69,6 +70,17 @@ def resolve_target(target: str) -> str:
     return target
 
 
+def resolve_precision(precision: str | None, target: str) -> str:
+    """``None`` picks what the target runs: bf16 for a TensorRT target (the SLA plugin and 16-bit tensor cores;
+    bf16 keeps float32's range, fp16 can overflow), float32 for ONNX only (what ONNX Runtime's CPU provider runs
+    natively). ``target`` is a resolved one (``resolve_target``)."""
+    if precision is None:
+        return "bf16" if target in FLAVOURS else "fp32"
+    if precision not in PRECISION_NAMES:
+        raise ExportError(f"--precision must be one of {', '.join(PRECISION_NAMES)}; got {precision!r}")
+    return precision
+
+
 def _calibration_data(calib: str | Path | None, synthetic: int, views: int, size: tuple[int, int], seed: int):
     if calib is not None:
         from lite3r.data.datasets import open_scenes
@@ -90,6 +102,7 @@ def export_model(
     synthetic: int = 4,
     frames: str = "2:8:32",
     target: str = "auto",
+    precision: str | None = None,
     image_size: tuple[int, int] | None = None,
     kh: float = 0.05,
     kl: float = 0.10,
@@ -100,7 +113,10 @@ def export_model(
     on_stage: Callable[[str], None] | None = None,
 ) -> ExportSummary:
     """Run the chain and write ``student.safetensors``, ``quant_state.json``, ``model.onnx``, ``model.engine``
-    (+ build log, where a TensorRT is installed), ``parity.json`` and ``parity.md`` into ``out``."""
+    (+ build log, where a TensorRT is installed), ``parity.json`` and ``parity.md`` into ``out``.
+
+    ``precision``: what the ONNX (and engine) compute in, ``"fp32"``, ``"bf16"`` or ``"fp16"``; by default
+    ``resolve_precision``'s choice for the target. Parity compares them with the student in that precision."""
     import lite3r
     from lite3r.deploy.engine import parse_frames
     from lite3r.models import has_trained_weights, require_pretrained
@@ -109,6 +125,7 @@ def export_model(
 
     frame_range = parse_frames(frames)
     target = resolve_target(target)
+    precision = resolve_precision(precision, target)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ExportError(f"checkpoint not found: {checkpoint}")
     if calib is not None and not Path(calib).is_dir():
@@ -175,18 +192,19 @@ def export_model(
 
         def export():
             from lite3r.distill.checkpoint import load_student
-            from lite3r.exporter import export_onnx
+            from lite3r.exporter import PRECISIONS, export_onnx
 
-            # The exporter takes the float student and places FP8 Q/DQ from the scales, so the graph carries
-            # exactly the saved artifacts: rebuild the student from them.
+            # The exporter takes the unquantized student and places FP8 Q/DQ from the scales, so the graph
+            # carries exactly the saved artifacts: rebuild the student from them (in the export's precision).
             quant = stage_dir / "quant_state.json"
-            float_student = load_student(state["teacher"].cpu(), stage_dir, fp8=False)
+            plain_student = load_student(state["teacher"].cpu(), stage_dir, fp8=False).to(PRECISIONS[precision])
             report = export_onnx(
-                float_student,
+                plain_student,
                 stage_dir / "model.onnx",
                 image_size=state["size"],
                 example_frames=frame_range.min,
                 quant_state=quant if quant.exists() else None,
+                precision=precision,
             )
             return str(report)
 
@@ -211,7 +229,7 @@ def export_model(
             ]
             result = check(
                 stage_dir, scenes, student=state["student"].cpu(), teacher=state["teacher"].cpu(),
-                onnx_path=stage_dir / "model.onnx", engine_path=state.get("engine"),
+                onnx_path=stage_dir / "model.onnx", engine_path=state.get("engine"), precision=precision,
                 reconstruction_gate=reconstruction_gate,
             )
             summary.parity_passed = result.passed
@@ -219,7 +237,7 @@ def export_model(
             verdict = "PASSED" if result.passed else "FAILED"
             why = "" if trained else ": random teacher"
             scope = "" if reconstruction_gate.enforced else f" (student vs teacher informational{why})"
-            return f"{verdict} on {parity_scenes} held-out synthetic scenes{scope}"
+            return f"{verdict} on {parity_scenes} held-out synthetic scenes, vs the {precision} student{scope}"
 
         for name, work in (
             ("load teacher", load),

@@ -21,10 +21,12 @@ import torch
 from lite3r._io import json_ready, staged_output
 from lite3r.deploy._trt import TensorRTNotInstalledError
 from lite3r.models import ModelFamily, family_of
-from lite3r.parity.gates import EXPORT_GATE, RECONSTRUCTION_GATE, Gate
+from lite3r.parity import gates
+from lite3r.parity.gates import RECONSTRUCTION_GATE, Gate
 from lite3r.parity.runners import TorchRunner, engine_runner, feed_dicts, onnx_runner
 
 _STATS = ("max", "mean", "median", "quantile")
+NOISE_REFERENCE = "student-fp32"  # runner name of the float32 student that measures a precision's rounding noise
 
 
 @dataclass
@@ -132,6 +134,16 @@ def _mean_metrics(run_results: Any, candidate: str, reference: str, family: Mode
     return {k: float(np.mean([s[k] for s in scenes])) for k in scenes[0]}
 
 
+def _precision(student: torch.nn.Module | None, onnx_path: str | os.PathLike | None) -> str:
+    """The artifacts' precision: the ONNX file's recorded one, else the student's, else float32."""
+    from lite3r.exporter.export import graph_precision, precision_of
+
+    if onnx_path is not None and Path(onnx_path).is_file() and (recorded := graph_precision(onnx_path)):
+        return recorded
+    dtypes = {p.dtype for p in student.parameters()} if student is not None else set()
+    return (precision_of(dtypes.pop()) if len(dtypes) == 1 else None) or "fp32"
+
+
 def _markdown(result: ParityResult) -> str:
     lines = [f"# Parity: {'PASSED' if result.passed else 'FAILED'}", "", f"{result.scenes} scene(s).", ""]
     for c in result.comparisons:
@@ -177,23 +189,37 @@ def check(
     teacher: torch.nn.Module | None = None,
     onnx_path: str | os.PathLike | None = None,
     engine_path: str | os.PathLike | None = None,
-    export_gate: Gate = EXPORT_GATE,
+    precision: str | None = None,
+    export_gate: Gate | None = None,
     reconstruction_gate: Gate = RECONSTRUCTION_GATE,
 ) -> ParityResult:
     """Compare what is given on ``scenes`` (image tensors ``[S, 3, H, W]``) and write the reports to ``out_dir``.
 
     Comparisons: ONNX vs student and engine vs student (``export_gate``), student vs teacher
-    (``reconstruction_gate`` and its metric limits), on the outputs of the models' family. The engine needs
-    datacenter TensorRT; without it the engine is skipped with a note. At least one comparison must be possible.
+    (``reconstruction_gate`` and its metric limits), on the outputs of the models' family. ``precision``: that of
+    the ONNX model and engine, by default the ONNX file's recorded one, else the student's; the student is compared
+    in it (a converted copy when its own differs; the caller's model is untouched), and ``export_gate`` defaults to
+    ``gates.export_gate(precision)``. A 16-bit gate is widened by the student's own rounding noise, measured against
+    the float32 student (also reported). The engine needs datacenter TensorRT; without it the engine is skipped with
+    a note. At least one comparison must be possible.
     """
     from polygraphy.comparator import Comparator
     from polygraphy.logger import G_LOGGER
 
+    from lite3r.exporter.export import PRECISIONS, as_dtype
+
     feeds = feed_dicts(scenes)
     notes: list[str] = []
+    precision = precision or _precision(student, onnx_path)
+    export_gate = export_gate or gates.export_gate(precision)
+    if precision != "fp32" and onnx_path is not None:
+        notes.append(
+            f"onnx: each op ONNX Runtime's CPU provider has no {precision} kernel for ran in float32 with its result "
+            f"rounded to {precision} (lite3r.parity.ort_16bit)"
+        )
     runners = []
     if student is not None:
-        runners.append(TorchRunner(student, "student"))
+        runners.append(TorchRunner(as_dtype(student, PRECISIONS[precision]), "student"))
     if teacher is not None:
         runners.append(TorchRunner(teacher, "teacher"))
     if onnx_path is not None:
@@ -210,10 +236,19 @@ def check(
     if not plan:
         raise ValueError("parity needs a student and at least one of: teacher, onnx_path, engine_path")
     family = family_of(student if student is not None else teacher)
+    measure_noise = export_gate.noise_factor > 0 and any(gate is export_gate for *_, gate in plan)
+    if measure_noise:
+        runners.append(TorchRunner(as_dtype(student, torch.float32), NOISE_REFERENCE))
 
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the verdicts are reported here, not logged
         run_results = Comparator.run(runners, data_loader=feeds)
-        comparisons = [_compare(run_results, cand, ref, gate, family.outputs) for cand, ref, gate in plan]
+        comparisons = []
+        if measure_noise:
+            noise = _compare(run_results, "student", NOISE_REFERENCE, gates.noise_gate(export_gate), family.outputs)
+            comparisons.append(noise)
+            widened = export_gate.widened({o.name: o.absdiff[o.stat] for o in noise.outputs})
+            plan = [(cand, ref, widened if gate is export_gate else gate) for cand, ref, gate in plan]
+        comparisons += [_compare(run_results, cand, ref, gate, family.outputs) for cand, ref, gate in plan]
     for c in comparisons:
         if c.gate == reconstruction_gate.name:
             c.metrics = _mean_metrics(run_results, c.candidate, c.reference, family)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from collections import OrderedDict
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -50,9 +51,18 @@ class TorchRunner(BaseRunner):
 
 
 def onnx_runner(onnx_path: str | os.PathLike, name: str = "onnx") -> BaseRunner:
+    """ONNX Runtime on the CPU; a bf16/fp16 model runs as ``ort_16bit.per_op_rounding`` adapts it (the CPU provider
+    has no bf16 arithmetic and computes fp16 in float32), from a temporary copy that lives as long as the runner."""
+    import onnx
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
-    return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"]), name=name)
+    from lite3r.parity import ort_16bit
+
+    source: str | Callable[[], str] = str(onnx_path)
+    if ort_16bit.is_16bit(onnx.load(source, load_external_data=False)):
+        folder = tempfile.TemporaryDirectory(prefix="lite3r-ort-16bit-")  # removed with the runner's loader
+        source = lambda: str(ort_16bit.per_op_rounding_file(onnx_path, folder.name))  # noqa: E731 (on activate)
+    return OnnxrtRunner(SessionFromOnnx(source, providers=["CPUExecutionProvider"]), name=name)
 
 
 def engine_runner(engine_path: str | os.PathLike, name: str = "tensorrt") -> BaseRunner:
