@@ -188,7 +188,8 @@ def test_da3_onnx_selects_and_restores_the_reference_view_like_pytorch(exported_
     monkeypatch.setattr(da3, "select_reference_view", recording)
     scenes = [make_scene(4, 56, 56, seed=seed).images for seed in (1000, 1001)]
     result = check(tmp_path, scenes, student=student, onnx_path=out / "model.onnx")
-    assert selected == [[3], [2]]
+    assert selected[:2] == [[3], [2]]
+    assert selected[2:] in ([], [[3], [2]])  # a 16-bit export's parity also runs the float32 student (noise floor)
     assert result.passed, result.failures()
 
 
