@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 MANIFEST = ".lite3r-manifest.json"
 STAGE_PREFIX = ".lite3r-stage-"
@@ -124,6 +125,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None: JSON has no NaN, and a metric that is undefined
+    for the data (pose errors of a single frame) is written as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
 
 
 def default_file_mode() -> int:

@@ -17,6 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from lite3r._click import one_line_errors, quiet_third_party
+from lite3r.exporter import PRECISION_NAMES
 from lite3r.parity.gates import TEACHER_GATE_MODES
 
 console = Console(stderr=True)
@@ -60,11 +61,12 @@ def _metrics_table(metrics: dict[str, float]) -> Table:
 @click.group()
 @click.version_option(package_name="lite3r")
 def main() -> None:
-    """lite3r: fast feed-forward 3D reconstruction (VGGT) with SLA, FP8, ONNX and TensorRT."""
+    """lite3r: fast feed-forward 3D reconstruction (VGGT, Depth-Anything-3) with SLA, FP8, ONNX and TensorRT."""
 
 
 @main.command()
-@click.option("--model", "model_name", default="vggt", show_default=True, help="Model preset (vggt, vggt-tiny).")
+@click.option("--model", "model_name", default="vggt", show_default=True,
+              help="Model preset (vggt, vggt-small, vggt-tiny, da3-large, da3-tiny).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Official .pt/.safetensors.")
 @click.option("--images", type=click.Path(path_type=Path), help="Folder of images (one scene).")
 @click.option("--synthetic", type=click.IntRange(min=1), help="Render a synthetic scene with N views instead.")
@@ -92,17 +94,19 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
 
     import lite3r
     from lite3r._io import check_writable_dir
+    from lite3r.models import has_trained_weights
     from lite3r.predict import DTYPES, resolve_device, run_model, save_prediction
 
     if (images is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --images DIR or --synthetic N")
     from lite3r.models import list_models
 
-    if checkpoint is None and model_name in list_models() and not model_name.endswith("-tiny") and not random_weights:
+    full_size = model_name in list_models() and not model_name.endswith("-tiny")
+    if full_size and not has_trained_weights(model_name, checkpoint) and not random_weights:
         raise click.UsageError(
             f"--model {model_name} without --checkpoint builds the full model with random weights (meaningless "
-            "output, minutes of work): pass --checkpoint (e.g. model.pt from facebook/VGGT-1B), try "
-            "--model vggt-tiny, or add --random-weights"
+            "output, minutes of work): pass --checkpoint (official weights, e.g. model.pt from facebook/VGGT-1B), "
+            "try --model vggt-small (shipped weights) or vggt-tiny, or add --random-weights"
         )
     hw = _parse_size(size)
     dev = resolve_device(device)
@@ -112,7 +116,7 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
         task = progress.add_task("loading model", total=4)
         torch.manual_seed(seed)
         model = lite3r.load_model(model_name, checkpoint=checkpoint)
-        if checkpoint is None:
+        if not has_trained_weights(model_name, checkpoint):
             console.print(f"[yellow]No --checkpoint: {model_name} has random weights (seed {seed}).[/]")
         if student is not None:
             from lite3r.distill import load_student
@@ -125,11 +129,11 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
         if images is not None:
             from lite3r.data import load_images
 
-            views = load_images(images, mode=mode, target_size=model.config.img_size)
+            views = load_images(images, mode=mode, target_size=model.family.image_size)
         else:
             from lite3r.data.synthetic import make_scene
 
-            h, w = hw or (model.config.img_size, model.config.img_size)
+            h, w = hw or (model.family.image_size,) * 2
             scene = make_scene(synthetic, height=h, width=w, seed=seed)
             views = scene.images
         progress.update(task, advance=1, description=f"running {model_name} on {len(views)} views")
@@ -139,8 +143,8 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
         if scene is not None:
             from lite3r.metrics import reconstruction_metrics
 
-            metrics = reconstruction_metrics(outputs, scene)
-        written = save_prediction(out, views, outputs, metrics, None if scene is None else scene.depth)
+            metrics = reconstruction_metrics(outputs, scene, model.family)
+        written = save_prediction(out, views, outputs, model.family, metrics, None if scene is None else scene.depth)
         progress.update(task, advance=1, description="done")
 
     if metrics:
@@ -178,9 +182,10 @@ def build(onnx_path, out, target, frames, timing_cache, verbose, tf32):
 def _teacher_and_student(model_name, checkpoint, student_dir, *, fp8: bool):
     import lite3r
     from lite3r.distill import load_student
+    from lite3r.models import has_trained_weights
 
     teacher = lite3r.load_model(model_name, checkpoint=checkpoint)
-    if checkpoint is None:
+    if not has_trained_weights(model_name, checkpoint):
         console.print(f"[yellow]No --checkpoint: {model_name} has random weights (seed 0).[/]")
     student = None if student_dir is None else load_student(teacher, student_dir, fp8=fp8)
     return teacher, student
@@ -199,22 +204,25 @@ _student_option = click.option(
 @click.option("--size", help="View size HxW fixed in the graph; default: the model's image size.")
 @click.option("--frames", default=2, show_default=True, type=click.IntRange(min=1),
               help="Frames traced (the axis stays dynamic).")
+@click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
+              help="Weights and activations of the graph; bf16/fp16 let TensorRT use the SLA plugin.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write.")
 @one_line_errors
-def export_command(model_name, checkpoint, student_dir, size, frames, out):
+def export_command(model_name, checkpoint, student_dir, size, frames, precision, out):
     """Export the teacher, or a student with its FP8 scales, to ONNX (SLA as a custom op with a function body)."""
     quiet_third_party()
     import torch
 
-    from lite3r.exporter import export_onnx
+    from lite3r.exporter import PRECISIONS, export_onnx
 
     torch.manual_seed(0)
     teacher, student = _teacher_and_student(model_name, checkpoint, student_dir, fp8=False)
     quant = None if student_dir is None else Path(student_dir) / "quant_state.json"
+    model = (student or teacher).to(PRECISIONS[precision])  # ours to convert: no copy in the exporter
     with console.status("exporting ONNX"):
         report = export_onnx(
-            student or teacher, out, image_size=_parse_size(size) or teacher.config.img_size,
-            example_frames=frames, quant_state=quant if quant is not None and quant.exists() else None,
+            model, out, image_size=_parse_size(size) or teacher.family.image_size, example_frames=frames,
+            quant_state=quant if quant is not None and quant.exists() else None, precision=precision,
         )
     out_console.print(report.summary())
 
@@ -231,15 +239,18 @@ def export_command(model_name, checkpoint, student_dir, size, frames, out):
 @click.option("--views", default=2, show_default=True, type=click.IntRange(min=1), help="Views per scene.")
 @click.option("--size", help="View size HxW; default: the model's image size.")
 @click.option("--teacher-gate", type=click.Choice(TEACHER_GATE_MODES), default="auto", show_default=True,
-              help="Gate on student-vs-teacher; auto: only with a --checkpoint.")
+              help="Gate on student-vs-teacher; auto: only for trained weights (--checkpoint, or shipped).")
+@click.option("--precision", type=click.Choice(PRECISION_NAMES),
+              help="Precision of the artifacts (the student is compared in it); default: the ONNX's.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
 def parity_command(from_dir, model_name, checkpoint, student_dir, onnx_path, engine_path, synthetic, views, size,
-                   teacher_gate, out):
+                   teacher_gate, precision, out):
     """Compare student, ONNX and engine against each other and the teacher; exit 1 when a gate fails."""
     import torch
 
     from lite3r.data.synthetic import make_scene
+    from lite3r.models import has_trained_weights
     from lite3r.parity import check
     from lite3r.parity import teacher_gate as make_teacher_gate
 
@@ -254,12 +265,15 @@ def parity_command(from_dir, model_name, checkpoint, student_dir, onnx_path, eng
         raise click.UsageError("--student DIR is required (the model every artifact is compared with)")
     torch.manual_seed(0)
     teacher, student = _teacher_and_student(model_name, checkpoint, student_dir, fp8=True)
-    h, w = _parse_size(size) or (teacher.config.img_size,) * 2
+    h, w = _parse_size(size) or (teacher.family.image_size,) * 2
     scenes = [make_scene(views, h, w, seed=1000 + i).images for i in range(synthetic)]
     with console.status("running parity"):
         result = check(
             out, scenes, student=student, teacher=teacher, onnx_path=onnx_path, engine_path=engine_path,
-            reconstruction_gate=make_teacher_gate(teacher_gate, trained_teacher=checkpoint is not None),
+            precision=precision,
+            reconstruction_gate=make_teacher_gate(
+                teacher_gate, trained_teacher=has_trained_weights(model_name, checkpoint)
+            ),
         )
     out_console.print(result.md_path.read_text())
     if not result.passed:
@@ -278,18 +292,21 @@ def parity_command(from_dir, model_name, checkpoint, student_dir, onnx_path, eng
 @click.option("--frames", default="2:8:32", show_default=True, help="Engine frame range min:opt:max.")
 @click.option("--target", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnx"]), default="auto",
               show_default=True, help="auto: TensorRT, else TensorRT-RTX, else ONNX only.")
+@click.option("--precision", type=click.Choice(PRECISION_NAMES),
+              help="Weights and activations of the ONNX/engine; default: bf16 for a TensorRT target, fp32 for onnx.")
 @click.option("--size", help="View size HxW (multiples of 14); default: the model's image size.")
 @click.option("--kh", default=0.05, show_default=True, help="SLA critical-block fraction.")
 @click.option("--kl", default=0.10, show_default=True, help="SLA negligible-block fraction.")
 @click.option("--teacher-gate", type=click.Choice(TEACHER_GATE_MODES), default="auto", show_default=True,
-              help="Gate on student-vs-teacher parity; auto: only with a --checkpoint (random teachers: report only).")
+              help="Gate on student-vs-teacher parity; auto: only for trained weights (--checkpoint, or shipped "
+                   "like vggt-small's; random teachers: report only).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Where distillation/calibration run.")
 @click.option("--tf32", is_flag=True, help="Allow TF32 in the engine's float32 layers (off by default).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @one_line_errors
-def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, frames, target, size, kh, kl,
-                teacher_gate, seed, device, tf32, out):
+def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, frames, target, precision, size, kh,
+                kl, teacher_gate, seed, device, tf32, out):
     """Teacher → SLA student → FP8 → ONNX → engine → parity, into one folder; exits 1 when a parity gate fails."""
     quiet_third_party()
     from lite3r.pipeline import export_model
@@ -304,8 +321,8 @@ def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, fr
 
         summary = export_model(
             model_name, out, fp8=fp8, checkpoint=checkpoint, distill_steps=distill_steps, calib=calib,
-            synthetic=synthetic, frames=frames, target=target, image_size=_parse_size(size), kh=kh, kl=kl,
-            teacher_gate=teacher_gate, seed=seed, device=device, tf32=tf32, on_stage=on_stage,
+            synthetic=synthetic, frames=frames, target=target, precision=precision, image_size=_parse_size(size),
+            kh=kh, kl=kl, teacher_gate=teacher_gate, seed=seed, device=device, tf32=tf32, on_stage=on_stage,
         )
         progress.update(task, completed=len(stages), description="done")
 
@@ -331,14 +348,18 @@ def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, fr
     out_console.print(f"[green]parity {summary.parity_verdict}[/]")
 
 
-def _attach_training_commands() -> None:
+def _attach_commands() -> None:
+    from lite3r.cli_bench import bench_command
+    from lite3r.cli_teacher import train_teacher_command
     from lite3r.cli_train import calibrate_command, distill_command
 
     main.add_command(distill_command, "distill")
     main.add_command(calibrate_command, "calibrate")
+    main.add_command(bench_command, "bench")
+    main.add_command(train_teacher_command, "train-teacher")
 
 
-_attach_training_commands()
+_attach_commands()
 
 if __name__ == "__main__":
     main()

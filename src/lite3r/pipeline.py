@@ -25,7 +25,8 @@ from lite3r._io import check_writable_dir, staged_output
 from lite3r._record import make_record, read_record, write_record
 from lite3r.data.datasets import item_images
 from lite3r.deploy._trt import FLAVOURS
-from lite3r.parity.gates import EXPORT_GATE
+from lite3r.exporter import PRECISION_NAMES
+from lite3r.parity.gates import export_gate
 
 TARGETS = ("auto", "tensorrt", "tensorrt-rtx", "onnx")
 
@@ -79,6 +80,17 @@ def frame_counts(frame_range) -> list[int]:
     """The frame counts calibration and parity cover: the profile's ``min`` and ``opt`` (the engine is tuned for
     ``opt``; ``max`` would only cost time on a CPU)."""
     return sorted({frame_range.min, frame_range.opt})
+
+
+def resolve_precision(precision: str | None, target: str) -> str:
+    """``None`` picks what the target runs: bf16 for a TensorRT target (the SLA plugin and 16-bit tensor cores;
+    bf16 keeps float32's range, fp16 can overflow), float32 for ONNX only (what ONNX Runtime's CPU provider runs
+    natively). ``target`` is a resolved one (``resolve_target``)."""
+    if precision is None:
+        return "bf16" if target in FLAVOURS else "fp32"
+    if precision not in PRECISION_NAMES:
+        raise ExportError(f"--precision must be one of {', '.join(PRECISION_NAMES)}; got {precision!r}")
+    return precision
 
 
 def _calibration_data(
@@ -140,6 +152,7 @@ def export_model(
     synthetic: int = 4,
     frames: str = "2:8:32",
     target: str = "auto",
+    precision: str | None = None,
     image_size: tuple[int, int] | None = None,
     kh: float = 0.05,
     kl: float = 0.10,
@@ -153,10 +166,14 @@ def export_model(
     """Run the chain and write ``student.safetensors``, ``quant_state.json``, ``model.onnx``, ``model.engine``
     (+ build log, where a TensorRT is installed), ``parity.json``, ``parity.md``, ``export_summary.json`` and
     ``record.json`` into ``out``. Calibration and parity cover the profile's ``min`` and ``opt`` frame counts;
-    ``parity_scenes`` held-out scenes at each. ``tf32``: let TensorRT use TF32 for float32 layers."""
+    ``parity_scenes`` held-out scenes at each. ``tf32``: let TensorRT use TF32 for float32 layers.
+
+    ``precision``: what the ONNX (and engine) compute in, ``"fp32"``, ``"bf16"`` or ``"fp16"``; by default
+    ``resolve_precision``'s choice for the target. Parity compares them with the student in that precision."""
     options = {k: v for k, v in locals().items() if k != "on_stage"}  # the arguments, for record.json
     import lite3r
     from lite3r.deploy.engine import parse_frames
+    from lite3r.models import has_trained_weights, require_pretrained
     from lite3r.parity import teacher_gate as make_teacher_gate
     from lite3r.parity.runners import probe_onnxruntime
     from lite3r.predict import resolve_device
@@ -164,11 +181,15 @@ def export_model(
     frame_range = parse_frames(frames)
     counts = frame_counts(frame_range)
     target = options["target"] = resolve_target(target)
+    precision = options["precision"] = resolve_precision(precision, target)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ExportError(f"checkpoint not found: {checkpoint}")
     if calib is not None:
         _check_calibration_folder(Path(calib), counts[0])
-    reconstruction_gate = make_teacher_gate(teacher_gate, trained_teacher=checkpoint is not None)
+    trained = has_trained_weights(model_name, checkpoint)
+    if checkpoint is None and trained:
+        require_pretrained(model_name)  # shipped weights not installed: say so before any work
+    reconstruction_gate = make_teacher_gate(teacher_gate, trained_teacher=trained)
     if distill_steps < 0:
         raise ExportError(f"--distill-steps must be >= 0; got {distill_steps}")
     dev = resolve_device(device)
@@ -193,9 +214,12 @@ def export_model(
         def load():
             torch.manual_seed(seed)
             state["teacher"] = lite3r.load_model(model_name, checkpoint=checkpoint).to(dev)
-            size = image_size or (state["teacher"].config.img_size,) * 2
+            size = image_size or (state["teacher"].family.image_size,) * 2
             state["size"] = size
-            weights = f"weights {checkpoint}" if checkpoint else f"RANDOM weights (seed {seed}; no --checkpoint)"
+            if checkpoint:
+                weights = f"weights {checkpoint}"
+            else:
+                weights = "shipped trained weights" if trained else f"RANDOM weights (seed {seed}; no --checkpoint)"
             return f"{model_name}, {weights}, views {size[0]}x{size[1]}"
 
         def convert():
@@ -225,18 +249,19 @@ def export_model(
 
         def export():
             from lite3r.distill.checkpoint import load_student
-            from lite3r.exporter import export_onnx
+            from lite3r.exporter import PRECISIONS, export_onnx
 
-            # The exporter takes the float student and places FP8 Q/DQ from the scales, so the graph carries
-            # exactly the saved artifacts: rebuild the student from them.
+            # The exporter takes the unquantized student and places FP8 Q/DQ from the scales, so the graph
+            # carries exactly the saved artifacts: rebuild the student from them (in the export's precision).
             quant = stage_dir / "quant_state.json"
-            float_student = load_student(state["teacher"].cpu(), stage_dir, fp8=False)
+            plain_student = load_student(state["teacher"].cpu(), stage_dir, fp8=False).to(PRECISIONS[precision])
             report = export_onnx(
-                float_student,
+                plain_student,
                 stage_dir / "model.onnx",
                 image_size=state["size"],
                 example_frames=frame_range.min,
                 quant_state=quant if quant.exists() else None,
+                precision=precision,
             )
             return str(report)
 
@@ -260,7 +285,7 @@ def export_model(
             result = check(
                 stage_dir, scenes, student=state["student"].cpu(), teacher=state["teacher"].cpu(),
                 onnx_path=stage_dir / "model.onnx", engine_path=state.get("engine"), engine_target=target,
-                artifacts=names, reconstruction_gate=reconstruction_gate,
+                artifacts=names, precision=precision, reconstruction_gate=reconstruction_gate,
             )
             summary.parity_passed = result.passed
             summary.parity_failures = result.failures()
@@ -279,7 +304,7 @@ def export_model(
             stage(name, work)
         (stage_dir / "export_summary.json").write_text(json.dumps(_summary_json(summary), indent=2) + "\n")
         seeds = {"weights_and_calibration": seed, "parity_scenes": state["parity_seeds"],
-                 "parity_noise_runs": list(range(EXPORT_GATE.noise_runs))}  # fmt: skip
+                 "parity_noise_runs": export_gate(precision).noise_seeds}  # fmt: skip
         inputs = {"checkpoint": _input_file(checkpoint), "calib": None if calib is None else str(calib),
                   "onnxruntime_probe": onnxruntime_version}  # fmt: skip
         write_record(stage_dir, make_record(stage_dir, options=options, seeds=seeds, inputs=inputs))
@@ -293,6 +318,7 @@ def recheck(folder: str | Path, out: str | Path) -> Any:
     import lite3r
     from lite3r.deploy.engine import parse_frames
     from lite3r.distill.checkpoint import load_student
+    from lite3r.models import has_trained_weights
     from lite3r.parity import check
     from lite3r.parity import teacher_gate as make_teacher_gate
 
@@ -305,14 +331,16 @@ def recheck(folder: str | Path, out: str | Path) -> Any:
     torch.manual_seed(o["seed"])
     teacher = lite3r.load_model(o["model_name"], checkpoint=checkpoint)
     student = load_student(teacher, folder)
-    size = tuple(o["image_size"] or (teacher.config.img_size,) * 2)
+    size = tuple(o["image_size"] or (teacher.family.image_size,) * 2)
     scenes, _ = held_out_scenes(frame_counts(parse_frames(o["frames"])), size, o["parity_scenes"], o["seed"])
     engine = folder / "model.engine"
     return check(
         out, scenes, student=student, teacher=teacher, onnx_path=folder / "model.onnx",
         engine_path=engine if engine.is_file() else None, engine_target=o["target"],  # as built, not as here
-        artifacts=list(record["artifacts"]) + ["record.json"],
-        reconstruction_gate=make_teacher_gate(o["teacher_gate"], trained_teacher=checkpoint is not None),
+        artifacts=list(record["artifacts"]) + ["record.json"], precision=o.get("precision"),
+        reconstruction_gate=make_teacher_gate(
+            o["teacher_gate"], trained_teacher=has_trained_weights(o["model_name"], checkpoint)
+        ),
     )
 
 

@@ -6,15 +6,13 @@ This is the Python side of ``lite3r predict``: the CLI only parses arguments and
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lite3r._io import staged_output
-from lite3r.geometry import pose_encoding_to_extri_intri
-from lite3r.parity.gates import OUTPUT_NAMES  # the official output dict keys
+from lite3r._io import json_ready, staged_output
+from lite3r.models import ModelFamily, family_of
 from lite3r.viz import contact_sheet
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,7 +43,7 @@ def run_model(
     x = images.to(device, torch.float32)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         out = model(x)
-    outputs = {k: out[k][0].float().cpu() for k in OUTPUT_NAMES}
+    outputs = {k: out[k][0].float().cpu() for k in family_of(model).outputs}
     broken = [k for k, v in outputs.items() if not bool(torch.isfinite(v).all())]
     if broken:
         hint = "" if dtype == torch.float32 else f" (in {str(dtype).removeprefix('torch.')}: try --dtype float32)"
@@ -57,16 +55,18 @@ def save_prediction(
     out: str | Path,
     images: torch.Tensor,
     outputs: dict[str, torch.Tensor],
+    family: ModelFamily,
     metrics: dict[str, float] | None = None,
     true_depth: torch.Tensor | None = None,
 ) -> list[Path]:
-    """Write ``predictions.npz`` (outputs + decoded cameras), ``contact_sheet.png`` (with a ground-truth depth
-    column when ``true_depth [S, H, W]`` is given) and ``metrics.json``.
+    """Write ``predictions.npz`` (a ``family`` model's outputs of one scene + its cameras as ``extrinsics`` /
+    ``intrinsics``), ``contact_sheet.png`` (with a ground-truth depth column when ``true_depth [S, H, W]`` is
+    given) and ``metrics.json`` (a metric undefined for the scene is null).
 
     All files appear together or not at all.
     """
     height, width = images.shape[-2:]
-    extrinsics, intrinsics = pose_encoding_to_extri_intri(outputs["pose_enc"], (height, width))
+    extrinsics, intrinsics = family.cameras(outputs, (height, width))
     arrays = {k: v.numpy() for k, v in outputs.items()}
     arrays.update(extrinsics=extrinsics.numpy(), intrinsics=intrinsics.numpy())
     with staged_output(out, writer="predict") as stage:
@@ -74,12 +74,11 @@ def save_prediction(
         contact_sheet(
             stage / "contact_sheet.png",
             images.numpy(),
-            arrays["depth"][..., 0],
+            family.depth(outputs).numpy(),
             arrays["depth_conf"],
             true_depth=None if true_depth is None else true_depth.numpy(),
         )
-        if metrics is not None:  # JSON has no NaN: a metric undefined for the scene is null
-            finite = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
-            (stage / "metrics.json").write_text(json.dumps(finite, indent=2, allow_nan=False) + "\n")
+        if metrics is not None:
+            (stage / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False) + "\n")
         names = sorted(p.name for p in stage.iterdir())
     return [Path(out) / n for n in names]

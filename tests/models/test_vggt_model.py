@@ -8,7 +8,7 @@ import torch
 from lite3r.models import load_model
 from lite3r.models.attention import Attention
 
-from conftest import OUTPUT_KEYS
+from conftest import OUTPUT_KEYS, assert_checkpointing_keeps_gradients
 
 
 @pytest.mark.parametrize(
@@ -122,30 +122,10 @@ def test_swapping_the_attention_core_leaves_outputs_unchanged(tiny):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny, monkeypatch):
-    import lite3r.models.layers as layers_module
-
-    images = torch.rand(1, 2, 3, 28, 28)
-
-    def grads(model):
-        model.train()
-        model.zero_grad()
-        out = model(images)
-        (out["depth"].mean() + out["pose_enc"].square().mean()).backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
     plain = load_model("vggt-tiny")
     plain.load_state_dict(tiny.state_dict())
-    expected = grads(plain)
-
-    calls = []
-    original = layers_module.checkpoint
-    monkeypatch.setattr(layers_module, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
-    plain.set_grad_checkpointing(True)
-    got = grads(plain)
-    assert len(calls) == 2 + 6 + 6
-    assert got.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], msg=name)
+    loss = lambda out: out["depth"].mean() + out["pose_enc"].square().mean()  # noqa: E731
+    assert_checkpointing_keeps_gradients(plain, torch.rand(1, 2, 3, 28, 28), loss, monkeypatch, 2 + 6 + 6)
 
 
 def test_track_head_refuses_to_run(tiny):
@@ -162,3 +142,36 @@ def test_dpt_frame_chunks_match_a_single_pass(tiny):
         chunked = tiny.point_head(layers, (56, 56), start, frames_chunk_size=2)
     for a, b in zip(whole, chunked):  # equal up to batch-size-dependent convolution rounding
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("autocast", [False, True], ids=["plain", "autocast"])
+@pytest.mark.parametrize("heads", ["16-bit", "float32"])
+def test_16bit_weights_run_and_track_float32(official_tiny, dtype, autocast, heads):
+    """A model cast to bf16/fp16 (heads too, or heads kept float32) runs with or without autocast, returns
+    outputs in its heads' dtype, and stays close to the float32 model (trained-like golden weights)."""
+    reference_model = load_model("vggt-tiny")
+    reference_model.load_state_dict(official_tiny["weights"])
+    model = load_model("vggt-tiny")
+    model.load_state_dict(official_tiny["weights"])
+    model.to(dtype)
+    if heads == "float32":
+        for head in (model.camera_head, model.depth_head, model.point_head):
+            head.float()
+    images = official_tiny["images"]
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=autocast):
+        out = model(images)
+    with torch.no_grad():
+        reference = reference_model(images)
+    assert out["depth"].dtype == (dtype if heads == "16-bit" else torch.float32)
+    for key in OUTPUT_KEYS:
+        error = (out[key].float() - reference[key]).norm() / reference[key].norm()
+        assert error < 5e-2, (key, error.item())
+
+
+def test_casting_keeps_normalisation_constants_exact():
+    model = load_model("vggt-tiny").to(torch.bfloat16)
+    normalize = model.aggregator.normalize
+    assert normalize.mean.dtype == torch.float32
+    torch.testing.assert_close(normalize.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]), rtol=0, atol=0)
+    assert not any("normalize" in key for key in model.state_dict())  # official layout unchanged

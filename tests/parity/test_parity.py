@@ -13,11 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lite3r.models.vggt import VGGTConfig, vggt_family
 from lite3r.parity import EXPORT_GATE, OUTPUT_NAMES, check, feed_dicts
 
 
 class TinyReconstructor(nn.Module):
     """Per-pixel heads and a pooled pose head: the official output dict of VGGT in a few parameters."""
+
+    family = vggt_family(VGGTConfig())
 
     def __init__(self) -> None:
         super().__init__()
@@ -187,15 +190,19 @@ def test_a_runner_that_cannot_start_is_one_failed_line(tmp_path, teacher, scenes
     assert "failed to run: model.onnx" in result.verdict
 
 
-def test_noise_floor_bounds_the_export_gate():
-    """An export may differ from the student as much as the student differs from itself under float noise
-    (twice that), and no more: the rule that makes an FP8 rounding-boundary flip pass and a real change fail."""
+@pytest.mark.parametrize(("noise_run", "precision"), [("student~0", "fp32"), ("student~fp32", "bf16")])
+def test_noise_rule_bounds_the_export_gate(noise_run, precision):
+    """An export may differ from the student by its gate's atol plus twice what the student moves under the noise
+    of the export's precision (a perturbed run in float32, the float32 student for bf16), and no more: the rule
+    that makes an FP8 rounding-boundary flip pass and a real change fail."""
     import numpy as np
     from polygraphy.comparator import RunResults
     from polygraphy.comparator.struct import IterationResult
 
     from lite3r.parity.comparison import _compare
+    from lite3r.parity.gates import export_gate
 
+    gate = export_gate(precision)
     base = {name: np.full((1, 2, 9) if name == "pose_enc" else (1, 2, 4, 4), 1.0, np.float32) for name in OUTPUT_NAMES}
 
     def shifted(pose: float) -> dict:
@@ -203,12 +210,13 @@ def test_noise_floor_bounds_the_export_gate():
 
     def results(candidate_shift: float) -> RunResults:
         runs = RunResults()
-        for name, outputs in (("onnx", shifted(candidate_shift)), ("student", base), ("student~0", shifted(0.05))):
+        for name, outputs in (("onnx", shifted(candidate_shift)), ("student", base), (noise_run, shifted(0.05))):
             runs[name] = [IterationResult(outputs, runner_name=name)]
         return runs
 
-    close = _compare(results(0.08), "onnx", "student", EXPORT_GATE)
+    close = _compare(results(0.08), "onnx", "student", gate, OUTPUT_NAMES)
     pose = next(o for o in close.outputs if o.name == "pose_enc")
-    assert close.passed and pose.noise_floor == pytest.approx(0.05) and pose.atol_used == pytest.approx(0.1)
-    far = _compare(results(0.2), "onnx", "student", EXPORT_GATE)
+    assert close.passed and pose.noise_floor == pytest.approx(0.05)
+    assert pose.atol_used == pytest.approx(gate.tolerances["pose_enc"].atol + 0.1)
+    far = _compare(results(0.2), "onnx", "student", gate, OUTPUT_NAMES)
     assert [o.name for o in far.outputs if not o.passed] == ["pose_enc"]

@@ -31,9 +31,10 @@ def quantize_fp8(
 
     Without a ``forward_loop`` only the weight scales are set. The model is changed in place and returned.
     """
-    import modelopt.torch.quantization as mtq
+    from lite3r.calibration._modelopt import modelopt_quantization
 
-    recipe = recipe or FP8Recipe()
+    mtq = modelopt_quantization()
+    recipe = (recipe or FP8Recipe()).for_model(model)
     recipe.linear_names(model)  # a recipe that selects nothing fails here, with the layer names it saw
     with modelopt_prints_to_stderr():
         return mtq.quantize(model, recipe.modelopt_config(), forward_loop)

@@ -121,7 +121,9 @@ def apply_quant_state(model: nn.Module, state: dict[str, Any]) -> nn.Module:
     Works on a plain model (quantizers are inserted, no calibration runs) and on one already quantized
     (quantizers not in ``state`` are disabled). Returns the model, changed in place.
     """
-    import modelopt.torch.quantization as mtq
+    from lite3r.calibration._modelopt import modelopt_quantization
+
+    mtq = modelopt_quantization()
     from modelopt.torch.quantization.utils import is_quantized
 
     validate_quant_state(state)

@@ -73,7 +73,8 @@ class FP8Linear(nn.Module):
         return cls(linear.weight, linear.bias, weight_amax, input_amax, use_fast_accum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_fp8_device(x.device)
+        if not torch.compiler.is_compiling():  # checked when the compiled block is first traced, not per call
+            check_fp8_device(x.device)
         out_dtype = _output_dtype(x)
         x2d = x.reshape(-1, self.in_features)
         xq = _quantize_input(x2d, self.input_scale_reciprocal).contiguous()  # _scaled_mm: row-major input
@@ -154,8 +155,11 @@ def _cuda_capability(index: int) -> tuple[str, tuple[int, int]]:
 
 def _quantize_input(x: torch.Tensor, multiplier: torch.Tensor) -> torch.Tensor:
     """On CUDA, one fused pass (bf16 in, e4m3 out); eager would write three float32 copies of the activation,
-    which costs more than the FP8 GEMM it feeds."""
-    return (_compiled_cast() if x.is_cuda else quantize_e4m3)(x, multiplier)
+    which costs more than the FP8 GEMM it feeds. Inside a compiled region (``TorchRuntime``) the plain cast is
+    traced instead, so that Inductor fuses it into the kernel that produces ``x`` (LayerNorm, GELU, ...)."""
+    if torch.compiler.is_compiling() or not x.is_cuda:
+        return quantize_e4m3(x, multiplier)
+    return _compiled_cast()(x, multiplier)
 
 
 @functools.cache

@@ -7,6 +7,11 @@ come from :mod:`lite3r.quant`, ModelOpt's convention: ``QuantizeLinear`` divides
 scale ``s`` makes ``x / s`` round like ``x * (448 / amax)`` for every ``x``, so the multiplication is a ``Mul`` of
 its own and the ``QuantizeLinear`` scale is exactly 1 (``x / 1 == x``). The e4m3 codes are then ModelOpt's bit for
 bit (``tests/exporter/test_fp8_convention.py`` sweeps amax values through onnxruntime).
+
+Multiplier, unit scale and DQ scales are stored in the graph's precision (``QuantizeLinear`` before opset 23 takes
+its scale in its input's type, and a strongly typed TensorRT network computes a DQ's output in its scale's type).
+Weight codes are always ModelOpt's (the float32 multiplier); in a 16-bit graph the rounded multiplier and DQ scale
+are part of the 16-bit rounding noise that parity allows for (docs/exporter.md).
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ _ZERO_POINT = "fp8_e4m3_zero_point"
 _UNIT_SCALE = "fp8_e4m3_unit_scale"
 
 
-def insert_fp8_qdq(model: onnx.ModelProto, state: dict[str, Any]) -> int:
+def insert_fp8_qdq(model: onnx.ModelProto, state: dict[str, Any], dtype: int = TensorProto.FLOAT) -> int:
     """Quantize the linears listed in ``state`` (a validated quant state) in place; returns the Q/DQ pairs added
-    (an activation's ``Q -> DQ`` and a weight's FP8 initialiser ``-> DQ`` count one each)."""
+    (an activation's ``Q -> DQ`` and a weight's FP8 initialiser ``-> DQ`` count one each). ``dtype``: the ONNX
+    element type the linears compute in (that of the multipliers and scales)."""
     graph = model.graph
     entries: dict[str, dict[str, dict]] = defaultdict(dict)
     for entry in state["quantizers"]:
@@ -48,12 +54,16 @@ def insert_fp8_qdq(model: onnx.ModelProto, state: dict[str, Any]) -> int:
                 "(layers inside an SLA node, such as proj_lin, cannot run in FP8)"
             )
         if "input" in tensors:
-            node.input[0] = quantize_activation(graph, inserted[id(node)], module, node.input[0], tensors["input"])
+            node.input[0] = quantize_activation(
+                graph, inserted[id(node)], module, node.input[0], tensors["input"], dtype
+            )
             pairs += 1
         if "weight" in tensors:
-            replaced.add(_quantize_weight(graph, inserted, module, node, tensors["weight"], initializers, producers))
+            replaced.add(
+                _quantize_weight(graph, inserted, module, node, tensors["weight"], dtype, initializers, producers)
+            )
             pairs += 1
-    add_fp8_constants(graph)
+    add_fp8_constants(graph, dtype)
     nodes = [new for node in graph.node for new in (*inserted.get(id(node), ()), node)]
     del graph.node[:]
     graph.node.extend(nodes)
@@ -76,27 +86,39 @@ def _linear_nodes(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return found
 
 
-def add_fp8_constants(graph: onnx.GraphProto) -> None:
-    """The zero point and the unit ``QuantizeLinear`` scale every activation quantizer shares."""
+def add_fp8_constants(graph: onnx.GraphProto, dtype: int = TensorProto.FLOAT) -> None:
+    """The zero point and the unit ``QuantizeLinear`` scale (in ``dtype``) every activation quantizer shares."""
     graph.initializer.append(helper.make_tensor(_ZERO_POINT, TensorProto.FLOAT8E4M3FN, [], [0.0]))
-    graph.initializer.append(helper.make_tensor(_UNIT_SCALE, TensorProto.FLOAT, [], [1.0]))
+    _add_tensor(graph, _UNIT_SCALE, torch.tensor(1.0), dtype)
 
 
 def _multiplier(entry: dict) -> torch.Tensor:
     return fp8_multiplier(torch.tensor(entry["amax"], dtype=torch.float32))
 
 
-def _add_tensor(graph: onnx.GraphProto, name: str, value: torch.Tensor) -> str:
-    graph.initializer.append(numpy_helper.from_array(value.numpy().astype(np.float32), name))
+def _add_tensor(graph: onnx.GraphProto, name: str, value: torch.Tensor, dtype: int) -> str:
+    """Store float32 ``value`` rounded to ``dtype``; a multiplier or scale that ``dtype`` cannot hold (fp16 ends at
+    65504) is a clear error instead of an inf or 0 in the graph."""
+    rounded = value.numpy().astype(np.float32).astype(helper.tensor_dtype_to_np_dtype(dtype))
+    as_float = rounded.astype(np.float32)
+    if not np.all(np.isfinite(as_float) & (as_float != 0)):
+        raise QuantStateError(
+            f"{name} = {value.numpy().tolist()} does not fit {helper.tensor_dtype_to_string(dtype)}: "
+            "export in float32 or bf16, or recalibrate"
+        )
+    graph.initializer.append(numpy_helper.from_array(rounded, name))
     return name
 
 
-def quantize_activation(graph: onnx.GraphProto, new_nodes: list, module: str, value: str, entry: dict) -> str:
-    """Append ``Mul -> QuantizeLinear -> DequantizeLinear`` of ``value`` to ``new_nodes`` (initialisers go to
-    ``graph``; :func:`add_fp8_constants` must be called once); returns the dequantized value's name."""
+def quantize_activation(
+    graph: onnx.GraphProto, new_nodes: list, module: str, value: str, entry: dict, dtype: int = TensorProto.FLOAT
+) -> str:
+    """Append ``Mul -> QuantizeLinear -> DequantizeLinear`` of ``value`` (of type ``dtype``) to ``new_nodes``
+    (initialisers go to ``graph``; :func:`add_fp8_constants` must be called once); returns the dequantized value's
+    name."""
     multiplier = _multiplier(entry)
-    mult = _add_tensor(graph, f"{module}.input_quantizer.multiplier", multiplier)
-    scale = _add_tensor(graph, f"{module}.input_quantizer.scale", fp8_dequant_scale(multiplier))
+    mult = _add_tensor(graph, f"{module}.input_quantizer.multiplier", multiplier, dtype)
+    scale = _add_tensor(graph, f"{module}.input_quantizer.scale", fp8_dequant_scale(multiplier), dtype)
     scaled, quantized = f"{module}.input_quantizer.scaled", f"{module}.input_quantizer.fp8"
     dequantized = f"{module}.input_quantizer.dq"
     new_nodes += [
@@ -107,7 +129,7 @@ def quantize_activation(graph: onnx.GraphProto, new_nodes: list, module: str, va
     return dequantized
 
 
-def _quantize_weight(graph, inserted, module: str, node, entry: dict, initializers, producers) -> str:
+def _quantize_weight(graph, inserted, module: str, node, entry: dict, dtype: int, initializers, producers) -> str:
     """Feed ``node`` (directly, or through one Transpose) an FP8 copy of its weight + DQ; returns the float
     weight's name."""
     consumer, slot, output_axis = node, 1, 1  # MatMul(x, W^T): W^T is [in, out]
@@ -127,7 +149,7 @@ def _quantize_weight(graph, inserted, module: str, node, entry: dict, initialize
     fp8_name = f"{module}.weight_fp8"
     raw = fp8.view(torch.uint8).numpy().tobytes()
     graph.initializer.append(helper.make_tensor(fp8_name, TensorProto.FLOAT8E4M3FN, list(fp8.shape), raw, raw=True))
-    scale_name = _add_tensor(graph, f"{module}.weight_quantizer.scale", fp8_dequant_scale(multiplier))
+    scale_name = _add_tensor(graph, f"{module}.weight_quantizer.scale", fp8_dequant_scale(multiplier), dtype)
     dequantized = f"{module}.weight_quantizer.dq"
     axis = {"axis": output_axis} if per_channel else {}
     inserted[id(consumer)].append(

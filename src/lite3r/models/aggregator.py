@@ -15,11 +15,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from lite3r.models._base import ImageNormalization
 from lite3r.models.dinov2 import DinoVisionTransformer
 from lite3r.models.layers import Block, RotaryPositionEmbedding2D, patch_positions, run_block
-
-_RESNET_MEAN = (0.485, 0.456, 0.406)
-_RESNET_STD = (0.229, 0.224, 0.225)
 
 
 class Aggregator(nn.Module):
@@ -50,6 +48,7 @@ class Aggregator(nn.Module):
         self.patch_start_idx = 1 + num_register_tokens
         self.keep_layers = None if keep_layers is None else frozenset(keep_layers)
         self.grad_checkpointing = False
+        self.normalize = ImageNormalization()
         self.patch_embed = DinoVisionTransformer(
             img_size, patch_size, embed_dim, dinov2_depth, dinov2_num_heads, mlp_ratio, num_register_tokens
         )
@@ -73,9 +72,10 @@ class Aggregator(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         """``images``: ``[B, S, 3, H, W]`` in ``[0, 1]``."""
         B, S, _, H, W = images.shape
-        mean = torch.tensor(_RESNET_MEAN, dtype=torch.float32, device=images.device).view(1, 1, 3, 1, 1)
-        std = torch.tensor(_RESNET_STD, dtype=torch.float32, device=images.device).view(1, 1, 3, 1, 1)
-        patches = self.patch_embed(((images - mean) / std).reshape(B * S, 3, H, W))
+        # Normalised in float32, then in the trunk's own dtype (bf16 weights take bf16 input; under autocast
+        # with float32 weights this is float32 and the convolution autocasts, as in the official model).
+        pixels = self.normalize(images).to(self.patch_embed.dtype)
+        patches = self.patch_embed(pixels.reshape(B * S, 3, H, W))
         special = torch.cat((_per_frame(self.camera_token, B, S), _per_frame(self.register_token, B, S)), dim=1)
         tokens = torch.cat((special, patches), dim=1)
         P, C = tokens.shape[1:]

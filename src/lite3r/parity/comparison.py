@@ -2,15 +2,17 @@
 
 Built on Polygraphy: ``Comparator.run`` runs each runner on the same feeds (one at a time, so a runner that
 cannot start or run is one line in the report instead of a traceback), ``Comparator.compare_accuracy`` applies a
-gate's per-output tolerances. The student is the reference for its exports (export gate, with the student's own
-noise floor, see ``gates``) and the candidate against the teacher (reconstruction gate, plus depth/pose metrics
-against the teacher's prediction). Results go to ``parity.json`` and ``parity.md``, which list every artifact
-with its status (``lite3r.parity.artifacts``); ``ParityResult.passed`` is the overall verdict and its
-``verdict`` line says what it covers.
+gate's per-output tolerances. The student is the reference for its exports (export gate, with the noise rule, see
+``gates``) and the candidate against the teacher (reconstruction gate, plus depth/pose metrics
+against the teacher's prediction). Exports are compared with the student in their own precision; the outputs are
+those of the models' family (``model.family.outputs``). Results go to ``parity.json`` and ``parity.md``, which
+list every artifact with its status (``lite3r.parity.artifacts``); ``ParityResult.passed`` is the overall verdict
+and its ``verdict`` line says what it covers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,13 +23,16 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from lite3r._io import staged_output
+from lite3r._io import json_ready, staged_output
 from lite3r.deploy._trt import TensorRTNotInstalledError
+from lite3r.models import ModelFamily, family_of
+from lite3r.parity import gates
 from lite3r.parity.artifacts import COMPARED, FAILED, NOT_RUN, ArtifactStatus, artifact_statuses
-from lite3r.parity.gates import EXPORT_GATE, OUTPUT_NAMES, RECONSTRUCTION_GATE, Gate
+from lite3r.parity.gates import RECONSTRUCTION_GATE, Gate
 from lite3r.parity.runners import PerturbedTorchRunner, TorchRunner, engine_runner, feed_dicts, onnx_runner
 
 _STATS = ("max", "mean", "median", "quantile")
+FLOAT32_NOISE = "student~fp32"  # runner name of the float32 student that measures a 16-bit precision's noise
 
 
 @dataclass
@@ -39,8 +44,8 @@ class OutputParity:
     rtol: float
     absdiff: dict[str, float]  # worst value over scenes, per statistic
     reldiff: dict[str, float]
-    noise_floor: float | None = None  # worst over scenes of the reference's own change under float noise
-    atol_used: float | None = None  # largest atol applied (the gate's, or twice the noise floor)
+    noise_floor: float | None = None  # worst over scenes of the reference's own noise (the gate's noise rule)
+    atol_used: float | None = None  # largest atol applied (the gate's + noise_factor x that scene's noise)
 
     def describe(self) -> str:
         atol = self.atol if self.atol_used is None else self.atol_used
@@ -86,6 +91,7 @@ class ParityResult:
     md_path: Path
     artifacts: list[ArtifactStatus] = field(default_factory=list)
     frame_counts: list[int] = field(default_factory=list)
+    precision: str = "fp32"  # of the exports, and of the student they are compared with
 
     def failures(self) -> list[str]:
         """What fails: an enforced gate, or a runner that could not start or run (informational comparisons are
@@ -133,66 +139,85 @@ def _statistic(error: np.ndarray, gate: Gate, name: str) -> float:
     return float({"max": np.max, "mean": np.mean, "median": np.median}[tol.stat](error))
 
 
-def _noise_floors(run_results: Any, reference: str, gate: Gate) -> list[dict[str, float]] | None:
-    """Per scene and output: the gate's statistic of the reference's change under its perturbed runs (worst run)."""
-    perturbed = [name for name in run_results.keys() if name.startswith(f"{reference}~")]
-    if not perturbed:
+def _noise_floors(
+    run_results: Any, reference: str, gate: Gate, outputs: Sequence[str]
+) -> list[dict[str, float]] | None:
+    """Per scene and output: the gate's statistic of the reference's own noise, its change in its noise runs (the
+    runners named ``<reference>~...``: perturbed, or the float32 student), worst run; None without noise runs."""
+    noisy = [name for name in run_results.keys() if name.startswith(f"{reference}~")]
+    if gate.noise is None or not noisy:
         return None
     floors = []
     for i, base in enumerate(run_results[reference]):
         floors.append({
-            name: max(_statistic(np.abs(run_results[p][i][name] - base[name]), gate, name) for p in perturbed)
-            for name in OUTPUT_NAMES
+            name: max(_statistic(np.abs(run_results[p][i][name] - base[name]), gate, name) for p in noisy)
+            for name in outputs
         })  # fmt: skip
     return floors
 
 
-def _compare(run_results: Any, candidate: str, reference: str, gate: Gate) -> Comparison:
+def _compare(run_results: Any, candidate: str, reference: str, gate: Gate, outputs: Sequence[str]) -> Comparison:
+    """``candidate`` against ``reference`` on ``outputs``, one scene at a time: the gate's noise rule sets each
+    scene's atol (``atol + noise_factor x noise``)."""
     from polygraphy.comparator import Comparator, RunResults
 
-    missing = {runner: sorted(set(OUTPUT_NAMES) - set(run_results[runner][0])) for runner in (candidate, reference)}
+    missing = {runner: sorted(set(outputs) - set(run_results[runner][0])) for runner in (candidate, reference)}
     missing = {runner: absent for runner, absent in missing.items() if absent}
     if missing:
-        raise ValueError(f"outputs missing (official names {list(OUTPUT_NAMES)}): {missing}")
-    floors = _noise_floors(run_results, reference, gate)
+        raise ValueError(f"outputs missing (official names {list(outputs)}): {missing}")
+    floors = _noise_floors(run_results, reference, gate, outputs)
     per_scene, atols = [], []
-    for i in range(len(run_results[reference])):  # one scene at a time: the noise floor sets each scene's atol
-        atol = {name: max(gate.tolerances[name].atol, gate.noise_factor * floors[i][name]) for name in OUTPUT_NAMES} \
-            if floors else {name: gate.tolerances[name].atol for name in OUTPUT_NAMES}  # fmt: skip
+    for i in range(len(run_results[reference])):
+        noise = floors[i] if floors else dict.fromkeys(outputs, 0.0)
+        atol = {name: gate.tolerances[name].atol + gate.noise_factor * noise[name] for name in outputs}
         pair = RunResults()
         pair[candidate], pair[reference] = [run_results[candidate][i]], [run_results[reference][i]]
         [accuracy] = Comparator.compare_accuracy(pair, comparisons=[(0, 1)], compare_func=gate.compare_func(atol))
         per_scene.append(accuracy[(candidate, reference)][0])
         atols.append(atol)
-    outputs = [
+    parities = [
         _output_parity(
             name, gate, [scene[name] for scene in per_scene],
             None if floors is None else [f[name] for f in floors], [a[name] for a in atols],
         )
-        for name in OUTPUT_NAMES
+        for name in outputs
     ]  # fmt: skip
     return Comparison(
-        candidate, reference, gate.name, outputs, metric_limits=dict(gate.metric_limits), enforced=gate.enforced
+        candidate, reference, gate.name, parities, metric_limits=dict(gate.metric_limits), enforced=gate.enforced
     )
 
 
-def metrics_against_teacher(student: dict[str, np.ndarray], teacher: dict[str, np.ndarray]) -> dict[str, float]:
+def metrics_against_teacher(
+    student: dict[str, np.ndarray], teacher: dict[str, np.ndarray], family: ModelFamily
+) -> dict[str, float]:
     """Depth AbsRel / delta and relative camera-pose errors of one scene, the teacher's prediction as truth."""
-    from lite3r.geometry import pose_encoding_to_extri_intri
     from lite3r.metrics import depth_metrics, relative_pose_errors
 
-    pred_depth, true_depth = (torch.from_numpy(d[0, ..., 0]).double() for d in (student["depth"], teacher["depth"]))
+    student, teacher = ({k: torch.from_numpy(v).double() for k, v in out.items()} for out in (student, teacher))
+    pred_depth, true_depth = (family.depth(out)[0] for out in (student, teacher))
     size = tuple(true_depth.shape[-2:])
-    extrinsics = [
-        pose_encoding_to_extri_intri(torch.from_numpy(p[0]).double(), size)[0]
-        for p in (student["pose_enc"], teacher["pose_enc"])
-    ]
+    extrinsics = [family.cameras(out, size)[0][0] for out in (student, teacher)]
     return depth_metrics(pred_depth, true_depth, true_depth > 0) | relative_pose_errors(*extrinsics)
 
 
-def _mean_metrics(run_results: Any, candidate: str, reference: str) -> dict[str, float]:
-    scenes = [metrics_against_teacher(c, r) for c, r in zip(run_results[candidate], run_results[reference])]
+def _mean_metrics(run_results: Any, candidate: str, reference: str, family: ModelFamily) -> dict[str, float]:
+    pairs = zip(run_results[candidate], run_results[reference])
+    scenes = [metrics_against_teacher(c, r, family) for c, r in pairs]
     return {k: float(np.mean([s[k] for s in scenes])) for k in scenes[0]}
+
+
+def _precision(student: torch.nn.Module | None, onnx_path: str | os.PathLike | None) -> str:
+    """The artifacts' precision: the ONNX file's recorded one, else the student's, else float32."""
+    from lite3r.exporter.export import graph_precision, precision_of
+
+    recorded = None
+    if onnx_path is not None and Path(onnx_path).is_file():
+        with contextlib.suppress(Exception):  # an unreadable file fails in its runner, with one line
+            recorded = graph_precision(onnx_path)
+    if recorded:
+        return recorded
+    dtypes = {p.dtype for p in student.parameters()} if student is not None else set()
+    return (precision_of(dtypes.pop()) if len(dtypes) == 1 else None) or "fp32"
 
 
 def _markdown(result: ParityResult) -> str:
@@ -227,29 +252,19 @@ def _markdown(result: ParityResult) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: a metric undefined for the scenes (pose errors of a single frame) becomes null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _json(result: ParityResult) -> str:
     data = {
         "passed": result.passed,
         "verdict": result.verdict,
         "scenes": result.scenes,
         "frame_counts": result.frame_counts,
+        "precision": result.precision,
         "failures": result.failures(),
         "artifacts": [asdict(a) for a in result.artifacts],
         "comparisons": [asdict(c) | {"passed": c.passed} for c in result.comparisons],
         "notes": result.notes,
     }
-    return json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
+    return json.dumps(json_ready(data), indent=2, allow_nan=False) + "\n"
 
 
 def check(
@@ -262,29 +277,42 @@ def check(
     engine_path: str | os.PathLike | None = None,
     engine_target: str = "tensorrt",
     artifacts: Iterable[str] | None = None,
-    export_gate: Gate = EXPORT_GATE,
+    precision: str | None = None,
+    export_gate: Gate | None = None,
     reconstruction_gate: Gate = RECONSTRUCTION_GATE,
 ) -> ParityResult:
     """Compare what is given on ``scenes`` (image tensors ``[S, 3, H, W]``) and write the reports to ``out_dir``.
 
     Comparisons: ONNX vs student and engine vs student (``export_gate``), student vs teacher
-    (``reconstruction_gate`` and its metric limits). A datacenter TensorRT engine runs where ``tensorrt`` imports;
-    a TensorRT-RTX engine (``engine_target="tensorrt-rtx"``) has no runner: it is listed as not run, with the
-    reason. ``artifacts``: file names of the output folder to list with their status (by default the ONNX and
-    engine given). A runner that fails to start or run fails the check with one line; at least one comparison
-    must be possible.
+    (``reconstruction_gate`` and its metric limits), on the outputs of the models' family. ``precision``: that of
+    the ONNX model and engine, by default the ONNX file's recorded one, else the student's; the student is compared
+    in it (a converted copy when its own differs; the caller's model is untouched), and ``export_gate`` defaults to
+    ``gates.export_gate(precision)``, whose noise rule runs the student again (perturbed, or in float32 for a
+    16-bit precision). A datacenter TensorRT engine runs where ``tensorrt`` imports; a TensorRT-RTX engine
+    (``engine_target="tensorrt-rtx"``) has no runner: it is listed as not run, with the reason. ``artifacts``: file
+    names of the output folder to list with their status (by default the ONNX and engine given). A runner that
+    fails to start or run fails the check with one line; at least one comparison must be possible.
     """
     from polygraphy.logger import G_LOGGER
 
+    from lite3r.exporter.export import PRECISIONS, as_dtype
+
     feeds = feed_dicts(scenes)
     notes: list[str] = []
+    precision = precision or _precision(student, onnx_path)
+    export_gate = export_gate or gates.export_gate(precision)
+    if precision != "fp32" and onnx_path is not None:
+        notes.append(
+            f"onnx: each op ONNX Runtime's CPU provider has no {precision} kernel for ran in float32 with its result "
+            f"rounded to {precision} (lite3r.parity.ort_16bit)"
+        )
     runs: dict[str, ArtifactStatus] = {}  # file name -> what its runner did
     runners: list[tuple[Any, str | None]] = []  # (runner, the file it runs)
     runnable_engine = engine_path is not None and engine_target != "tensorrt-rtx"
     if student is not None:
-        runners.append((TorchRunner(student, "student"), None))
-        runners += [(PerturbedTorchRunner(student, f"student~{k}", export_gate.noise_scale, seed=k), None)
-                    for k in range(export_gate.noise_runs) if onnx_path is not None or runnable_engine]  # fmt: skip
+        runners.append((TorchRunner(as_dtype(student, PRECISIONS[precision]), "student"), None))
+        if onnx_path is not None or runnable_engine:
+            runners += [(runner, None) for runner in _noise_runners(runners[0][0].model, student, export_gate)]
     if teacher is not None:
         runners.append((TorchRunner(teacher, "teacher"), None))
     if onnx_path is not None:
@@ -305,10 +333,11 @@ def check(
         raise ValueError("parity needs a student and at least one of: teacher, onnx_path, engine_path")
 
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the verdicts are reported here, not logged
-        comparisons = [_compare(run_results, cand, ref, gate) for cand, ref, gate in plan]
+        family = family_of(student if student is not None else teacher)
+        comparisons = [_compare(run_results, cand, ref, gate, family.outputs) for cand, ref, gate in plan]
     for c in comparisons:
         if c.gate == reconstruction_gate.name:
-            c.metrics = _mean_metrics(run_results, c.candidate, c.reference)
+            c.metrics = _mean_metrics(run_results, c.candidate, c.reference, family)
     for c in comparisons:
         file = {"onnx": onnx_path, "tensorrt": engine_path}.get(c.candidate)
         if file is not None:
@@ -332,11 +361,24 @@ def check(
         md_path=out_dir / "parity.md",
         artifacts=artifact_statuses(listed, runs, has_student=student is not None),
         frame_counts=sorted({int(feed["images"].shape[1]) for feed in feeds}),
+        precision=precision,
     )
     with staged_output(out_dir, writer="parity") as stage:
         (stage / "parity.json").write_text(_json(result))
         (stage / "parity.md").write_text(_markdown(result))
     return result
+
+
+def _noise_runners(student: torch.nn.Module, float32_student: torch.nn.Module, gate: Gate) -> list[TorchRunner]:
+    """The runs of ``student`` (in the artifacts' precision) that measure its noise for ``gate``'s noise rule:
+    seeded perturbed runs, or the float32 student (``float32_student``, the caller's model)."""
+    from lite3r.exporter.export import as_dtype
+
+    if gate.noise == "perturbed":
+        return [PerturbedTorchRunner(student, f"student~{k}", gate.noise_scale, seed=k) for k in gate.noise_seeds]
+    if gate.noise == "float32":
+        return [TorchRunner(as_dtype(float32_student, torch.float32), FLOAT32_NOISE)]
+    return []
 
 
 def _run_each(runners: list[tuple[Any, str | None]], feeds: list, runs: dict[str, ArtifactStatus]) -> Any:

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from collections import OrderedDict
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
-from lite3r.parity.gates import OUTPUT_NAMES
+from lite3r.models import family_of
 
 INPUT_NAME = "images"
 ONNXRUNTIME_CONFIG = {"session.disable_quant_qdq": "1"}
@@ -42,6 +43,7 @@ class TorchRunner(BaseRunner):
     def __init__(self, model: torch.nn.Module, name: str) -> None:
         super().__init__(name=name)
         self.model = model
+        self.outputs = family_of(model).outputs
 
     def activate_impl(self) -> None:
         self.model.eval()
@@ -57,16 +59,17 @@ class TorchRunner(BaseRunner):
             outputs = self.model(images)
         self.inference_time = time.perf_counter() - start
         return OrderedDict(
-            (k, np.ascontiguousarray(outputs[k].float().cpu().numpy())) for k in OUTPUT_NAMES if k in outputs
+            (k, np.ascontiguousarray(outputs[k].float().cpu().numpy())) for k in self.outputs if k in outputs
         )
 
 
 class SessionFromOnnxPath:
-    """Lazy loader in Polygraphy's style: a CPU ``InferenceSession`` with :data:`ONNXRUNTIME_CONFIG`. A model that
-    ONNX Runtime cannot load is one :class:`OnnxRuntimeError` naming the runtime's version and reason."""
+    """Lazy loader in Polygraphy's style: a CPU ``InferenceSession`` with :data:`ONNXRUNTIME_CONFIG`, of a path,
+    serialized bytes, or a callable that returns the path when the session is made. A model that ONNX Runtime
+    cannot load is one :class:`OnnxRuntimeError` naming the runtime's version and reason."""
 
-    def __init__(self, model: str | os.PathLike | bytes) -> None:
-        self.model = model if isinstance(model, bytes) else str(model)
+    def __init__(self, model: str | os.PathLike | bytes | Callable[[], str]) -> None:
+        self.model = model if isinstance(model, bytes) or callable(model) else str(model)
 
     def __call__(self):
         import onnxruntime as ort
@@ -74,8 +77,9 @@ class SessionFromOnnxPath:
         options = ort.SessionOptions()
         for key, value in ONNXRUNTIME_CONFIG.items():
             options.add_session_config_entry(key, value)
+        model = self.model() if callable(self.model) else self.model
         try:
-            return ort.InferenceSession(self.model, options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
             raise OnnxRuntimeError(f"onnxruntime {ort.__version__} cannot load the model: {_first_line(e)}") from None
 
@@ -114,9 +118,31 @@ class PerturbedTorchRunner(TorchRunner):
 
 
 def onnx_runner(onnx_path: str | os.PathLike, name: str = "onnx") -> BaseRunner:
+    """ONNX Runtime on the CPU; a bf16/fp16 model runs as ``ort_16bit.per_op_rounding`` adapts it (the CPU provider
+    has no bf16 arithmetic and computes fp16 in float32), from a temporary copy that lives as long as the runner."""
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    return OnnxrtRunner(SessionFromOnnxPath(onnx_path), name=name)
+    from lite3r.parity import ort_16bit
+
+    source: str | Callable[[], str] = str(onnx_path)
+    if _is_16bit(source):
+        folder = tempfile.TemporaryDirectory(prefix="lite3r-ort-16bit-")  # removed with the runner's loader
+        source = lambda: str(ort_16bit.per_op_rounding_file(onnx_path, folder.name))  # noqa: E731 (on activate)
+    return OnnxrtRunner(SessionFromOnnxPath(source), name=name)
+
+
+def _is_16bit(path: str) -> bool:
+    """Whether the ONNX file at ``path`` computes in bf16/fp16; a file onnx cannot read is left to ONNX Runtime,
+    whose error then names the runtime (one line in the parity report)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from lite3r.parity import ort_16bit
+
+    try:
+        return ort_16bit.is_16bit(onnx.load(path, load_external_data=False))
+    except (OSError, DecodeError):
+        return False
 
 
 def probe_onnxruntime() -> str:

@@ -1,0 +1,146 @@
+"""``lite3r bench``: a click command over :mod:`lite3r.bench` (parse, call, print). ``lite3r.cli`` attaches it."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lite3r._click import one_line_errors, quiet_third_party
+
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _counts(text: str, option: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of positive counts", param_hint=option)
+    return counts
+
+
+def _grid(sizes: tuple[str, ...], frames: tuple[int, ...], default_size: tuple[int, int]):
+    """``--size HxW`` (with the ``--frames`` counts) or ``--size HxW:F1,F2`` (its own counts), repeatable."""
+    from lite3r.cli import _parse_size
+
+    grid = []
+    for text in sizes or (f"{default_size[0]}x{default_size[1]}",):
+        size, _, counts = text.partition(":")
+        grid.append((_parse_size(size), _counts(counts, "--size") if counts else frames))
+    return tuple(grid)
+
+
+@click.command("bench")
+@click.option("--model", "model_name", default="vggt", show_default=True)
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Official teacher weights.")
+@click.option("--student", "student_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Distilled student folder (student.safetensors [+ quant_state.json]); default: convert_to_sla.")
+@click.option("--pt2", type=click.Path(dir_okay=False, path_type=Path), help="model.pt2 to time as variant pt2.")
+@click.option("--frames", default="2,8,32,100,200", show_default=True, help="Frame counts, comma-separated.")
+@click.option("--size", "sizes", multiple=True,
+              help="View size HxW (repeatable); HxW:F1,F2 gives that size its own frame counts. Default: 518x518.")
+@click.option("--variants", help="Comma-separated subset of teacher-official, teacher-fast, student-bf16, "
+              "student-fp8, pt2 (default: all).")
+@click.option("--reps", default=10, show_default=True, type=click.IntRange(min=1), help="Timed runs per cell.")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Untimed runs per cell after the first call (which compiles / captures).")
+@click.option("--max-cell-seconds", type=click.FloatRange(min=1),
+              help="Time budget per cell: fewer timed runs (at least 3) where --reps would take longer.")
+@click.option("--kh", default=0.05, show_default=True, help="SLA critical-block fraction of the student.")
+@click.option("--kl", default=0.10, show_default=True, help="SLA negligible-block fraction of the student.")
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16"]), default="bfloat16", show_default=True,
+              help="Weights of the runtime variants.")
+@click.option("--heads-dtype", type=click.Choice(["bfloat16", "float16", "float32"]),
+              help="Weights of the prediction heads in the runtime variants (default: --dtype).")
+@click.option("--compile/--no-compile", "compile_blocks", default=True, show_default=True,
+              help="Regional torch.compile of the transformer blocks and the DPT heads' per-chunk prediction.")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True)
+@click.option("--sdpa", type=click.Choice(["cudnn", "flash", "default"]), default="cudnn", show_default=True,
+              help="Preferred dense-attention backend of the runtime variants.")
+@click.option("--accuracy-scenes", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Synthetic scenes the variants are scored on against the float32 teacher (0: none).")
+@click.option("--accuracy-frames", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="cuda", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--smoke", is_flag=True, help="The same code on the CPU: vggt-tiny, 2 and 4 frames of 56x56, no "
+              "compile or CUDA graphs, 3 timed runs (checks the tool, measures nothing of interest).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
+@one_line_errors
+def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, variants, reps, warmup, max_cell_seconds,
+                  kh, kl, dtype, heads_dtype, compile_blocks, cuda_graphs, sdpa, accuracy_scenes, accuracy_frames,
+                  device, seed, smoke, out):
+    """Latency, peak memory and accuracy of the teacher (official usage, fast runtime) and its SLA students
+    over frame counts; writes bench.json, bench.md and plots."""
+    quiet_third_party()
+    from lite3r._io import check_writable_dir
+    from lite3r.bench import BenchConfig, run_bench, write_report
+    from lite3r.bench.variants import VARIANTS
+    from lite3r.deploy.torch import RuntimeOptions
+
+    check_writable_dir(out)
+    chosen = tuple(v.strip() for v in variants.split(",")) if variants else VARIANTS
+    options = dict(
+        checkpoint=checkpoint, student=student_dir, pt2=pt2, variants=chosen, kh=kh, kl=kl, seed=seed,
+        accuracy_scenes=accuracy_scenes,
+    )
+    if smoke:
+        config = BenchConfig.smoke(**options)
+    else:
+        counts = _counts(frames, "--frames")
+        runtime = RuntimeOptions(dtype=dtype, heads_dtype=heads_dtype, compile=compile_blocks,
+                                 cuda_graphs=cuda_graphs, sdpa=sdpa)  # fmt: skip
+        config = BenchConfig(
+            model=model_name, grid=_grid(sizes, counts, (518, 518)), reps=reps, warmup=warmup, device=device,
+            max_cell_seconds=max_cell_seconds,
+            runtime=runtime, accuracy_frames=accuracy_frames, **options,
+        )
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} cells"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def on_progress(done: int, total: int, text: str) -> None:
+            bar.update(task, completed=done, total=total, description=text)
+
+        def on_cell(cell: dict) -> None:
+            line = json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in cell.items()})
+            bar.console.print(line, soft_wrap=True, highlight=False, markup=False)
+
+        result = run_bench(config, on_progress=on_progress, on_cell=on_cell, command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    written = write_report(result, out)
+    out_console.print(_summary(result))
+    for path in written:
+        out_console.print(f"wrote {path}")
+    if result.errors:
+        console.print(f"[red]{len(result.errors)} cell(s) failed: {result.errors[0]['reason']}[/]")
+        sys.exit(1)
+
+
+def _summary(result) -> Table:
+    from lite3r.bench.report import cell_text, speedups
+
+    table = Table(title=f"lite3r bench: median ms (speedup vs teacher-official) on {result.meta['device']}")
+    table.add_column("size / frames")
+    names = list(result.variants)
+    for name in names:
+        table.add_column(name, justify="right")
+    cells = {(c["variant"], c["height"], c["width"], c["frames"]): c for c in result.cells}
+    ups = speedups(result)
+    for (height, width), counts in result.meta["config"]["grid"]:
+        for frames in counts:
+            row = []
+            for name in names:
+                key = (name, height, width, frames)
+                text = cell_text(cells.get(key))
+                up = ups.get(key, {}).get("teacher-official")
+                row.append(text + (f" ({up:.2f}×)" if up and name != "teacher-official" else ""))
+            table.add_row(f"{height}x{width} / {frames}", *row)
+    return table

@@ -1,0 +1,100 @@
+"""``lite3r bench --smoke`` end to end (schema, tables, plots) and the grid's handling of OOM and unrunnable
+variants."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lite3r.bench import BenchConfig, run_bench
+from lite3r.bench import variants as variants_module
+from lite3r.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CELL_KEYS = {"variant", "height", "width", "frames", "status"}
+TIMED_KEYS = {"reps", "min_ms", "median_ms", "max_ms", "peak_allocated_gib", "peak_reserved_gib", "setup_s"}
+
+
+def test_smoke_cli_writes_schema_tables_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(main, ["bench", "--smoke", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "bench.json").read_text())
+    assert set(record) == {"meta", "variants", "cells"}
+    assert {"date", "device", "command", "config", "versions", "git"} <= set(record["meta"])
+    assert isinstance(record["meta"]["command"], str) and record["meta"]["config"]["reps"] == 3
+    assert list(record["variants"]) == list(variants_module.VARIANTS)
+    assert len(record["cells"]) == len(variants_module.VARIANTS) * 2  # two frame counts
+    for cell in record["cells"]:
+        assert CELL_KEYS <= set(cell)
+        if cell["status"] == "ok":
+            assert TIMED_KEYS <= set(cell) and cell["reps"] == 3
+            assert 0 < cell["min_ms"] <= cell["median_ms"] <= cell["max_ms"]
+    ran = {c["variant"] for c in record["cells"] if c["status"] == "ok"}
+    assert ran == {"teacher-official", "teacher-fast", "student-bf16", "student-fp8"}
+    pt2 = record["variants"]["pt2"]
+    assert pt2["status"] == "not run" and "model.pt2" in pt2["reason"]
+    for name in ("student-bf16", "student-fp8"):
+        accuracy = record["variants"][name]["accuracy"]
+        assert accuracy["status"] == "ok" and 0 <= accuracy["depth_abs_rel"] < 0.05
+    for name in ("latency.png", "memory.png", "speedup.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "bench.md").read_text()
+    assert "| 4 |" in table and "not run" in table
+
+
+def test_da3_runs_through_the_same_variants():
+    variants = ("teacher-official", "teacher-fast", "student-bf16", "student-fp8")
+    config = BenchConfig.smoke(model="da3-tiny", variants=variants, grid=(((56, 56), (2, 3)),), reps=1, warmup=0)
+    result = run_bench(config)
+    assert {(c["variant"], c["frames"]): c["status"] for c in result.cells} == {
+        (v, frames): "ok" for v in variants for frames in (2, 3)
+    }
+    assert result.variants["teacher-official"]["notes"] == "float32 weights, bf16 autocast, eager"
+    for name in ("student-bf16", "student-fp8"):
+        accuracy = result.variants[name]["accuracy"]
+        assert accuracy["status"] == "ok" and 0 <= accuracy["depth_abs_rel"] < 0.05, accuracy
+
+
+def test_out_of_memory_is_recorded_and_the_grid_goes_on(monkeypatch):
+    real_build = variants_module._BUILDERS["student-bf16"]
+
+    def build_that_runs_out_of_memory(ctx):
+        built = real_build(ctx)
+        run = built.run
+
+        def run_or_oom(images):
+            if images.shape[1] >= 3:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return run(images)
+
+        built.run = run_or_oom
+        return built
+
+    monkeypatch.setitem(variants_module._BUILDERS, "student-bf16", build_that_runs_out_of_memory)
+    config = BenchConfig.smoke(variants=("student-bf16", "teacher-fast"), grid=(((28, 28), (2, 3, 4)),), reps=1,
+                               warmup=0, accuracy_scenes=0)  # fmt: skip
+    seen = []
+    result = run_bench(config, on_progress=lambda done, total, text: seen.append((done, total)))
+    status = {(c["variant"], c["frames"]): c["status"] for c in result.cells}
+    assert status == {
+        ("student-bf16", 2): "ok", ("student-bf16", 3): "oom", ("student-bf16", 4): "skipped",
+        ("teacher-fast", 2): "ok", ("teacher-fast", 3): "ok", ("teacher-fast", 4): "ok",
+    }  # fmt: skip
+    oom = next(c for c in result.cells if c["status"] == "oom")
+    assert "out of memory" in oom["reason"]
+    assert seen[-1] == (6, 6) and not result.errors
+
+
+def test_bad_bench_options_fail_before_any_work(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "--variants", "student-int4", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "unknown variant(s) student-int4" in result.output
+    result = CliRunner().invoke(main, ["bench", "--frames", "2,x", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "comma-separated list of positive counts" in result.output
+    result = CliRunner().invoke(main, ["bench", "--device", "cuda:0", "--out", str(tmp_path)])
+    if not torch.cuda.is_available():
+        assert result.exit_code == 1 and "CUDA is not available" in result.output
