@@ -80,3 +80,43 @@ def test_zero_amax_exports_as_modelopt_quantizes():
     (y,) = SessionFromOnnxPath(model.SerializeToString())().run(None, {"x": x.numpy()})
     weight = fp8_round_trip(torch.from_numpy(WEIGHT), torch.tensor([[0.0], [2.5], [0.75]]))
     np.testing.assert_allclose(y, (fp8_round_trip(x, torch.tensor(0.0)) @ weight.T).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_16bit_activations_get_modelopts_codes():
+    """In a bf16 graph the activation is cast to float32 before the multiplier, as ModelOpt casts it, so the codes
+    are ModelOpt's for every input; multiplying in bf16 would round ``x * m`` to bf16 first and flip some codes
+    (round-half-even on a bf16 product that sits on an e4m3 midpoint). The DQ scale is bf16: the linear stays bf16."""
+    from lite3r.exporter.qdq import add_fp8_constants, quantize_activation
+    from lite3r.quant import fp8_multiplier, quantize_e4m3
+
+    amax = 3.4662
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.BFLOAT16)], "act",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4096])],
+        [helper.make_tensor_value_info("codes", TensorProto.FLOAT, [4096])],
+    )  # fmt: skip
+    add_fp8_constants(graph)
+    nodes: list = []
+    entry = {"module": "fc", "tensor": "input", "amax": amax}
+    quantize_activation(graph, nodes, "fc", "x16", entry, TensorProto.BFLOAT16)
+    assert [n.op_type for n in nodes] == ["Cast", "Mul", "QuantizeLinear", "DequantizeLinear"]
+    # the bf16 DequantizeLinear has no CPU kernel in ONNX Runtime: the codes are read before it
+    read_codes = helper.make_node("Cast", ["fc.input_quantizer.fp8"], ["codes"], to=TensorProto.FLOAT)
+    graph.node.extend([*nodes[:-1], read_codes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    stored = {t.name: t.data_type for t in model.graph.initializer}
+    assert stored["fc.input_quantizer.scale"] == TensorProto.BFLOAT16
+    assert stored["fc.input_quantizer.multiplier"] == TensorProto.FLOAT
+
+    x = torch.from_numpy(RNG.uniform(-2 * amax, 2 * amax, 4096).astype(np.float32)).bfloat16().float()
+    (codes,) = SessionFromOnnxPath(model.SerializeToString())().run(None, {"x": x.numpy()})
+    multiplier = fp8_multiplier(amax)
+    np.testing.assert_array_equal(codes, quantize_e4m3(x, multiplier).float().numpy())
+    in_bf16 = quantize_e4m3((x.bfloat16() * multiplier.bfloat16()).float(), torch.tensor(1.0)).float().numpy()
+    assert (in_bf16 != codes).any()  # what the 16-bit Mul would have computed
+
+
+def test_fp16_scale_that_underflows_is_one_clear_error():
+    model = linear_graph(True)
+    with pytest.raises(QuantStateError, match=r"head\.fc\.input_quantizer\.scale = .* does not fit float16"):
+        insert_fp8_qdq(model, state(1e-6, 2.0), TensorProto.FLOAT16)

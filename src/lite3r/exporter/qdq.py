@@ -8,10 +8,10 @@ scale ``s`` makes ``x / s`` round like ``x * (448 / amax)`` for every ``x``, so 
 its own and the ``QuantizeLinear`` scale is exactly 1 (``x / 1 == x``). The e4m3 codes are then ModelOpt's bit for
 bit (``tests/exporter/test_fp8_convention.py`` sweeps amax values through onnxruntime).
 
-Multiplier, unit scale and DQ scales are stored in the graph's precision (``QuantizeLinear`` before opset 23 takes
-its scale in its input's type, and a strongly typed TensorRT network computes a DQ's output in its scale's type).
-Weight codes are always ModelOpt's (the float32 multiplier); in a 16-bit graph the rounded multiplier and DQ scale
-are part of the 16-bit rounding noise that parity allows for (docs/exporter.md).
+In a bf16/fp16 graph the codes stay ModelOpt's: ModelOpt casts a 16-bit input to float32 before it multiplies, and
+so does the graph (``Cast -> Mul -> QuantizeLinear`` in float32; a 16-bit ``Mul`` would round ``x * m`` to 16 bits
+first and flip about one code in 30). The ``DequantizeLinear`` scales are stored in the graph's precision, so the
+linears compute in it (a strongly typed TensorRT network takes a DQ's output type from its scale).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ _UNIT_SCALE = "fp8_e4m3_unit_scale"
 def insert_fp8_qdq(model: onnx.ModelProto, state: dict[str, Any], dtype: int = TensorProto.FLOAT) -> int:
     """Quantize the linears listed in ``state`` (a validated quant state) in place; returns the Q/DQ pairs added
     (an activation's ``Q -> DQ`` and a weight's FP8 initialiser ``-> DQ`` count one each). ``dtype``: the ONNX
-    element type the linears compute in (that of the multipliers and scales)."""
+    element type the linears compute in (that of the ``DequantizeLinear`` scales)."""
     graph = model.graph
     entries: dict[str, dict[str, dict]] = defaultdict(dict)
     for entry in state["quantizers"]:
@@ -63,7 +63,7 @@ def insert_fp8_qdq(model: onnx.ModelProto, state: dict[str, Any], dtype: int = T
                 _quantize_weight(graph, inserted, module, node, tensors["weight"], dtype, initializers, producers)
             )
             pairs += 1
-    add_fp8_constants(graph, dtype)
+    add_fp8_constants(graph)
     nodes = [new for node in graph.node for new in (*inserted.get(id(node), ()), node)]
     del graph.node[:]
     graph.node.extend(nodes)
@@ -86,24 +86,24 @@ def _linear_nodes(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return found
 
 
-def add_fp8_constants(graph: onnx.GraphProto, dtype: int = TensorProto.FLOAT) -> None:
-    """The zero point and the unit ``QuantizeLinear`` scale (in ``dtype``) every activation quantizer shares."""
+def add_fp8_constants(graph: onnx.GraphProto) -> None:
+    """The zero point and the unit ``QuantizeLinear`` scale (float32) every activation quantizer shares."""
     graph.initializer.append(helper.make_tensor(_ZERO_POINT, TensorProto.FLOAT8E4M3FN, [], [0.0]))
-    _add_tensor(graph, _UNIT_SCALE, torch.tensor(1.0), dtype)
+    graph.initializer.append(helper.make_tensor(_UNIT_SCALE, TensorProto.FLOAT, [], [1.0]))
 
 
 def _multiplier(entry: dict) -> torch.Tensor:
     return fp8_multiplier(torch.tensor(entry["amax"], dtype=torch.float32))
 
 
-def _add_tensor(graph: onnx.GraphProto, name: str, value: torch.Tensor, dtype: int) -> str:
-    """Store float32 ``value`` rounded to ``dtype``; a multiplier or scale that ``dtype`` cannot hold (fp16 ends at
-    65504) is a clear error instead of an inf or 0 in the graph."""
+def _add_tensor(graph: onnx.GraphProto, name: str, value: torch.Tensor, dtype: int = TensorProto.FLOAT) -> str:
+    """Store float32 ``value`` rounded to ``dtype``; a scale that ``dtype`` cannot hold (fp16 has no normal number
+    below 6.1e-5 and flushes below 6e-8) is a clear error instead of a 0 in the graph."""
     rounded = value.numpy().astype(np.float32).astype(helper.tensor_dtype_to_np_dtype(dtype))
     as_float = rounded.astype(np.float32)
     if not np.all(np.isfinite(as_float) & (as_float != 0)):
         raise QuantStateError(
-            f"{name} = {value.numpy().tolist()} does not fit {helper.tensor_dtype_to_string(dtype)}: "
+            f"{name} = {value.numpy().tolist()} does not fit {np.dtype(helper.tensor_dtype_to_np_dtype(dtype)).name}: "
             "export in float32 or bf16, or recalibrate"
         )
     graph.initializer.append(numpy_helper.from_array(rounded, name))
@@ -113,14 +113,20 @@ def _add_tensor(graph: onnx.GraphProto, name: str, value: torch.Tensor, dtype: i
 def quantize_activation(
     graph: onnx.GraphProto, new_nodes: list, module: str, value: str, entry: dict, dtype: int = TensorProto.FLOAT
 ) -> str:
-    """Append ``Mul -> QuantizeLinear -> DequantizeLinear`` of ``value`` (of type ``dtype``) to ``new_nodes``
-    (initialisers go to ``graph``; :func:`add_fp8_constants` must be called once); returns the dequantized value's
-    name."""
+    """Append ``Mul -> QuantizeLinear -> DequantizeLinear`` of ``value`` (of type ``dtype``; other than float32
+    through a ``Cast`` to float32 first) to ``new_nodes`` (initialisers go to ``graph``; :func:`add_fp8_constants`
+    must be called once); returns the dequantized value's name, of type ``dtype``."""
     multiplier = _multiplier(entry)
-    mult = _add_tensor(graph, f"{module}.input_quantizer.multiplier", multiplier, dtype)
+    mult = _add_tensor(graph, f"{module}.input_quantizer.multiplier", multiplier)
     scale = _add_tensor(graph, f"{module}.input_quantizer.scale", fp8_dequant_scale(multiplier), dtype)
     scaled, quantized = f"{module}.input_quantizer.scaled", f"{module}.input_quantizer.fp8"
     dequantized = f"{module}.input_quantizer.dq"
+    if dtype != TensorProto.FLOAT:
+        as_float = f"{module}.input_quantizer.float32"
+        new_nodes.append(
+            helper.make_node("Cast", [value], [as_float], name=f"{module}.input_cast", to=TensorProto.FLOAT)
+        )
+        value = as_float
     new_nodes += [
         helper.make_node("Mul", [value, mult], [scaled], name=f"{module}.input_mul"),
         helper.make_node("QuantizeLinear", [scaled, _UNIT_SCALE, _ZERO_POINT], [quantized], name=f"{module}.input_q"),
