@@ -6,6 +6,7 @@ Needs the trained weights (package data, installed by scripts/install_teacher.py
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -50,10 +51,13 @@ def test_readme_main_job_enforces_and_passes_the_teacher_gate(demo):
 
 
 @pytest.mark.xfail(
+    importlib.util.find_spec("tensorrt_rtx_bindings") is None and importlib.util.find_spec("tensorrt") is None,
     strict=True,
-    reason="export gate: with FP8 Q/DQ the ONNX model's depth differs from the fake-quant student by 1.7e-3 at the "
-    "99.9th percentile (atol 1e-3), while the float export matches it to 1e-6: the FP8 convention gap of "
-    "docs/deploy.md; measured 2026-11-30, CPU. Remove this mark when the export gate passes.",
+    reason="without a TensorRT the job exports float32 (--precision's default for --target onnx); on held-out "
+    "scene 1001 the ONNX's FP8 code flips move depth by 3.8e-3 (99.9th pct) where the student's three perturbed "
+    "runs move it by at most 0.9e-3 (atol 1e-3 + 2 x 0.9e-3), yet a fourth perturbed run (seed 3) of the student "
+    "alone moves it by 5.4e-3: three samples miss the tail of the noise (docs/deploy.md, Open; measured "
+    "2026-11-30, CPU). With a TensorRT installed ('.[test]' installs TensorRT-RTX) it exports bf16 and passes.",
 )
 def test_readme_main_job_passes(demo):
     _, result = demo
