@@ -1,4 +1,5 @@
-"""The whole chain behind ``lite3r-export``: teacher → SLA student → FP8 (QAT or PTQ) → ONNX → engine → parity.
+"""The whole chain behind ``lite3r-export``: teacher → SLA student → FP8 (QAT or PTQ) → ONNX → engine (or, for
+``--target torch``, an AOTInductor ``model.pt2``) → parity.
 
 Everything is checked before any work starts (frames, checkpoint, target, output folder), every artifact
 is written into a staging folder, and the output folder receives the complete set at the end, so a failure
@@ -22,7 +23,7 @@ import torch
 from lite3r._io import check_writable_dir, staged_output
 from lite3r.deploy._trt import FLAVOURS
 
-TARGETS = ("auto", "tensorrt", "tensorrt-rtx", "onnx")
+TARGETS = ("auto", "tensorrt", "tensorrt-rtx", "onnx", "torch")
 
 
 class ExportError(ValueError):
@@ -100,7 +101,8 @@ def export_model(
     on_stage: Callable[[str], None] | None = None,
 ) -> ExportSummary:
     """Run the chain and write ``student.safetensors``, ``quant_state.json``, ``model.onnx``, ``model.engine``
-    (+ build log, where a TensorRT is installed), ``parity.json`` and ``parity.md`` into ``out``."""
+    (+ build log, where a TensorRT is installed) or ``model.pt2`` (``target="torch"``: bf16 for a CUDA
+    ``device``, float32 for the CPU), ``parity.json`` and ``parity.md`` into ``out``."""
     import lite3r
     from lite3r.deploy.engine import parse_frames
     from lite3r.parity import teacher_gate as make_teacher_gate
@@ -184,6 +186,8 @@ def export_model(
             return str(report)
 
         def build():
+            if target == "torch":
+                return _build_pt2(state["teacher"], stage_dir, frame_range, state["size"], dev)
             if target == "onnx":
                 return "skipped", "no TensorRT installed (or --target onnx): no engine built; the ONNX is the artifact"
             from lite3r.deploy import build_engine
@@ -205,6 +209,7 @@ def export_model(
             result = check(
                 stage_dir, scenes, student=state["student"].cpu(), teacher=state["teacher"].cpu(),
                 onnx_path=stage_dir / "model.onnx", engine_path=state.get("engine"),
+                pt2_path=stage_dir / "model.pt2" if target == "torch" else None,
                 reconstruction_gate=reconstruction_gate,
             )
             summary.parity_passed = result.passed
@@ -226,6 +231,20 @@ def export_model(
         (stage_dir / "export_summary.json").write_text(json.dumps(_summary_json(summary), indent=2) + "\n")
         summary.artifacts = {p.name: p.stat().st_size for p in sorted(stage_dir.iterdir()) if p.is_file()}
     return summary
+
+
+def _build_pt2(teacher, stage_dir: Path, frames, size: tuple[int, int], device: torch.device) -> str:
+    """``model.pt2`` from the saved artifacts (float student + ``quant_state.json``), as the ONNX is built."""
+    from lite3r.deploy.torch.pt2 import export_pt2
+    from lite3r.distill.checkpoint import load_student
+
+    quant = stage_dir / "quant_state.json"
+    report = export_pt2(
+        load_student(teacher.cpu(), stage_dir, fp8=False), stage_dir / "model.pt2", frames=frames, image_size=size,
+        dtype="bfloat16" if device.type == "cuda" else "float32", quant_state=quant if quant.exists() else None,
+        device=device,
+    )  # fmt: skip
+    return report.summary()
 
 
 def _summary_json(summary: ExportSummary) -> dict[str, Any]:

@@ -21,7 +21,8 @@ import torch
 from lite3r._io import staged_output
 from lite3r.deploy._trt import TensorRTNotInstalledError
 from lite3r.parity.gates import EXPORT_GATE, OUTPUT_NAMES, RECONSTRUCTION_GATE, Gate
-from lite3r.parity.runners import TorchRunner, engine_runner, feed_dicts, onnx_runner
+from lite3r.parity.gates import export_gate as precision_gate
+from lite3r.parity.runners import Pt2Runner, TorchRunner, engine_runner, feed_dicts, onnx_runner
 
 _STATS = ("max", "mean", "median", "quantile")
 
@@ -187,12 +188,14 @@ def check(
     teacher: torch.nn.Module | None = None,
     onnx_path: str | os.PathLike | None = None,
     engine_path: str | os.PathLike | None = None,
+    pt2_path: str | os.PathLike | None = None,
     export_gate: Gate = EXPORT_GATE,
     reconstruction_gate: Gate = RECONSTRUCTION_GATE,
 ) -> ParityResult:
     """Compare what is given on ``scenes`` (image tensors ``[S, 3, H, W]``) and write the reports to ``out_dir``.
 
-    Comparisons: ONNX vs student and engine vs student (``export_gate``), student vs teacher
+    Comparisons: ONNX vs student and engine vs student (``export_gate``), ``.pt2`` package vs student (the
+    export gate of the package's precision, ``gates.export_gate(dtype)``), student vs teacher
     (``reconstruction_gate`` and its metric limits). The engine needs datacenter TensorRT; without it the
     engine is skipped with a note. At least one comparison must be possible.
     """
@@ -213,16 +216,22 @@ def check(
             runners.append(engine_runner(Path(engine_path)))
         except TensorRTNotInstalledError as e:
             notes.append(f"engine {engine_path} not compared: {e}")
+    pt2 = None if pt2_path is None else Pt2Runner(Path(pt2_path))
+    runners += [pt2] if pt2 is not None else []
     names = {r.name for r in runners}
     plan = [(c, "student", export_gate) for c in ("onnx", "tensorrt") if c in names and "student" in names]
+    if pt2 is not None and "student" in names:
+        plan.append(("pt2", "student", None))  # the gate of the package's precision, read when it is loaded
     if {"student", "teacher"} <= names:
         plan.append(("student", "teacher", reconstruction_gate))
     if not plan:
-        raise ValueError("parity needs a student and at least one of: teacher, onnx_path, engine_path")
+        raise ValueError("parity needs a student and at least one of: teacher, onnx_path, engine_path, pt2_path")
 
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the verdicts are reported here, not logged
         run_results = Comparator.run(runners, data_loader=feeds)
-        comparisons = [_compare(run_results, cand, ref, gate) for cand, ref, gate in plan]
+        comparisons = [
+            _compare(run_results, cand, ref, gate or precision_gate(pt2.dtype)) for cand, ref, gate in plan
+        ]
     for c in comparisons:
         if c.gate == reconstruction_gate.name:
             c.metrics = _mean_metrics(run_results, c.candidate, c.reference)

@@ -7,6 +7,9 @@ Two questions, two gates (docs/deploy.md has the reasoning):
   maximum because an FP8 graph may round a handful of activations to the neighbouring FP8 value where the
   fake-quantised student does not; a real export bug moves far more than 0.1 % of the elements.
   Confidences are ``1 + exp(x)``: their relative error is the absolute error of ``x``, hence 1e-2.
+  A 16-bit artifact (the ``.pt2`` package) is held to ``export_gate(dtype)``: the same statistics with
+  tolerances scaled to the precision (measured on vggt-tiny: bf16 errors are about 8x fp16's, the ratio of
+  their machine epsilons; docs/deploy.md has the numbers).
 * ``RECONSTRUCTION_GATE`` (loose): is the student (SLA, FP8) still a good stand-in for the dense teacher?
   Median errors per output, plus reconstruction metrics of the student against the teacher's prediction:
   depth AbsRel and the relative camera-pose errors (``lite3r.metrics``).
@@ -67,6 +70,41 @@ EXPORT_GATE = Gate(
         "world_points_conf": _TIGHT_CONF,
     },
 )
+
+# Artifacts that compute in 16 bits, against the float32 PyTorch student. Measured on vggt-tiny (CPU, 2 scenes):
+# bf16 worst pose_enc 1.5e-2, depth 4.5e-3, confidences 8.7e-3, world_points 1.9e-3 absolute; fp16 about 8x less.
+_16BIT_GATES = {
+    "bfloat16": Gate(
+        "export-bfloat16",
+        {
+            "pose_enc": Tolerance(atol=5e-2, rtol=5e-2, stat="max"),
+            "depth": Tolerance(atol=1e-2, rtol=1e-2, stat="quantile"),
+            "depth_conf": Tolerance(atol=5e-2, rtol=5e-2, stat="quantile"),
+            "world_points": Tolerance(atol=1e-2, rtol=1e-2, stat="quantile"),
+            "world_points_conf": Tolerance(atol=5e-2, rtol=5e-2, stat="quantile"),
+        },
+    ),
+    "float16": Gate(
+        "export-float16",
+        {
+            "pose_enc": Tolerance(atol=1e-2, rtol=1e-2, stat="max"),
+            "depth": Tolerance(atol=2e-3, rtol=2e-3, stat="quantile"),
+            "depth_conf": Tolerance(atol=1e-2, rtol=1e-2, stat="quantile"),
+            "world_points": Tolerance(atol=2e-3, rtol=2e-3, stat="quantile"),
+            "world_points_conf": Tolerance(atol=1e-2, rtol=1e-2, stat="quantile"),
+        },
+    ),
+}
+
+
+def export_gate(dtype: str = "float32") -> Gate:
+    """The export gate for an artifact computing in ``dtype`` (``float32``, ``bfloat16``, ``float16``)."""
+    if dtype == "float32":
+        return EXPORT_GATE
+    if dtype not in _16BIT_GATES:
+        raise ValueError(f"no export gate for dtype {dtype!r}; choose from float32, {', '.join(_16BIT_GATES)}")
+    return _16BIT_GATES[dtype]
+
 
 RECONSTRUCTION_GATE = Gate(
     "reconstruction",

@@ -2,7 +2,8 @@
 
 ``TorchRunner`` runs a lite3r model (teacher or student) that returns the official output dict; Polygraphy's
 own ``PytRunner`` expects tuple outputs on CUDA, so it does not fit. ONNX models run in ONNX Runtime (CPU)
-through ``OnnxrtRunner``; engines through ``TrtRunner`` where datacenter TensorRT is installed.
+through ``OnnxrtRunner``; engines through ``TrtRunner`` where datacenter TensorRT is installed; ``.pt2``
+packages through ``Pt2Runner`` (loaded with ``torch._inductor.aoti_load_package``, no lite3r model code).
 """
 
 from __future__ import annotations
@@ -46,6 +47,38 @@ class TorchRunner(BaseRunner):
         return OrderedDict(
             (k, np.ascontiguousarray(outputs[k].float().cpu().numpy())) for k in OUTPUT_NAMES if k in outputs
         )
+
+
+class Pt2Runner(BaseRunner):
+    """Runs an AOTInductor package written by ``lite3r.deploy.torch.export_pt2``; loads it on ``activate``."""
+
+    def __init__(self, path: str | os.PathLike, name: str = "pt2") -> None:
+        super().__init__(name=name)
+        self.path = path
+        self.runner = None
+        self.dtype: str | None = None  # the package's precision, known once it was loaded
+
+    def activate_impl(self) -> None:
+        from lite3r.deploy.torch.pt2 import load_pt2
+
+        self.runner = load_pt2(self.path)
+        self.dtype = self.runner.dtype
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        height, width = self.runner.image_size
+        return TensorMetadata().add(INPUT_NAME, np.float32, (1, None, 3, height, width))
+
+    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        images = torch.from_numpy(feed_dict[INPUT_NAME])
+        start = time.perf_counter()
+        outputs = self.runner(images)
+        if self.runner.device.type == "cuda":
+            torch.cuda.synchronize(self.runner.device)
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict((k, np.ascontiguousarray(outputs[k].float().cpu().numpy())) for k in OUTPUT_NAMES)
+
+    def deactivate_impl(self) -> None:
+        self.runner = None
 
 
 def onnx_runner(onnx_path: str | os.PathLike, name: str = "onnx") -> BaseRunner:

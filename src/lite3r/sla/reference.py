@@ -148,6 +148,13 @@ def _pad_to_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, n_blocks * block - x.shape[-2])).unflatten(-2, (n_blocks, block))
 
 
+def _unpad(x: torch.Tensor, length: int | torch.SymInt) -> torch.Tensor:
+    """``[B, H, n_blocks, block, D]`` -> the first ``length`` tokens ``[B, H, L, D]``, as a new tensor: a sliced
+    view would make later ops ask whether ``L == n_blocks * block`` (its contiguity), which a graph exported
+    with a dynamic frame count cannot answer once for all counts."""
+    return x.flatten(2, 3).index_select(2, torch.arange(length, device=x.device))
+
+
 def feature_map_fn(x: torch.Tensor, name: str) -> torch.Tensor:
     """phi of the linear branch, applied per token over the head dimension."""
     if name == "softmax":
@@ -179,7 +186,7 @@ def critical_attention(
     scores = _pad_to_blocks(q, block_q) @ gathered_k.transpose(-1, -2) / math.sqrt(dim)
     scores = scores.masked_fill((key_pos >= length)[..., None, :], float("-inf"))
     out = torch.softmax(scores, dim=-1) @ gathered_v
-    return out.flatten(2, 3)[..., :length, :]
+    return _unpad(out, length)
 
 
 def linear_attention(
@@ -203,7 +210,7 @@ def linear_attention(
     phi_q = _pad_to_blocks(feature_map_fn(q, feature_map), block_q)  # [B, H, nq, BQ, D]
     numerator = phi_q @ kv_state
     denominator = (phi_q * k_state[..., None, :]).sum(-1, keepdim=True) + LINEAR_EPS
-    return (numerator / denominator).flatten(2, 3)[..., :length, :]
+    return _unpad(numerator / denominator, length)
 
 
 def sparse_linear_attention_reference(
