@@ -1,6 +1,6 @@
 """``export_pt2`` / ``load_pt2``: a CPU AOTInductor package of a tiny SLA student (reference SLA path) runs in a
 process that never imports lite3r and matches the student over its dynamic frame range; the Polygraphy runner
-passes parity; bad options fail before any work; FP8 linears export.
+passes parity; a C++ program loads it too; bad options fail before any work; FP8 linears export.
 
 One package is compiled for the module (AOTInductor on this CPU takes minutes, so the student is vggt-tiny cut
 to two aggregator layers, 56x56 views)."""
@@ -8,9 +8,11 @@ to two aggregator layers, 56x56 views)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch

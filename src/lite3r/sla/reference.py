@@ -166,6 +166,28 @@ def feature_map_fn(x: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"feature_map must be one of {FEATURE_MAPS}; got {name!r}")
 
 
+def _critical_keys(critical: torch.Tensor, block_k: int) -> torch.Tensor:
+    """Token positions of the critical key blocks: ``[B, H, nq, n_critical]`` -> ``[B, H, nq, n_critical * block_k]``.
+
+    Built with a ``gather`` over token slots rather than by splitting a ``[..., n_critical, block_k]`` view: a
+    graph exported with a dynamic frame count may have ``n_critical == 1`` at the traced size, and reshapes or
+    broadcasts over such a dimension would pin it to 1 for every count."""
+    slots = torch.arange(critical.shape[-1] * block_k, device=critical.device)
+    block_of_slot = (slots // block_k).expand(*critical.shape[:-1], slots.shape[0])
+    return critical.long().gather(-1, block_of_slot) * block_k + slots % block_k
+
+
+def _gather_tokens(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``x [B, H, L, D]`` at ``positions [B, H, nq, T]`` (positions past L read zeros) -> ``[B, H, nq, T, D]``,
+    with one flat ``index_select`` (a fresh contiguous tensor: its view needs no shape reasoning)."""
+    batch, heads, length, dim = x.shape
+    padded = F.pad(x, (0, 0, 0, 1))  # row L is the zero every out-of-range position reads
+    head = torch.arange(batch * heads, device=x.device).view(batch, heads, 1, 1).expand_as(positions)
+    rows = head * (length + 1) + positions.clamp(max=length)
+    gathered = padded.flatten(0, 2).index_select(0, rows.flatten())
+    return gathered.view(*positions.shape, dim)
+
+
 def critical_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, critical: torch.Tensor, block_q: int, block_k: int
 ) -> torch.Tensor:
@@ -173,19 +195,11 @@ def critical_attention(
 
     Computes in the dtype of ``q``; padding keys of a short last block are masked out.
     """
-    batch, heads, length, dim = q.shape
-    keys = _pad_to_blocks(k, block_k)
-    values = _pad_to_blocks(v, block_k)
-    b = torch.arange(batch, device=q.device)[:, None, None, None]
-    h = torch.arange(heads, device=q.device)[None, :, None, None]
-    idx = critical.long()
-    # [B, H, nq, n_critical * block_k, D]: the keys each query block sees.
-    gathered_k = keys[b, h, idx].flatten(3, 4)
-    gathered_v = values[b, h, idx].flatten(3, 4)
-    key_pos = (idx[..., None] * block_k + torch.arange(block_k, device=q.device)).flatten(3)
-    scores = _pad_to_blocks(q, block_q) @ gathered_k.transpose(-1, -2) / math.sqrt(dim)
+    length, dim = q.shape[-2:]
+    key_pos = _critical_keys(critical, block_k)  # [B, H, nq, n_critical * block_k]: the keys each query block sees
+    scores = _pad_to_blocks(q, block_q) @ _gather_tokens(k, key_pos).transpose(-1, -2) / math.sqrt(dim)
     scores = scores.masked_fill((key_pos >= length)[..., None, :], float("-inf"))
-    out = torch.softmax(scores, dim=-1) @ gathered_v
+    out = torch.softmax(scores, dim=-1) @ _gather_tokens(v, key_pos)
     return _unpad(out, length)
 
 
