@@ -129,7 +129,8 @@ def test_cuda_export_records_the_triton_kernels_for_every_frame_count():
             graph = program.run_decompositions(decompose_custom_triton_ops=True).graph
     calls = [node for node in graph.nodes if node.op == "call_function"]
     assert not [n for n in calls if "lite3r" in str(n.target) or "assert" in str(n.target)]
-    launches = [n.kwargs["kwargs"] for n in calls if n.target is torch.ops.higher_order.triton_kernel_wrapper_functional]
+    wrapper = torch.ops.higher_order.triton_kernel_wrapper_functional
+    launches = [n.kwargs["kwargs"] for n in calls if n.target is wrapper]
     assert len(launches) == 6  # pool, key states, classify, two marginal sums, fused forward
     tiles = {name: value for k in launches for name, value in k.items() if name.isupper()}
     assert tiles["CHUNK"] == 1024 and tiles["BLOCK_M"] == tiles["BLOCK_K"] == 64  # fixed tiles, masked

@@ -15,9 +15,10 @@ Design (docs/sla.md has the reasoning and the numbers):
   of a key block come from a CSR transpose of the LUT).
 
 The ``@triton.jit`` functions take plain pointers, strides and integers with constexpr tile sizes, so they can
-be compiled ahead of time (TensorRT plugin). The host wrappers below own allocation and launch only. They launch through ``torch.library.wrap_triton`` (a
-plain launch in eager mode) and never branch on the sequence length, so that ``torch.export`` with a dynamic
-frame count records the kernels with symbolic sizes (``lite3r::sparse_linear_attention`` is a ``triton_op``).
+be compiled ahead of time (TensorRT plugin). The host wrappers below own allocation and launch only. They
+launch through ``torch.library.wrap_triton`` (a plain launch in eager mode) and never branch on the sequence
+length, so that ``torch.export`` with a dynamic frame count records the kernels with symbolic sizes
+(``lite3r::sparse_linear_attention`` is a ``triton_op``).
 """
 
 from __future__ import annotations
@@ -172,8 +173,10 @@ def classify_kernel(
         top_rank = top_ties_before + tl.cumsum(top_ties.to(tl.int32), 0)  # 1-based among ties, lower index first
         critical = (valid & (ordered > top_lo)) | (top_ties & (top_rank <= top_need))
         bottom_ties = valid & (ordered == bottom_hi)
-        bottom_rank = bottom_ties_total - bottom_ties_before - tl.cumsum(bottom_ties.to(tl.int32), 0) + 1  # from the end
-        negligible = ((valid & (ordered < bottom_hi)) | (bottom_ties & (bottom_rank <= bottom_need))) & (n_negligible > 0)
+        # Bottom ties rank from the end.
+        bottom_rank = bottom_ties_total - bottom_ties_before - tl.cumsum(bottom_ties.to(tl.int32), 0) + 1
+        negligible = (valid & (ordered < bottom_hi)) | (bottom_ties & (bottom_rank <= bottom_need))
+        negligible &= n_negligible > 0
 
         classes = tl.where(critical, 1, tl.where(negligible, -1, 0)).to(tl.int8)
         tl.store(CLASSES + row * num_kblocks + lanes, classes, mask=valid)
