@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_suite.sh distill     # issue 5: distillation closes the gap (VGGT-1B size and tiny)
 #   bash benchmarks/gpu_suite.sh runtime     # issue 10: GPU tests of TorchRuntime + SLA, SDPA backends
 #   BENCH_FRAMES=2,8,32,100 BENCH_ARGS="--reps 10" bash benchmarks/gpu_suite.sh bench   # issue 9/10: lite3r bench
+#   bash benchmarks/gpu_suite.sh pt2         # issue 11: SLA kernels on CUDA, then the VGGT-1B student as model.pt2
 # ModelOpt / Polygraphy are not on the GPU image: carry them as wheels in .whl (see docs/gpu.md).
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -31,6 +32,8 @@ for part in "$@"; do
                     --out "$OUT/distill_tiny.json"; } 2>&1 | tee "$OUT/distill.log" ;;
     runtime) { python3 -m pytest -q -x -p no:cacheprovider tests/deploy/test_torch_runtime.py tests/sla/test_sla_gpu.py \
                && python3 benchmarks/bench_sdpa_backends.py --frames 2 8 32; } 2>&1 | tee "$OUT/runtime.log" ;;
+    pt2) { python3 -m pytest -q -p no:cacheprovider tests/sla/test_sla_gpu.py
+           python3 benchmarks/bench_pt2.py --out "$OUT/pt2"; } 2>&1 | tee "$OUT/pt2.log" ;;
     bench) python3 -m lite3r.cli bench --model vggt --frames "$BENCH_FRAMES" $BENCH_ARGS --out "$OUT/bench" 2>&1 \
              | tee "$OUT/bench.log" ;;
     *) echo "unknown part $part"; exit 2 ;;

@@ -6,7 +6,7 @@ also registered so compiled backward graphs trace it) recomputes the block map, 
 the softmax statistics instead of saving them.
 
 The forward is a ``torch.library.triton_op``: its body is traceable (Triton launches through
-``torch.library.wrap_triton``, the reference's torch ops elsewhere) and doubles as the fake implementation.
+``torch.library.wrap_triton``, the reference's torch ops elsewhere); its fake implementation only gives the shape.
 ``torch.export`` keeps the one node; ``ExportedProgram.run_decompositions(decompose_custom_triton_ops=True)``
 and Inductor replace it by the body, so an AOTInductor package compiles the kernels in and runs without lite3r.
 
@@ -101,6 +101,13 @@ def _sparse_linear_attention(
 
             return kernels.sla_forward(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map)
         return _reference(kh, kl, block_q, block_k, feature_map)(q, k, v, weight, bias).contiguous()
+
+
+@_sparse_linear_attention.register_fake
+def _(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map, backend):
+    # Shape only (triton_op would run the body): torch.export and the ONNX exporter keep the op as one node and
+    # need no more; Inductor and AOTInductor still replace the node by the body.
+    return q.new_empty(q.shape)
 
 
 @torch.library.custom_op("lite3r::sparse_linear_attention_backward", mutates_args=())

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
 
 from lite3r._io import check_writable_dir, staged_output
 from lite3r.deploy.engine import FrameRange, check_frames, parse_frames
@@ -221,7 +222,10 @@ def _export(model: nn.Module, size: tuple[int, int], frames: FrameRange, device:
     with torch.no_grad(), _size_oblivious():
         try:
             program = torch.export.export(model, (images,), dynamic_shapes=dynamic, strict=False)
-        except torch._dynamo.exc.UserError as e:
+            # The SLA op's body (kernels or reference) in place of its node, as AOTInductor would put it, but
+            # here, so that a shape assumption in it fails now with the frame range named.
+            program = program.run_decompositions({}, decompose_custom_triton_ops=True)
+        except (torch._dynamo.exc.UserError, ConstraintViolationError) as e:
             lines = [line.strip(" -") for line in str(e).strip().splitlines()]
             detail = next((line for line in lines if line.startswith(("Not all values", "solving"))), lines[0])
             raise Pt2Error(f"the frame axis cannot stay dynamic over {frames.min}..{frames.max}: {detail}") from None
