@@ -7,8 +7,7 @@ error of the real FP8 path against the fake-quantized (ModelOpt) model with the 
 2. The model (random weights, seed 0) -> ``convert_to_sla`` student -> FP8 calibration on two synthetic
    scenes (``calibrate_fp8``, default recipe: the trunk) -> ``convert_to_fp8``. Output error of real FP8 vs
    fake quant (and vs the bf16 student, for scale) on a held-out synthetic scene of ``--error-frames`` views.
-3. Latency (median of ``--reps`` after a warm-up) and peak memory of the bf16-SLA and FP8-SLA students at each
-   of ``--frames``, under bf16 autocast (heads in fp32, as the model runs them).
+End-to-end latency and memory of the bf16 and FP8 students: ``lite3r bench`` (variants student-bf16, student-fp8).
 
     PYTHONPATH=src python3 benchmarks/bench_fp8.py --out fp8.json                       # CUDA, VGGT-1B size
     PYTHONPATH=src python3 benchmarks/bench_fp8.py --model vggt-tiny --size 112 --out fp8_tiny.json
@@ -21,13 +20,13 @@ import argparse
 import copy
 import json
 import platform
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
 import lite3r
+from lite3r.bench.measure import time_call
 from lite3r.calibration import calibrate_fp8, quant_state
 from lite3r.data import make_scene
 from lite3r.deploy.fp8 import FP8Linear, check_fp8_device, convert_to_fp8
@@ -36,22 +35,8 @@ TOKENS_EXTRA = 5  # camera + 4 register tokens per frame
 
 
 def time_ms(fn, reps: int, device: torch.device) -> float:
-    """Median milliseconds of ``fn()`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median milliseconds of ``fn()`` after one warm-up call (``lite3r.bench.measure``)."""
+    return time_call(fn, reps, device).median_ms
 
 
 @torch.no_grad()
@@ -101,26 +86,10 @@ def output_errors(fake, real, reference, scene, device: torch.device) -> dict:
     return errors
 
 
-@torch.no_grad()
-def latency(model, frames: int, size: int, reps: int, device: torch.device) -> dict:
-    images = torch.rand(1, frames, 3, size, size, device=device)
-
-    def run():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            model(images)
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    ms = time_ms(run, reps, device)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"frames": frames, "median_ms": ms, "peak_mem_gib": peak}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vggt")
     parser.add_argument("--size", type=int, default=518)
-    parser.add_argument("--frames", type=int, nargs="+", default=[8, 32, 100])
     parser.add_argument("--gemm-frames", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--error-frames", type=int, default=4)
     parser.add_argument("--kh", type=float, default=0.05)
@@ -129,8 +98,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="CPU, vggt-tiny, tiny sizes: checks the script runs")
     args = parser.parse_args()
     if args.smoke:
-        args.model, args.size, args.frames, args.gemm_frames, args.error_frames, args.reps = (
-            "vggt-tiny", 28, [2], [2], 2, 1
+        args.model, args.size, args.gemm_frames, args.error_frames, args.reps = (
+            "vggt-tiny", 28, [2], 2, 1
         )  # fmt: skip
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     check_fp8_device(device)
@@ -156,11 +125,6 @@ def main() -> None:
     held_out = make_scene(args.error_frames, args.size, args.size, seed=100)
     result["errors"] = output_errors(fake, real, student, held_out, device)
     del fake
-    result["latency"] = [
-        {"variant": name, **latency(model, frames, args.size, args.reps, device)}
-        for frames in args.frames
-        for name, model in (("bf16-sla", student), ("fp8-sla", real))
-    ]
     result["wall_s"] = time.perf_counter() - started
     if args.out:
         with open(args.out, "w") as f:
@@ -182,14 +146,6 @@ def print_tables(result: dict) -> None:
         e = result["errors"]
         print(f"| {name} | {e[f'{name}/pose_enc_rel']:.2e} | {e[f'{name}/depth_rel']:.2e} | "
               f"{e[f'{name}/depth_abs_rel']:.2e} | {e[f'{name}/world_points_rel']:.2e} |")
-    print("\n| frames | bf16-SLA ms | FP8-SLA ms | speed-up | bf16 peak GiB | FP8 peak GiB |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    by = {(r["variant"], r["frames"]): r for r in result["latency"]}
-    for frames in result["args"]["frames"]:
-        b, f = by[("bf16-sla", frames)], by[("fp8-sla", frames)]
-        peaks = [f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-" for r in (b, f)]
-        print(f"| {frames} | {b['median_ms']:.1f} | {f['median_ms']:.1f} | {b['median_ms'] / f['median_ms']:.2f}x | "
-              f"{peaks[0]} | {peaks[1]} |")
 
 
 if __name__ == "__main__":

@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
 # One device call per part, each well inside the 10-minute limit; full logs and JSON land in $OUT.
-#   bash benchmarks/gpu_suite.sh sla-e2e     # issue 4: VGGT-1B teacher vs SLA student, 8/32/100 frames
 #   bash benchmarks/gpu_suite.sh plugin      # issue 6: the plugin's AOT PTX launched as TensorRT would
 #   bash benchmarks/gpu_suite.sh onnx1b      # issue 6: full-size student ONNX + onnxruntime parity, 2 frames
 #   bash benchmarks/gpu_suite.sh fp8         # issue 5: FP8 GEMMs, bf16-SLA vs FP8-SLA latency, real vs fake FP8
 #   bash benchmarks/gpu_suite.sh distill     # issue 5: distillation closes the gap (VGGT-1B size and tiny)
 #   bash benchmarks/gpu_suite.sh runtime     # issue 10: GPU tests of TorchRuntime + SLA, SDPA backends
+#   bash benchmarks/gpu_suite.sh profile     # issue 10: where the student's time goes (kernel categories)
 #   BENCH_FRAMES=2,8,32,100 BENCH_ARGS="--reps 10" bash benchmarks/gpu_suite.sh bench   # issue 9/10: lite3r bench
+#   BENCH_MODEL=da3-large BENCH_FRAMES=2,8,32,100 BENCH_ARGS="--size 504x504" bash benchmarks/gpu_suite.sh bench  # 14
+#   bash benchmarks/gpu_suite.sh distill-ddp # issue 15: 1 vs 2 GPUs, DDP and FSDP2 (nvidia-h200-x2, < 8 min)
+#   bash benchmarks/gpu_suite.sh teacher     # issue 12: train vggt-small (5 min), then the SLA/FP8 experiment on it
+#                                            # (about 3 min); $OUT/teacher holds the weights to install;
+#                                            # TEACHER_ARGS="--lr 1e-3 --images-per-step 32" changes the recipe
 #   bash benchmarks/gpu_suite.sh pt2         # issue 11: SLA kernels on CUDA, then the VGGT-1B student as model.pt2
 # ModelOpt / Polygraphy are not on the GPU image: carry them as wheels in .whl (see docs/gpu.md).
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=src:/tmp/site
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast stays off
+if compgen -G ".whl/*.whl" >/dev/null && [ ! -d /tmp/site/modelopt ]; then  # parts on two GPUs share one install
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
 fi
+[ -d /tmp/site ] && export PYTHONPATH=src:/tmp/site
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 for part in "$@"; do
   echo "=== $part ==="
   case "$part" in
-    sla-e2e) python3 benchmarks/bench_vggt.py --frames 8 32 100 --variants teacher student-kh0.05 --reps 3 \
-               --out "$OUT/sla_e2e.json" 2>&1 | tee "$OUT/sla_e2e.log" ;;
     plugin) { python3 scripts/check_plugin_ptx_gpu.py \
               && python3 scripts/check_plugin_ptx_gpu.py --dtype fp16 --head-dim 128 --block-q 128; } 2>&1 \
               | tee "$OUT/plugin.log" ;;
@@ -34,8 +38,20 @@ for part in "$@"; do
                && python3 benchmarks/bench_sdpa_backends.py --frames 2 8 32; } 2>&1 | tee "$OUT/runtime.log" ;;
     pt2) { python3 -m pytest -q -p no:cacheprovider tests/sla/test_sla_gpu.py
            python3 benchmarks/bench_pt2.py --out "$OUT/pt2"; } 2>&1 | tee "$OUT/pt2.log" ;;
-    bench) python3 -m lite3r.cli bench --model vggt --frames "$BENCH_FRAMES" $BENCH_ARGS --out "$OUT/bench" 2>&1 \
+    profile) python3 benchmarks/profile_runtime.py --frames 2 8 32 --out "$OUT/profile.json" 2>&1 \
+               | tee "$OUT/profile.log" ;;
+    bench) python3 -m lite3r.cli bench --model "${BENCH_MODEL:-vggt}" --frames "$BENCH_FRAMES" $BENCH_ARGS --out "$OUT/bench" 2>&1 \
              | tee "$OUT/bench.log" ;;
+    distill-ddp) python3 benchmarks/bench_distill_ddp.py --out "$OUT/distill_ddp.json" 2>&1 \
+                   | tee "$OUT/distill_ddp.log" ;;
+    # Files come back at most 16 MiB each: the 19.7 MB weights travel as .part0/.part1, which
+    # scripts/install_teacher.py joins (and checks against the card's SHA-256).
+    teacher) work=$(mktemp -d /tmp/teacher.XXXX)  # two parts on two GPUs of one machine do not collide
+             { python3 -m lite3r.cli train-teacher --minutes 5 --no-resume ${TEACHER_ARGS:-} --out "$work" \
+               && mkdir -p "$OUT/teacher" && cp "$work/vggt-small.json" "$OUT/teacher/" \
+               && split -b 10M -d -a 1 "$work/vggt-small.safetensors" "$OUT/teacher/vggt-small.safetensors.part" \
+               && python3 benchmarks/bench_teacher.py --weights "$work" --train-log "$work/log.jsonl" \
+                    --minutes 2.75 --out "$OUT/bench"; } 2>&1 | tee "$OUT/teacher.log" ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
 done

@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 from functools import partial
 from unittest import mock
 
 import torch
 
-from lite3r.models import VGGT, VGGTConfig, load_state_dict_strict
+from _official import adopt_official_weights, report, run_both, save_fixture
+from lite3r.models import VGGT, VGGTConfig
 from lite3r.models._registry import get_preset
 
 OUTPUT_KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
@@ -86,75 +86,15 @@ def _official_sizes(c: VGGTConfig):
         yield
 
 
-def perturb_(model: torch.nn.Module, seed: int) -> None:
-    """Seeded, in place: LayerScale gammas ~ U(0.1, 0.5), every other tensor += N(0, 0.02)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith(".gamma"):
-                tensor.uniform_(0.1, 0.5, generator=generator)
-            else:
-                tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.02)
-
-
 def compare(model_name: str, batch: int, frames: int, height: int, width: int, seed: int):
     """Returns (official state dict, images, official outputs, our outputs)."""
     _, config = get_preset(model_name)
     torch.manual_seed(seed)
-    t0 = time.perf_counter()
-    official = build_official(config).eval()
-    perturb_(official, seed)
-    state_dict = official.state_dict()
-    with torch.device("meta"):
-        ours = VGGT(config)
-    # assign=True: ours adopts the official tensors, so the two models share one copy of the weights.
-    load_state_dict_strict(ours, state_dict, source="official VGGT state dict", assign=True)
-    ours.eval()
-    n_params = sum(t.numel() for t in state_dict.values())
-    print(f"{model_name}: {len(state_dict)} tensors, {n_params / 1e6:.2f} M parameters, loaded strictly "
-          f"({time.perf_counter() - t0:.1f} s)")
-
+    official = build_official(config)
+    state_dict, ours = adopt_official_weights(official, VGGT, config, seed, model_name)
     images = torch.rand(batch, frames, 3, height, width, generator=torch.Generator().manual_seed(seed + 1))
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        reference = official(images)
-        t_official = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        mine = ours(images)
-        t_ours = time.perf_counter() - t0
-    print(f"input {tuple(images.shape)} float32 CPU, forward: official {t_official:.1f} s, lite3r {t_ours:.1f} s")
+    reference, mine = run_both(lambda: official(images), lambda: ours(images), images)
     return state_dict, images, {k: reference[k] for k in OUTPUT_KEYS}, mine
-
-
-def report(reference: dict[str, torch.Tensor], mine: dict[str, torch.Tensor]) -> float:
-    """Prints a table; returns the worst relative error."""
-    if set(mine) != set(OUTPUT_KEYS):
-        raise SystemExit(f"lite3r returned keys {sorted(mine)}, expected {list(OUTPUT_KEYS)}")
-    print(f"{'output':<18} {'shape':<24} {'max |official|':>15} {'max abs err':>12} {'rel err':>10}")
-    worst = 0.0
-    for key in OUTPUT_KEYS:
-        ref, out = reference[key], mine[key]
-        if ref.shape != out.shape:
-            raise SystemExit(f"{key}: official shape {tuple(ref.shape)}, lite3r {tuple(out.shape)}")
-        scale = ref.abs().max().item()
-        err = (ref - out).abs().max().item()
-        rel = err / max(scale, 1e-12)
-        worst = max(worst, rel)
-        print(f"{key:<18} {str(tuple(ref.shape)):<24} {scale:>15.4g} {err:>12.3g} {rel:>10.3g}")
-    return worst
-
-
-def save_fixture(path: str, model_name: str, seed: int, state_dict, images, reference) -> None:
-    """Official-layout weights (``model.*``), the input (``input.images``) and official outputs (``output.*``)."""
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.contiguous() for k, v in state_dict.items()}
-    tensors["input.images"] = images.contiguous()
-    tensors.update({f"output.{k}": v.contiguous() for k, v in reference.items()})
-    metadata = {"preset": model_name, "seed": str(seed), "generator": "scripts/compare_official_vggt.py",
-                "reference": "facebookresearch/vggt (official code), float32, CPU"}
-    save_file(tensors, path, metadata=metadata)
-    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -175,9 +115,11 @@ def main() -> None:
     state_dict, images, reference, mine = compare(
         args.model, args.batch, args.frames, args.height, args.width, args.seed
     )
-    worst = report(reference, mine)
+    worst = report(reference, mine, OUTPUT_KEYS)
     if args.save_fixture:
-        save_fixture(args.save_fixture, args.model, args.seed, state_dict, images, reference)
+        metadata = {"preset": args.model, "seed": str(args.seed), "generator": "scripts/compare_official_vggt.py",
+                    "reference": "facebookresearch/vggt (official code), float32, CPU"}
+        save_fixture(args.save_fixture, state_dict, images, reference, metadata)
     if worst > args.tolerance:
         raise SystemExit(f"FAIL: worst relative error {worst:.3g} > {args.tolerance:g}")
     print(f"OK: worst relative error {worst:.3g} <= {args.tolerance:g}")

@@ -29,7 +29,6 @@ import torch
 import lite3r
 from lite3r.data import make_scene
 from lite3r.exporter import export_onnx
-from lite3r.exporter.export import OUTPUT_NAMES
 
 
 def build_student(name: str, layers: str, kh: float, kl: float, seed: int) -> torch.nn.Module:
@@ -83,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         images = make_scene(frames, args.image_size, args.image_size, seed=args.seed).images[None]
         with torch.no_grad():
             expected, torch_s = timed(student, images)
-        actual, onnx_s = timed(session.run, list(OUTPUT_NAMES), {"images": images.numpy()})
+        names = student.family.outputs
+        actual, onnx_s = timed(session.run, list(names), {"images": images.numpy()})
         print(f"\n{frames} frames of {args.image_size}x{args.image_size}: PyTorch {torch_s:.2f} s, "
               f"onnxruntime {onnx_s:.2f} s")  # fmt: skip
         print(f"  {'output':<18} {'max |err|':>11} {'max |ref|':>11} {'rel':>10}")
         errors = {}
-        for name, value in zip(OUTPUT_NAMES, actual):
+        for name, value in zip(names, actual):
             reference = expected[name].numpy()
             abs_err = float(np.abs(value - reference).max())
             scale = float(np.abs(reference).max())

@@ -31,6 +31,18 @@ def test_predict_synthetic_writes_outputs_and_metrics(tmp_path):
     assert "random weights" in result.output
 
 
+def test_predict_da3_writes_its_outputs_cameras_and_metrics(tmp_path):
+    out = tmp_path / "out"
+    args = ["predict", "--model", "da3-tiny", "--synthetic", "3", "--size", "56x84", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    pred = np.load(out / "predictions.npz")
+    assert sorted(pred) == ["depth", "depth_conf", "extrinsics", "intrinsics"]
+    assert pred["depth"].shape == (3, 56, 84) and pred["extrinsics"].shape == (3, 3, 4)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "depth_points_chamfer" in metrics and not any(k.startswith("pointmap") for k in metrics)
+
+
 def test_predict_image_folder_has_no_metrics(tmp_path):
     folder = tmp_path / "views"
     folder.mkdir()

@@ -75,6 +75,13 @@ def test_pose_encoding_field_of_view():
     torch.testing.assert_close(encoding, torch.tensor([0, 0, 0, 0, 0, 0, 1, 2 * math.atan(1.2), math.pi / 2]))
 
 
+def test_zero_field_of_view_decodes_to_a_finite_focal_length():
+    # A ReLU'd field of view can be exactly 0; like DA3's decoder, tan(fov / 2) is clamped at 1e-6.
+    encoding = torch.tensor([0.0, 0, 0, 0, 0, 0, 1, 0, math.pi / 2])
+    _, intrinsics = pose_encoding_to_extri_intri(encoding, (60, 100))
+    torch.testing.assert_close(intrinsics[:2, :2], torch.tensor([[50.0, 0], [0, 30 / 1e-6]]))
+
+
 def test_pose_encoding_rejects_wrong_size():
     with pytest.raises(ValueError, match="9 values"):
         pose_encoding_to_extri_intri(torch.zeros(3, 7), (14, 14))

@@ -17,6 +17,10 @@ from lite3r.metrics import (
     reconstruction_metrics,
     relative_pose_errors,
 )
+from lite3r.models.da3 import DA3Config, da3_family
+from lite3r.models.vggt import VGGTConfig, vggt_family
+
+VGGT, DA3 = vggt_family(VGGTConfig()), da3_family(DA3Config())
 
 
 def _yaw(degrees: float) -> torch.Tensor:
@@ -126,7 +130,7 @@ def _perfect_prediction(scene, scale=2.5):
 
 
 def test_reconstruction_metrics_perfect_prediction(scene):
-    metrics = reconstruction_metrics(_perfect_prediction(scene), scene, max_points=2000)
+    metrics = reconstruction_metrics(_perfect_prediction(scene), scene, VGGT, max_points=2000)
     assert all(isinstance(v, float) for v in metrics.values())
     expected = {
         "depth_abs_rel": 0, "depth_delta_1_25": 1, "rotation_error_deg": 0, "translation_error_deg": 0,
@@ -142,10 +146,10 @@ def test_reconstruction_metrics_see_each_kind_of_error(scene):
     noisy_depth = dict(perfect, depth=perfect["depth"] * 1.2**flips)
     rotated = dict(perfect, pose_enc=perfect["pose_enc"].clone())
     rotated["pose_enc"][0, 1, 3:7] = torch.tensor([0.0, math.sin(0.1), 0.0, math.cos(0.1)])  # view 1 turned
-    metrics = reconstruction_metrics(noisy_depth, scene, max_points=2000)
+    metrics = reconstruction_metrics(noisy_depth, scene, VGGT, max_points=2000)
     assert metrics["depth_abs_rel"] > 0.1 and metrics["depth_points_chamfer"] > 0.01
     assert metrics["rotation_error_deg"] < 1e-3 and metrics["pointmap_chamfer"] < 1e-5
-    metrics = reconstruction_metrics(rotated, scene, max_points=2000)
+    metrics = reconstruction_metrics(rotated, scene, VGGT, max_points=2000)
     assert metrics["rotation_error_deg"] > 1 and metrics["depth_points_fscore"] < 1
     assert metrics["depth_abs_rel"] < 1e-5
 
@@ -154,6 +158,24 @@ def test_reconstruction_metrics_reject_mismatched_predictions(scene):
     perfect = _perfect_prediction(scene)
     message = r"predictions\['depth'\] has shape \[1, 3, 56, 70, 2\], expected \[3, 56, 70, 1\]"
     with pytest.raises(ValueError, match=message):
-        reconstruction_metrics(dict(perfect, depth=perfect["depth"].expand(1, 3, 56, 70, 2)), scene)
+        reconstruction_metrics(dict(perfect, depth=perfect["depth"].expand(1, 3, 56, 70, 2)), scene, VGGT)
     with pytest.raises(ValueError, match="lack 'world_points'"):
-        reconstruction_metrics({k: v for k, v in perfect.items() if k != "world_points"}, scene)
+        reconstruction_metrics({k: v for k, v in perfect.items() if k != "world_points"}, scene, VGGT)
+
+
+def test_reconstruction_metrics_of_a_family_without_a_point_map(scene):
+    """DA3's outputs: depth without a channel, cameras as extrinsics/intrinsics; depth points only."""
+    height, width = scene.depth.shape[1:]
+    extrinsics = relative_to_first(scene.extrinsics)
+    extrinsics[..., 3] *= 2.5
+    perfect = {"depth": 2.5 * scene.depth[None], "extrinsics": extrinsics[None], "intrinsics": scene.intrinsics[None]}
+    metrics = reconstruction_metrics(perfect, scene, DA3, max_points=2000)
+    assert not any(k.startswith("pointmap") for k in metrics)
+    expected = {"depth_abs_rel": 0, "rotation_error_deg": 0, "fov_error_deg": 0, "depth_points_chamfer": 0}
+    assert {k: metrics[k] for k in expected} == pytest.approx(expected, abs=1e-4)
+    turned = extrinsics.clone()
+    turned[1, :, :3] = _yaw(5).float() @ turned[1, :, :3]
+    assert reconstruction_metrics(dict(perfect, extrinsics=turned[None]), scene, DA3)["rotation_error_deg"] > 1
+    with pytest.raises(ValueError, match="lack 'intrinsics'"):
+        reconstruction_metrics({k: v for k, v in perfect.items() if k != "intrinsics"}, scene, DA3)
+

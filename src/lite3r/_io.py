@@ -7,11 +7,12 @@ place only when the whole stage succeeded, so a crash or a bad input never leave
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 
 class OutputError(ValueError):
@@ -62,3 +63,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None: JSON has no NaN, and a metric that is undefined
+    for the data (pose errors of a single frame) is written as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value

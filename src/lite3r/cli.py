@@ -17,6 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from lite3r._click import one_line_errors, quiet_third_party
+from lite3r.exporter import PRECISION_NAMES
 from lite3r.parity.gates import TEACHER_GATE_MODES
 
 console = Console(stderr=True)
@@ -60,11 +61,12 @@ def _metrics_table(metrics: dict[str, float]) -> Table:
 @click.group()
 @click.version_option(package_name="lite3r")
 def main() -> None:
-    """lite3r: fast feed-forward 3D reconstruction (VGGT) with SLA, FP8, ONNX and TensorRT."""
+    """lite3r: fast feed-forward 3D reconstruction (VGGT, Depth-Anything-3) with SLA, FP8, ONNX and TensorRT."""
 
 
 @main.command()
-@click.option("--model", "model_name", default="vggt", show_default=True, help="Model preset (vggt, vggt-tiny).")
+@click.option("--model", "model_name", default="vggt", show_default=True,
+              help="Model preset (vggt, vggt-small, vggt-tiny, da3-large, da3-tiny).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Official .pt/.safetensors.")
 @click.option("--images", type=click.Path(path_type=Path), help="Folder of images (one scene).")
 @click.option("--synthetic", type=click.IntRange(min=1), help="Render a synthetic scene with N views instead.")
@@ -90,6 +92,7 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
 
     import lite3r
     from lite3r._io import check_writable_dir
+    from lite3r.models import has_trained_weights
     from lite3r.predict import DTYPES, resolve_device, run_model, save_prediction
 
     if (images is None) == (synthetic is None):
@@ -102,7 +105,7 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
         task = progress.add_task("loading model", total=4)
         torch.manual_seed(seed)
         model = lite3r.load_model(model_name, checkpoint=checkpoint)
-        if checkpoint is None:
+        if not has_trained_weights(model_name, checkpoint):
             console.print(f"[yellow]No --checkpoint: {model_name} has random weights (seed {seed}).[/]")
         if student is not None:
             from lite3r.distill import load_student
@@ -115,11 +118,11 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
         if images is not None:
             from lite3r.data import load_images
 
-            views = load_images(images, mode=mode, target_size=model.config.img_size)
+            views = load_images(images, mode=mode, target_size=model.family.image_size)
         else:
             from lite3r.data.synthetic import make_scene
 
-            h, w = hw or (model.config.img_size, model.config.img_size)
+            h, w = hw or (model.family.image_size,) * 2
             scene = make_scene(synthetic, height=h, width=w, seed=seed)
             views = scene.images
         progress.update(task, advance=1, description=f"running {model_name} on {len(views)} views")
@@ -129,8 +132,8 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
         if scene is not None:
             from lite3r.metrics import reconstruction_metrics
 
-            metrics = reconstruction_metrics(outputs, scene)
-        written = save_prediction(out, views, outputs, metrics)
+            metrics = reconstruction_metrics(outputs, scene, model.family)
+        written = save_prediction(out, views, outputs, model.family, metrics)
         progress.update(task, advance=1, description="done")
 
     if metrics:
@@ -158,16 +161,16 @@ _student_option = click.option(
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="torch target: teacher weights.")
 @_student_option
 @click.option("--size", help="torch target: view size HxW; default: the model's image size.")
-@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISION_NAMES), default="bf16", show_default=True,
               help="torch target: weights and activations.")
 @click.option("--device", default="cuda", show_default=True, help="torch target: the device the package runs on.")
 @one_line_errors
-def build(onnx_path, out, target, frames, timing_cache, verbose, model_name, checkpoint, student_dir, size, dtype,
+def build(onnx_path, out, target, frames, timing_cache, verbose, model_name, checkpoint, student_dir, size, precision,
           device):
     """Build a strongly typed (FP8 from the graph's Q/DQ) TensorRT or TensorRT-RTX engine from an ONNX file, or
     (--target torch) an AOTInductor model.pt2 of the student (FP8 GEMMs from its quant_state.json)."""
     if target == "torch":
-        _build_pt2(out, frames, model_name, checkpoint, student_dir, size, dtype, device)
+        _build_pt2(out, frames, model_name, checkpoint, student_dir, size, precision, device)
         return
     if onnx_path is None:
         raise click.UsageError(f"--target {target} builds from an ONNX file: give MODEL.onnx")
@@ -178,17 +181,18 @@ def build(onnx_path, out, target, frames, timing_cache, verbose, model_name, che
     out_console.print(report.summary())
 
 
-def _build_pt2(out, frames, model_name, checkpoint, student_dir, size, dtype, device):
+def _build_pt2(out, frames, model_name, checkpoint, student_dir, size, precision, device):
     import torch
 
     from lite3r.deploy.torch.pt2 import export_pt2
+    from lite3r.exporter.export import PRECISIONS
 
     torch.manual_seed(0)
     teacher, student = _teacher_and_student(model_name, checkpoint, student_dir, fp8=False)
     quant = None if student_dir is None else Path(student_dir) / "quant_state.json"
     with console.status("exporting and compiling model.pt2 (AOTInductor)"):
         report = export_pt2(
-            student or teacher, out, frames=frames, image_size=_parse_size(size), dtype=dtype,
+            student or teacher, out, frames=frames, image_size=_parse_size(size), dtype=PRECISIONS[precision],
             quant_state=quant if quant is not None and quant.exists() else None, device=device,
         )  # fmt: skip
     out_console.print(report.summary())
@@ -197,9 +201,10 @@ def _build_pt2(out, frames, model_name, checkpoint, student_dir, size, dtype, de
 def _teacher_and_student(model_name, checkpoint, student_dir, *, fp8: bool):
     import lite3r
     from lite3r.distill import load_student
+    from lite3r.models import has_trained_weights
 
     teacher = lite3r.load_model(model_name, checkpoint=checkpoint)
-    if checkpoint is None:
+    if not has_trained_weights(model_name, checkpoint):
         console.print(f"[yellow]No --checkpoint: {model_name} has random weights (seed 0).[/]")
     student = None if student_dir is None else load_student(teacher, student_dir, fp8=fp8)
     return teacher, student
@@ -212,22 +217,25 @@ def _teacher_and_student(model_name, checkpoint, student_dir, *, fp8: bool):
 @click.option("--size", help="View size HxW fixed in the graph; default: the model's image size.")
 @click.option("--frames", default=2, show_default=True, type=click.IntRange(min=1),
               help="Frames traced (the axis stays dynamic).")
+@click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
+              help="Weights and activations of the graph; bf16/fp16 let TensorRT use the SLA plugin.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write.")
 @one_line_errors
-def export_command(model_name, checkpoint, student_dir, size, frames, out):
+def export_command(model_name, checkpoint, student_dir, size, frames, precision, out):
     """Export the teacher, or a student with its FP8 scales, to ONNX (SLA as a custom op with a function body)."""
     quiet_third_party()
     import torch
 
-    from lite3r.exporter import export_onnx
+    from lite3r.exporter import PRECISIONS, export_onnx
 
     torch.manual_seed(0)
     teacher, student = _teacher_and_student(model_name, checkpoint, student_dir, fp8=False)
     quant = None if student_dir is None else Path(student_dir) / "quant_state.json"
+    model = (student or teacher).to(PRECISIONS[precision])  # ours to convert: no copy in the exporter
     with console.status("exporting ONNX"):
         report = export_onnx(
-            student or teacher, out, image_size=_parse_size(size) or teacher.config.img_size,
-            example_frames=frames, quant_state=quant if quant is not None and quant.exists() else None,
+            model, out, image_size=_parse_size(size) or teacher.family.image_size, example_frames=frames,
+            quant_state=quant if quant is not None and quant.exists() else None, precision=precision,
         )
     out_console.print(report.summary())
 
@@ -242,15 +250,18 @@ def export_command(model_name, checkpoint, student_dir, size, frames, out):
 @click.option("--views", default=2, show_default=True, type=click.IntRange(min=1), help="Views per scene.")
 @click.option("--size", help="View size HxW; default: the model's image size.")
 @click.option("--teacher-gate", type=click.Choice(TEACHER_GATE_MODES), default="auto", show_default=True,
-              help="Gate on student-vs-teacher; auto: only with a --checkpoint.")
+              help="Gate on student-vs-teacher; auto: only for trained weights (--checkpoint, or shipped).")
+@click.option("--precision", type=click.Choice(PRECISION_NAMES),
+              help="Precision of the artifacts (the student is compared in it); default: the ONNX's.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
 def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, synthetic, views, size, teacher_gate,
-                   out):
+                   precision, out):
     """Compare student, ONNX and engine against each other and the teacher; exit 1 when a gate fails."""
     import torch
 
     from lite3r.data.synthetic import make_scene
+    from lite3r.models import has_trained_weights
     from lite3r.parity import check
     from lite3r.parity import teacher_gate as make_teacher_gate
 
@@ -258,12 +269,15 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
         raise click.UsageError("--student DIR is required (the model every artifact is compared with)")
     torch.manual_seed(0)
     teacher, student = _teacher_and_student(model_name, checkpoint, student_dir, fp8=True)
-    h, w = _parse_size(size) or (teacher.config.img_size,) * 2
+    h, w = _parse_size(size) or (teacher.family.image_size,) * 2
     scenes = [make_scene(views, h, w, seed=1000 + i).images for i in range(synthetic)]
     with console.status("running parity"):
         result = check(
             out, scenes, student=student, teacher=teacher, onnx_path=onnx_path, engine_path=engine_path,
-            reconstruction_gate=make_teacher_gate(teacher_gate, trained_teacher=checkpoint is not None),
+            precision=precision,
+            reconstruction_gate=make_teacher_gate(
+                teacher_gate, trained_teacher=has_trained_weights(model_name, checkpoint)
+            ),
         )
     out_console.print(result.md_path.read_text())
     if not result.passed:
@@ -282,17 +296,21 @@ def parity_command(model_name, checkpoint, student_dir, onnx_path, engine_path, 
 @click.option("--frames", default="2:8:32", show_default=True, help="Engine frame range min:opt:max.")
 @click.option("--target", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnx", "torch"]), default="auto",
               show_default=True, help="auto: TensorRT, else TensorRT-RTX, else ONNX only; torch: ONNX + model.pt2.")
+@click.option("--precision", type=click.Choice(PRECISION_NAMES),
+              help="Weights and activations of the ONNX/engine/model.pt2; default: bf16 for a TensorRT target, "
+                   "fp32 otherwise.")
 @click.option("--size", help="View size HxW (multiples of 14); default: the model's image size.")
 @click.option("--kh", default=0.05, show_default=True, help="SLA critical-block fraction.")
 @click.option("--kl", default=0.10, show_default=True, help="SLA negligible-block fraction.")
 @click.option("--teacher-gate", type=click.Choice(TEACHER_GATE_MODES), default="auto", show_default=True,
-              help="Gate on student-vs-teacher parity; auto: only with a --checkpoint (random teachers: report only).")
+              help="Gate on student-vs-teacher parity; auto: only for trained weights (--checkpoint, or shipped "
+                   "like vggt-small's; random teachers: report only).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Where distillation/calibration run.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @one_line_errors
-def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, frames, target, size, kh, kl,
-                teacher_gate, seed, device, out):
+def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, frames, target, precision, size, kh,
+                kl, teacher_gate, seed, device, out):
     """Teacher → SLA student → FP8 → ONNX → engine → parity, into one folder; exits 1 when a parity gate fails."""
     quiet_third_party()
     from lite3r.pipeline import export_model
@@ -307,8 +325,8 @@ def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, fr
 
         summary = export_model(
             model_name, out, fp8=fp8, checkpoint=checkpoint, distill_steps=distill_steps, calib=calib,
-            synthetic=synthetic, frames=frames, target=target, image_size=_parse_size(size), kh=kh, kl=kl,
-            teacher_gate=teacher_gate, seed=seed, device=device, on_stage=on_stage,
+            synthetic=synthetic, frames=frames, target=target, precision=precision, image_size=_parse_size(size),
+            kh=kh, kl=kl, teacher_gate=teacher_gate, seed=seed, device=device, on_stage=on_stage,
         )
         progress.update(task, completed=len(stages), description="done")
 
@@ -335,11 +353,13 @@ def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, fr
 
 def _attach_commands() -> None:
     from lite3r.cli_bench import bench_command
+    from lite3r.cli_teacher import train_teacher_command
     from lite3r.cli_train import calibrate_command, distill_command
 
     main.add_command(distill_command, "distill")
     main.add_command(calibrate_command, "calibrate")
     main.add_command(bench_command, "bench")
+    main.add_command(train_teacher_command, "train-teacher")
 
 
 _attach_commands()

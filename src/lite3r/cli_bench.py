@@ -62,7 +62,7 @@ def _grid(sizes: tuple[str, ...], frames: tuple[int, ...], default_size: tuple[i
 @click.option("--heads-dtype", type=click.Choice(["bfloat16", "float16", "float32"]),
               help="Weights of the prediction heads in the runtime variants (default: --dtype).")
 @click.option("--compile/--no-compile", "compile_blocks", default=True, show_default=True,
-              help="Regional torch.compile of the transformer blocks.")
+              help="Regional torch.compile of the transformer blocks and the DPT heads' per-chunk prediction.")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True)
 @click.option("--sdpa", type=click.Choice(["cudnn", "flash", "default"]), default="cudnn", show_default=True,
               help="Preferred dense-attention backend of the runtime variants.")

@@ -17,15 +17,19 @@ POSE_ENCODING_SIZE = 9
 
 
 def quaternion_to_matrix(quaternions: torch.Tensor) -> torch.Tensor:
-    """``[..., 4]`` xyzw quaternions (any non-zero norm) to ``[..., 3, 3]`` rotation matrices."""
-    q = quaternions / quaternions.norm(dim=-1, keepdim=True)
-    x, y, z, w = q.unbind(-1)
+    """``[..., 4]`` xyzw quaternions (any non-zero norm) to ``[..., 3, 3]`` rotation matrices.
+
+    The norm enters as ``2 / |q|^2`` instead of normalising ``q`` first, the form the official VGGT and DA3
+    decoders use (so that decoded cameras match theirs to the last bit).
+    """
+    x, y, z, w = quaternions.unbind(-1)
+    two_s = 2.0 / (quaternions * quaternions).sum(-1)
     rows = (
-        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+        1 - two_s * (y * y + z * z), two_s * (x * y - z * w), two_s * (x * z + y * w),
+        two_s * (x * y + z * w), 1 - two_s * (x * x + z * z), two_s * (y * z - x * w),
+        two_s * (x * z - y * w), two_s * (y * z + x * w), 1 - two_s * (x * x + y * y),
     )  # fmt: skip
-    return torch.stack(rows, dim=-1).reshape(*q.shape[:-1], 3, 3)
+    return torch.stack(rows, dim=-1).reshape(*quaternions.shape[:-1], 3, 3)
 
 
 def matrix_to_quaternion(matrix: torch.Tensor) -> torch.Tensor:
@@ -150,7 +154,8 @@ def pose_encoding_to_extri_intri(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``absT_quaR_FoV`` encoding ``[..., 9]`` to extrinsics ``[..., 3, 4]`` and intrinsics ``[..., 3, 3]``.
 
-    The principal point is put at ``(W/2, H/2)`` as in the official decoder.
+    The principal point is put at ``(W/2, H/2)`` as in the official decoder. ``tan(fov / 2)`` is clamped to at least
+    1e-6 as in DA3's decoder (a ReLU'd field of view can be 0), which changes nothing for any real camera.
     """
     if pose_encoding.shape[-1] != POSE_ENCODING_SIZE:
         raise ValueError(
@@ -160,8 +165,8 @@ def pose_encoding_to_extri_intri(
     translation, quat, fov = pose_encoding.split((3, 4, 2), dim=-1)
     extrinsics = torch.cat((quaternion_to_matrix(quat), translation[..., None]), dim=-1)
     intrinsics = torch.zeros(*pose_encoding.shape[:-1], 3, 3, dtype=pose_encoding.dtype, device=pose_encoding.device)
-    intrinsics[..., 0, 0] = (width / 2) / torch.tan(fov[..., 1] / 2)
-    intrinsics[..., 1, 1] = (height / 2) / torch.tan(fov[..., 0] / 2)
+    intrinsics[..., 0, 0] = (width / 2) / torch.tan(fov[..., 1] / 2).clamp(min=1e-6)
+    intrinsics[..., 1, 1] = (height / 2) / torch.tan(fov[..., 0] / 2).clamp(min=1e-6)
     intrinsics[..., 0, 2] = width / 2
     intrinsics[..., 1, 2] = height / 2
     intrinsics[..., 2, 2] = 1

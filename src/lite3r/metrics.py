@@ -13,11 +13,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from lite3r.geometry import (
-    POSE_ENCODING_SIZE,
     camera_centers,
     depth_to_world_points,
     extri_intri_to_pose_encoding,
-    pose_encoding_to_extri_intri,
     relative_to_first,
     rotation_angle_deg,
     transform_points,
@@ -25,6 +23,7 @@ from lite3r.geometry import (
 
 if TYPE_CHECKING:
     from lite3r.data.synthetic import Scene
+    from lite3r.models import ModelFamily
 
 DEPTH_ALIGNMENTS = ("median", "lstsq")
 
@@ -100,20 +99,21 @@ def relative_pose_errors(pred_extrinsics: torch.Tensor, gt_extrinsics: torch.Ten
 
 
 def prediction_gap(
-    pred: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], image_size: tuple[int, int]
+    pred: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], image_size: tuple[int, int], family: ModelFamily
 ) -> dict[str, float]:
     """Errors of one scene's prediction with a reference prediction (e.g. the teacher's) taken as ground truth.
 
-    Both are official output dicts with a batch of one scene. ``depth_abs_rel`` / ``depth_delta_1_25``
-    (per-view median-scaled, :func:`depth_metrics`), the relative-pose errors of :func:`relative_pose_errors`
-    on the decoded cameras, and ``pose_enc_l1``.
+    Both are official output dicts of a ``family`` model with a batch of one scene. ``depth_abs_rel`` /
+    ``depth_delta_1_25`` (per-view median-scaled, :func:`depth_metrics`), the relative-pose errors of
+    :func:`relative_pose_errors` on the cameras, and ``pose_enc_l1`` (of the cameras' 9-value pose encodings).
     """
-    depth_ref, depth_pred = (out["depth"][0, ..., 0].float().cpu() for out in (reference, pred))
+    size = tuple(image_size)
+    pred, reference = ({k: v.float().cpu() for k, v in out.items()} for out in (pred, reference))
+    depth_ref, depth_pred = (family.depth(out)[0] for out in (reference, pred))
     metrics = depth_metrics(depth_pred, depth_ref, torch.ones_like(depth_ref, dtype=torch.bool))
-    extrinsics = [pose_encoding_to_extri_intri(out["pose_enc"][0].float().cpu(), tuple(image_size))[0]
-                  for out in (pred, reference)]  # fmt: skip
-    metrics |= relative_pose_errors(*extrinsics)
-    metrics["pose_enc_l1"] = (pred["pose_enc"].float().cpu() - reference["pose_enc"].float().cpu()).abs().mean().item()
+    metrics |= relative_pose_errors(*(family.cameras(out, size)[0][0] for out in (pred, reference)))
+    pose_pred, pose_ref = (family.pose_encoding(out, size) for out in (pred, reference))
+    metrics["pose_enc_l1"] = (pose_pred - pose_ref).abs().mean().item()
     return metrics
 
 
@@ -165,29 +165,35 @@ def fscore(pred: torch.Tensor, gt: torch.Tensor, threshold: float, chunk_size: i
 def reconstruction_metrics(
     predictions: dict[str, torch.Tensor],
     scene: Scene,
+    family: ModelFamily,
     *,
     depth_alignment: str = "median",
     fscore_threshold: float = 0.05,
     max_points: int = 10_000,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Score a VGGT output dict against a synthetic scene; returns a flat dict of floats.
+    """Score the official output dict of a ``family`` model against a synthetic scene; a flat dict of floats.
 
-    ``predictions`` holds the official keys ``pose_enc [S, 9]``, ``depth [S, H, W, 1]`` and
-    ``world_points [S, H, W, 3]``, optionally with a leading batch dimension of 1.
+    ``predictions`` holds one scene's outputs (``[S, ...]``, optionally with a leading batch dimension of 1).
 
     - Depth: :func:`depth_metrics` (per-view ``depth_alignment``).
-    - Cameras: :func:`relative_pose_errors` on the decoded ``pose_enc``, and the mean absolute error of the
+    - Cameras: :func:`relative_pose_errors` on the predicted cameras, and the mean absolute error of the
       predicted fields of view (``fov_error_deg``).
-    - Points, twice: the point head's ``world_points`` (``pointmap_*``, in view 0's frame by VGGT's
-      convention) and the depth unprojected with the predicted cameras, moved to view 0's frame
-      (``depth_points_*``). See :func:`_aligned_point_cloud_metrics`; the same ``max_points`` random valid
-      pixels (seeded) are used for prediction and ground truth.
+    - Points: the depth unprojected with the predicted cameras, moved to view 0's frame (``depth_points_*``),
+      and, for a family that predicts a point map (VGGT's ``world_points``, in view 0's frame by its
+      convention), that map (``pointmap_*``). See :func:`_aligned_point_cloud_metrics`; the same ``max_points``
+      random valid pixels (seeded) are used for prediction and ground truth.
     """
-    pose_enc, depth, points = (_unbatched(predictions, key, scene) for key in ("pose_enc", "depth", "world_points"))
     num_views, height, width = scene.depth.shape
-    depth = depth.reshape(num_views, height, width)
-    pred_extrinsics, pred_intrinsics = pose_encoding_to_extri_intri(pose_enc, (height, width))
+    shapes = family.shapes(num_views, height, width)
+    outputs = {k: _unbatched(predictions, k, shape) for k, shape in shapes.items() if k in predictions}
+    try:
+        depth = family.depth(outputs)
+        pred_extrinsics, pred_intrinsics = family.cameras(outputs, (height, width))
+        pose_enc = family.pose_encoding(outputs, (height, width))
+        points = None if family.points is None else outputs[family.points]
+    except KeyError as e:
+        raise ValueError(f"predictions lack {e.args[0]!r} (have {sorted(predictions)})") from None
 
     metrics = depth_metrics(depth, scene.depth, scene.valid, depth_alignment)
     metrics |= relative_pose_errors(pred_extrinsics, scene.extrinsics)
@@ -201,7 +207,8 @@ def reconstruction_metrics(
         depth_to_world_points(depth, pred_extrinsics, pred_intrinsics), pred_extrinsics[:1].expand(num_views, 3, 4)
     )
     unit = scene.depth[scene.valid].median()
-    for name, cloud in (("pointmap", points), ("depth_points", depth_points)):
+    clouds = {"depth_points": depth_points} if points is None else {"pointmap": points, "depth_points": depth_points}
+    for name, cloud in clouds.items():
         scores = _aligned_point_cloud_metrics(
             cloud.reshape(-1, 3)[pixels], gt_points.reshape(-1, 3)[pixels], unit, fscore_threshold
         )
@@ -221,18 +228,12 @@ def _aligned_point_cloud_metrics(
     return point_cloud_metrics(pred / unit, gt / unit, threshold)
 
 
-def _unbatched(predictions: dict[str, torch.Tensor], key: str, scene: Scene) -> torch.Tensor:
-    """``predictions[key]`` without a batch dim of 1, checked against the scene's views and size."""
-    if key not in predictions:
-        raise ValueError(f"predictions lack {key!r} (have {sorted(predictions)})")
+def _unbatched(predictions: dict[str, torch.Tensor], key: str, expected: tuple[int, ...]) -> torch.Tensor:
+    """``predictions[key]`` of shape ``expected`` (one scene), without a batch dim of 1, float32 on the CPU."""
     value = torch.as_tensor(predictions[key]).detach().float().cpu()
-    num_views, height, width = scene.depth.shape
-    expected = {"pose_enc": (num_views, POSE_ENCODING_SIZE), "depth": (num_views, height, width, 1),
-                "world_points": (num_views, height, width, 3)}[key]  # fmt: skip
     if tuple(value.shape) not in (expected, (1, *expected)):
         raise ValueError(
-            f"predictions[{key!r}] has shape {list(value.shape)}, expected {list(expected)} for this scene "
-            f"({num_views} views of {height}x{width}), with or without a batch dim of 1"
+            f"predictions[{key!r}] has shape {list(value.shape)}, expected {list(expected)} for this scene, "
+            "with or without a batch dim of 1"
         )
     return value.reshape(expected)
-

@@ -22,6 +22,7 @@ import torch
 
 from lite3r._io import check_writable_dir, staged_output
 from lite3r.deploy._trt import FLAVOURS
+from lite3r.exporter import PRECISION_NAMES
 
 TARGETS = ("auto", "tensorrt", "tensorrt-rtx", "onnx", "torch")
 
@@ -70,6 +71,17 @@ def resolve_target(target: str) -> str:
     return target
 
 
+def resolve_precision(precision: str | None, target: str) -> str:
+    """``None`` picks what the target runs: bf16 for a TensorRT target (the SLA plugin and 16-bit tensor cores;
+    bf16 keeps float32's range, fp16 can overflow), float32 for ONNX only (what ONNX Runtime's CPU provider runs
+    natively). ``target`` is a resolved one (``resolve_target``)."""
+    if precision is None:
+        return "bf16" if target in FLAVOURS else "fp32"
+    if precision not in PRECISION_NAMES:
+        raise ExportError(f"--precision must be one of {', '.join(PRECISION_NAMES)}; got {precision!r}")
+    return precision
+
+
 def _calibration_data(calib: str | Path | None, synthetic: int, views: int, size: tuple[int, int], seed: int):
     if calib is not None:
         from lite3r.data.datasets import open_scenes
@@ -91,6 +103,7 @@ def export_model(
     synthetic: int = 4,
     frames: str = "2:8:32",
     target: str = "auto",
+    precision: str | None = None,
     image_size: tuple[int, int] | None = None,
     kh: float = 0.05,
     kl: float = 0.10,
@@ -101,20 +114,28 @@ def export_model(
     on_stage: Callable[[str], None] | None = None,
 ) -> ExportSummary:
     """Run the chain and write ``student.safetensors``, ``quant_state.json``, ``model.onnx``, ``model.engine``
-    (+ build log, where a TensorRT is installed) or ``model.pt2`` (``target="torch"``: bf16 for a CUDA
-    ``device``, float32 for the CPU), ``parity.json`` and ``parity.md`` into ``out``."""
+    (+ build log, where a TensorRT is installed) or ``model.pt2`` (``target="torch"``: an AOTInductor package for
+    ``device``), ``parity.json`` and ``parity.md`` into ``out``.
+
+    ``precision``: what the ONNX (and engine, or package) compute in, ``"fp32"``, ``"bf16"`` or ``"fp16"``; by
+    default ``resolve_precision``'s choice for the target. Parity compares them with the student in that precision."""
     import lite3r
     from lite3r.deploy.engine import parse_frames
+    from lite3r.models import has_trained_weights, require_pretrained
     from lite3r.parity import teacher_gate as make_teacher_gate
     from lite3r.predict import resolve_device
 
     frame_range = parse_frames(frames)
     target = resolve_target(target)
+    precision = resolve_precision(precision, target)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ExportError(f"checkpoint not found: {checkpoint}")
     if calib is not None and not Path(calib).is_dir():
         raise ExportError(f"--calib {calib}: not a folder")
-    reconstruction_gate = make_teacher_gate(teacher_gate, trained_teacher=checkpoint is not None)
+    trained = has_trained_weights(model_name, checkpoint)
+    if checkpoint is None and trained:
+        require_pretrained(model_name)  # shipped weights not installed: say so before any work
+    reconstruction_gate = make_teacher_gate(teacher_gate, trained_teacher=trained)
     if distill_steps < 0:
         raise ExportError(f"--distill-steps must be >= 0; got {distill_steps}")
     dev = resolve_device(device)
@@ -138,9 +159,12 @@ def export_model(
         def load():
             torch.manual_seed(seed)
             state["teacher"] = lite3r.load_model(model_name, checkpoint=checkpoint).to(dev)
-            size = image_size or (state["teacher"].config.img_size,) * 2
+            size = image_size or (state["teacher"].family.image_size,) * 2
             state["size"] = size
-            weights = f"weights {checkpoint}" if checkpoint else f"RANDOM weights (seed {seed}; no --checkpoint)"
+            if checkpoint:
+                weights = f"weights {checkpoint}"
+            else:
+                weights = "shipped trained weights" if trained else f"RANDOM weights (seed {seed}; no --checkpoint)"
             return f"{model_name}, {weights}, views {size[0]}x{size[1]}"
 
         def convert():
@@ -170,24 +194,25 @@ def export_model(
 
         def export():
             from lite3r.distill.checkpoint import load_student
-            from lite3r.exporter import export_onnx
+            from lite3r.exporter import PRECISIONS, export_onnx
 
-            # The exporter takes the float student and places FP8 Q/DQ from the scales, so the graph carries
-            # exactly the saved artifacts: rebuild the student from them.
+            # The exporter takes the unquantized student and places FP8 Q/DQ from the scales, so the graph
+            # carries exactly the saved artifacts: rebuild the student from them (in the export's precision).
             quant = stage_dir / "quant_state.json"
-            float_student = load_student(state["teacher"].cpu(), stage_dir, fp8=False)
+            plain_student = load_student(state["teacher"].cpu(), stage_dir, fp8=False).to(PRECISIONS[precision])
             report = export_onnx(
-                float_student,
+                plain_student,
                 stage_dir / "model.onnx",
                 image_size=state["size"],
                 example_frames=frame_range.min,
                 quant_state=quant if quant.exists() else None,
+                precision=precision,
             )
             return str(report)
 
         def build():
             if target == "torch":
-                return _build_pt2(state["teacher"], stage_dir, frame_range, state["size"], dev)
+                return _build_pt2(state["teacher"], stage_dir, frame_range, state["size"], precision, dev)
             if target == "onnx":
                 return "skipped", "no TensorRT installed (or --target onnx): no engine built; the ONNX is the artifact"
             from lite3r.deploy import build_engine
@@ -208,15 +233,16 @@ def export_model(
             ]
             result = check(
                 stage_dir, scenes, student=state["student"].cpu(), teacher=state["teacher"].cpu(),
-                onnx_path=stage_dir / "model.onnx", engine_path=state.get("engine"),
+                onnx_path=stage_dir / "model.onnx", engine_path=state.get("engine"), precision=precision,
                 pt2_path=stage_dir / "model.pt2" if target == "torch" else None,
                 reconstruction_gate=reconstruction_gate,
             )
             summary.parity_passed = result.passed
             summary.parity_failures = result.failures()
             verdict = "PASSED" if result.passed else "FAILED"
-            scope = "" if reconstruction_gate.enforced else " (student vs teacher informational: random teacher)"
-            return f"{verdict} on {parity_scenes} held-out synthetic scenes{scope}"
+            why = "" if trained else ": random teacher"
+            scope = "" if reconstruction_gate.enforced else f" (student vs teacher informational{why})"
+            return f"{verdict} on {parity_scenes} held-out synthetic scenes, vs the {precision} student{scope}"
 
         for name, work in (
             ("load teacher", load),
@@ -233,16 +259,16 @@ def export_model(
     return summary
 
 
-def _build_pt2(teacher, stage_dir: Path, frames, size: tuple[int, int], device: torch.device) -> str:
+def _build_pt2(teacher, stage_dir: Path, frames, size: tuple[int, int], precision: str, device: torch.device) -> str:
     """``model.pt2`` from the saved artifacts (float student + ``quant_state.json``), as the ONNX is built."""
     from lite3r.deploy.torch.pt2 import export_pt2
     from lite3r.distill.checkpoint import load_student
+    from lite3r.exporter.export import PRECISIONS
 
     quant = stage_dir / "quant_state.json"
     report = export_pt2(
         load_student(teacher.cpu(), stage_dir, fp8=False), stage_dir / "model.pt2", frames=frames, image_size=size,
-        dtype="bfloat16" if device.type == "cuda" else "float32", quant_state=quant if quant.exists() else None,
-        device=device,
+        dtype=PRECISIONS[precision], quant_state=quant if quant.exists() else None, device=device,
     )  # fmt: skip
     return report.summary()
 

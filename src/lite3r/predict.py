@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from lite3r._io import staged_output
-from lite3r.geometry import pose_encoding_to_extri_intri
-from lite3r.parity.gates import OUTPUT_NAMES  # the official output dict keys
+from lite3r.models import ModelFamily, family_of
 from lite3r.viz import contact_sheet
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -44,21 +43,23 @@ def run_model(
     x = images.to(device, torch.float32)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         out = model(x)
-    return {k: out[k][0].float().cpu() for k in OUTPUT_NAMES}
+    return {k: out[k][0].float().cpu() for k in family_of(model).outputs}
 
 
 def save_prediction(
     out: str | Path,
     images: torch.Tensor,
     outputs: dict[str, torch.Tensor],
+    family: ModelFamily,
     metrics: dict[str, float] | None = None,
 ) -> list[Path]:
-    """Write ``predictions.npz`` (outputs + decoded cameras), ``contact_sheet.png`` and ``metrics.json``.
+    """Write ``predictions.npz`` (a ``family`` model's outputs of one scene + its cameras as ``extrinsics`` /
+    ``intrinsics``), ``contact_sheet.png`` and ``metrics.json``.
 
     All files appear together or not at all.
     """
     height, width = images.shape[-2:]
-    extrinsics, intrinsics = pose_encoding_to_extri_intri(outputs["pose_enc"], (height, width))
+    extrinsics, intrinsics = family.cameras(outputs, (height, width))
     arrays = {k: v.numpy() for k, v in outputs.items()}
     arrays.update(extrinsics=extrinsics.numpy(), intrinsics=intrinsics.numpy())
     with staged_output(out) as stage:
@@ -66,7 +67,7 @@ def save_prediction(
         contact_sheet(
             stage / "contact_sheet.png",
             images.numpy(),
-            arrays["depth"][..., 0],
+            family.depth(outputs).numpy(),
             arrays["depth_conf"],
         )
         if metrics is not None:

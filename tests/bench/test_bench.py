@@ -47,6 +47,19 @@ def test_smoke_cli_writes_schema_tables_and_plots(tmp_path):
     assert "| 4 |" in table and "not run" in table
 
 
+def test_da3_runs_through_the_same_variants():
+    variants = ("teacher-official", "teacher-fast", "student-bf16", "student-fp8")
+    config = BenchConfig.smoke(model="da3-tiny", variants=variants, grid=(((56, 56), (2, 3)),), reps=1, warmup=0)
+    result = run_bench(config)
+    assert {(c["variant"], c["frames"]): c["status"] for c in result.cells} == {
+        (v, frames): "ok" for v in variants for frames in (2, 3)
+    }
+    assert result.variants["teacher-official"]["notes"] == "float32 weights, bf16 autocast, eager"
+    for name in ("student-bf16", "student-fp8"):
+        accuracy = result.variants[name]["accuracy"]
+        assert accuracy["status"] == "ok" and 0 <= accuracy["depth_abs_rel"] < 0.05, accuracy
+
+
 def test_out_of_memory_is_recorded_and_the_grid_goes_on(monkeypatch):
     real_build = variants_module._BUILDERS["student-bf16"]
 

@@ -12,7 +12,10 @@ import onnx.numpy_helper as onh
 import pytest
 
 from lite3r.deploy import DeployError, EngineFromOnnx, TensorRTNotInstalledError, build_engine, parse_frames
-from lite3r.deploy.engine import FrameRange, OnnxParseError
+from lite3r.deploy.engine import BuildReport, FrameRange, OnnxParseError
+from lite3r.deploy.nodes import NodeResolution
+from lite3r.exporter.sla_onnx import ONNX_TYPES
+from lite3r.plugins import contract
 
 needs_rtx = pytest.mark.skipif(
     importlib.util.find_spec("tensorrt_rtx_bindings") is None,
@@ -90,7 +93,8 @@ def test_rtx_build_inlines_custom_node_function_body(tmp_path):
     [node] = report.custom_nodes
     assert (node.node, node.op_type, node.resolved, node.layers) == ("attn_0", "SparseLinearAttention", "function", 2)
     assert report.sla_resolution == "function"
-    assert "attn_0 (SparseLinearAttention): function body inlined, 2 layers" in report.summary()
+    assert "attn_0 (SparseLinearAttention): function body (2 layers, no plugin)" in report.summary()
+    assert "custom nodes on a plugin: 0 of 1" in report.summary()
 
 
 @needs_rtx
@@ -162,6 +166,35 @@ def test_fixed_frame_count_is_taken_from_the_model(tmp_path):
     assert report.frames == FrameRange(3, 3, 3)
     with pytest.raises(ValueError, match="exactly 3 frames"):
         build_engine(path, tmp_path / "model.engine", target="tensorrt-rtx", frames="1:2:4")
+
+
+def _resolution(node: str, resolved: str) -> NodeResolution:
+    plugin_layers = ("plugin_0",) if "plugin" in resolved else ()
+    return NodeResolution(node, "SparseLinearAttention", resolved, 0 if resolved == "missing" else 5, plugin_layers)
+
+
+@pytest.mark.parametrize(
+    "resolved, expected",
+    [
+        (["function+plugin", "plugin"], "plugin"),
+        (["function", "function"], "function"),
+        (["missing"], "missing"),  # was counted as "plugin"
+        (["function+plugin", "missing"], "mixed"),
+        (["function", "function+plugin"], "mixed"),
+        ([], "none"),
+    ],
+)
+def test_sla_resolution_counts_only_real_plugins(tmp_path, resolved, expected):
+    nodes = [_resolution(f"attn_{i}", r) for i, r in enumerate(resolved)]
+    report = BuildReport(tmp_path / "e", tmp_path / "l", "tensorrt", "10.13", FrameRange(1, 1, 1), None, nodes, 1, 1.0)
+    assert report.sla_resolution == expected
+    on_plugin = sum(r in ("plugin", "function+plugin") for r in resolved)
+    assert (f"custom nodes on a plugin: {on_plugin} of {len(resolved)}" in report.summary()) == bool(resolved)
+    lines = [r.describe() for r in nodes]
+    assert [line.split(": ", 1)[1].split(" (")[0] for line in lines] == [
+        {"plugin": "plugin", "function+plugin": "plugin", "function": "function body", "missing": "missing"}[r]
+        for r in resolved
+    ]
 
 
 # --- errors ----------------------------------------------------------------------------------------------------
@@ -237,15 +270,14 @@ def test_missing_datacenter_tensorrt_is_one_clear_error(tmp_path):
 
 
 def _sla_core_graph(tmp_path, heads=2, length=128, dim=64):
-    """A model whose only node is the SLA core plugin op, fed by graph inputs of the plugin's contract."""
-    bf16, f32, i32 = onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.INT32
+    """A model whose only node is the SLA core plugin op, fed by graph inputs of the plugin's contract (bf16)."""
+    types = {name: ONNX_TYPES[dtype] for name, dtype in contract.dtypes("bf16").items()}
     nq = length // 64
     inputs = [
-        oh.make_tensor_value_info(name, dtype, shape)
-        for name, dtype, shape in [
-            ("q", bf16, [1, heads, length, dim]), ("k", bf16, [1, heads, length, dim]),
-            ("v", bf16, [1, heads, length, dim]), ("lut", i32, [1, heads, nq, 1]),
-            ("kv_state", f32, [heads, nq, dim * dim]), ("k_state", f32, [heads, nq, dim]),
+        oh.make_tensor_value_info(name, types[name], shape)
+        for name, shape in [
+            ("q", [1, heads, length, dim]), ("k", [1, heads, length, dim]), ("v", [1, heads, length, dim]),
+            ("lut", [1, heads, nq, 1]), ("kv_state", [heads, nq, dim * dim]), ("k_state", [heads, nq, dim]),
         ]
     ]  # fmt: skip
     weights = [onh.from_array(np.zeros((dim, dim), np.float32), "proj_w"),
@@ -255,7 +287,7 @@ def _sla_core_graph(tmp_path, heads=2, length=128, dim=64):
         domain="lite3r", name="core_0", plugin_namespace="lite3r", block_q=64, block_k=64, feature_map="softmax",
         scale=dim**-0.5,
     )  # fmt: skip
-    out = oh.make_tensor_value_info("out", bf16, [1, heads, length, dim])
+    out = oh.make_tensor_value_info("out", types["out"], [1, heads, length, dim])
     model = oh.make_model(oh.make_graph([core], "core", inputs, [out], weights), opset_imports=OPSETS)
     path = tmp_path / "core.onnx"
     onnx.save(model, path)
@@ -271,3 +303,23 @@ def test_datacenter_build_uses_the_sla_plugin_and_saves_the_timing_cache(tmp_pat
     assert cache.stat().st_size > 0 and report.timing_cache == cache
     rebuilt = build_engine(_sla_core_graph(tmp_path), tmp_path / "core2.engine", target="tensorrt", timing_cache=cache)
     assert rebuilt.engine_bytes > 0
+
+
+@pytest.mark.tensorrt
+def test_datacenter_build_runs_every_sla_node_of_a_bf16_export_on_the_plugin(tmp_path):
+    """The exporter's bf16 graph of a head-dim-64 student: each SparseLinearAttention node is inlined and its
+    nested core becomes the plugin (the float32 export of the same student would give function bodies)."""
+    import lite3r
+    from lite3r.exporter import export_onnx
+
+    # Head dim 64 (embed 128, 2 heads), small otherwise; native 56 x 56 (no position-table interpolation).
+    model = lite3r.load_model("vggt-tiny", embed_dim=128, num_heads=2, depth=2, dpt_layers=(0, 1, 1, 1), img_size=56,
+                              dinov2_depth=1, camera_iterations=1)  # fmt: skip
+    student = lite3r.convert_to_sla(model, layers="global")
+    export = export_onnx(student, tmp_path / "model.onnx", image_size=(56, 56), precision="bf16")
+    assert export.sla_core == "plugin"
+
+    report = build_engine(export.path, tmp_path / "model.engine", target="tensorrt", frames="1:2:4")
+    assert len(report.custom_nodes) == export.sla_nodes == 2
+    assert all(r.on_plugin for r in report.custom_nodes), report.summary()
+    assert report.sla_resolution == "plugin"

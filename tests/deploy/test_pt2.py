@@ -49,7 +49,8 @@ def package(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        report = export_pt2(student, folder / "model.pt2", frames=FRAMES, dtype="float32", device="cpu")
+        report = export_pt2(student, folder / "model.pt2", frames=FRAMES, image_size=SIZE, dtype="float32",
+                            device="cpu")  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     return folder / "model.pt2", report, cases
@@ -122,7 +123,7 @@ def test_bad_options_fail_before_any_work(tmp_path, options, error, message):
     if options.get("device") == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(error, match=message):
-        export_pt2(_student(), tmp_path / "model.pt2", **{"device": "cpu", **options})
+        export_pt2(_student(), tmp_path / "model.pt2", **{"device": "cpu", "image_size": SIZE, **options})
     assert list(tmp_path.iterdir()) == []
 
 

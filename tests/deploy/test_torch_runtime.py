@@ -8,16 +8,15 @@ import torch
 import lite3r
 from lite3r.deploy.fp8 import FP8Linear
 from lite3r.deploy.torch import RuntimeOptions, TorchRuntime, prepare_model
-from lite3r.parity.gates import OUTPUT_NAMES
 from lite3r.quant import FP8Recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _student(seed: int = 0, **overrides):
+def _student(seed: int = 0, model: str = "vggt-tiny", **overrides):
     """A small student whose global layers have head dim 64, so that CUDA runs the SLA Triton kernels."""
     torch.manual_seed(seed)
-    teacher = lite3r.load_model("vggt-tiny", embed_dim=128, num_heads=2, **overrides)
+    teacher = lite3r.load_model(model, embed_dim=128, num_heads=2, **overrides)
     student = lite3r.convert_to_sla(teacher, layers="global", kh=0.2, kl=0.2)
     for core in (m for m in student.modules() if hasattr(m, "proj_lin")):
         torch.nn.init.normal_(core.proj_lin.weight, std=0.05)  # a trained-like linear branch, not zero
@@ -36,7 +35,7 @@ def _quant_state(model) -> dict:
 
 
 def _relative_errors(out, ref) -> dict[str, float]:
-    return {k: ((out[k].float() - ref[k].float()).norm() / ref[k].float().norm()).item() for k in OUTPUT_NAMES}
+    return {k: ((out[k].float() - ref[k].float()).norm() / ref[k].float().norm()).item() for k in ref}
 
 
 def test_prepared_model_is_16bit_except_fp8_layers_and_constants():
@@ -51,6 +50,24 @@ def test_prepared_model_is_16bit_except_fp8_layers_and_constants():
     assert prepared.aggregator.normalize.mean.dtype == torch.float32
     assert prepared.depth_head.norm.weight.dtype == torch.float32  # heads_dtype
     assert prepared.track_head is None  # never run by forward
+
+
+def test_da3_runtime_drops_what_it_never_runs_and_keeps_its_heads_float32():
+    torch.manual_seed(0)
+    teacher = lite3r.load_model("da3-tiny")
+    images = torch.rand(1, 3, 3, 42, 42)
+    with torch.no_grad():
+        reference = teacher(images)
+    runtime = TorchRuntime.build(
+        teacher, RuntimeOptions(compile=False, cuda_graphs=False, heads_dtype="float32"), device="cpu"
+    )
+    model = runtime.model
+    assert model.cam_enc is None and model.head.scratch.refinenet1_aux is None  # parameters only
+    assert model.backbone.pretrained.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert model.head.norm.weight.dtype == model.cam_dec.fc_t.weight.dtype == torch.float32
+    out = runtime(images)
+    errors = {k: ((out[k] - reference[k]).norm() / reference[k].norm()).item() for k in reference}
+    assert max(errors.values()) < 3e-2, errors
 
 
 @pytest.mark.parametrize("heads", [None, "float32"])
@@ -82,14 +99,17 @@ def test_bad_runtime_options_are_one_clear_error():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("model", ["vggt-tiny", "da3-tiny"])
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
-def test_compiled_and_graph_replay_equal_eager_on_cuda(fp8):
-    """Compiled blocks match the eager 16-bit model; graph replay matches compiled calls, at two frame counts,
-    with several shapes captured into one shared pool and replayed out of order."""
-    state = _quant_state(_student()) if fp8 else None
-    eager = TorchRuntime.build(_student(), RuntimeOptions(compile=False, cuda_graphs=False), quant_state=state)
-    compiled = TorchRuntime.build(_student(), RuntimeOptions(cuda_graphs=False), quant_state=state)
-    graphed = TorchRuntime.build(_student(), RuntimeOptions(frames="2:3:4"), quant_state=state)
+def test_compiled_and_graph_replay_equal_eager_on_cuda(fp8, model):
+    """Compiled blocks match the eager 16-bit model; graph replay matches compiled calls, at two frame counts
+    (for DA3, 4 views select a reference view inside the graph), with several shapes captured into one shared
+    pool and replayed out of order."""
+    state = _quant_state(_student(model=model)) if fp8 else None
+    eager = TorchRuntime.build(_student(model=model), RuntimeOptions(compile=False, cuda_graphs=False),
+                               quant_state=state)  # fmt: skip
+    compiled = TorchRuntime.build(_student(model=model), RuntimeOptions(cuda_graphs=False), quant_state=state)
+    graphed = TorchRuntime.build(_student(model=model), RuntimeOptions(frames="2:3:4"), quant_state=state)
     inputs = {frames: torch.rand(1, frames, 3, 112, 112, device="cuda") for frames in (2, 4)}
     replays = {frames: graphed(x) for frames, x in inputs.items()}
     for frames, x in reversed(inputs.items()):
@@ -102,7 +122,7 @@ def test_compiled_and_graph_replay_equal_eager_on_cuda(fp8):
         assert errors.pop("pose_enc") < pose_limit and max(errors.values()) < 2e-2, (frames, errors)
         again = graphed(x)
         assert max(_relative_errors(again, out).values()) < 1e-3, frames
-        for name in OUTPUT_NAMES:
+        for name in again:
             torch.testing.assert_close(again[name], replays[frames][name], rtol=0, atol=0)  # same graph
     assert set(graphed.setup) == {(1, 2, 3, 112, 112), (1, 4, 3, 112, 112)}
     assert all(s.capture_s > 0 for s in graphed.setup.values())

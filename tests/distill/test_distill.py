@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import lite3r
-from lite3r.distill import DistillConfig, DistillError, distill, gap_to_teacher, load_student
+from lite3r.data import make_scene
+from lite3r.distill import DistillConfig, DistillError, distill, distillation_losses, gap_to_teacher, load_student
+from lite3r.distill.losses import AttentionTaps, sla_layer_names
 
 FAST = DistillConfig(lr=1e-2)
 
@@ -27,6 +29,17 @@ def test_only_proj_lin_receives_gradients_and_the_teacher_is_untouched(teacher, 
     assert all(p.grad is None for p in teacher.parameters())
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_da3_student_distills_through_the_same_code(scenes):
+    torch.manual_seed(0)
+    teacher = lite3r.load_model("da3-tiny").eval()
+    student = lite3r.convert_to_sla(teacher, kh=0.2, kl=0.2)
+    gap_before = gap_to_teacher(teacher, student, scenes)
+    result = distill(teacher, student, scenes, steps=3, fp8_qat=False, config=FAST)
+    assert {"attention", "depth", "pose"} <= result.history[0].keys() and "points" not in result.history[0]
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert gap_to_teacher(teacher, student, scenes)["depth_abs_rel"] < gap_before["depth_abs_rel"]
 
 
 def test_loss_and_gap_to_teacher_decrease(teacher, scenes):
@@ -88,3 +101,72 @@ def test_bad_runs_fail_with_one_clear_error(teacher, scenes, tmp_path):
     distill(teacher, student, scenes, steps=1, fp8_qat=False, out_dir=tmp_path)
     with pytest.raises(DistillError, match="trained without fp8_qat; resume it with fp8_qat=False"):
         distill(teacher, lite3r.convert_to_sla(teacher), scenes, steps=2, fp8_qat=True, out_dir=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def small_scenes():
+    return [make_scene(2, 56, 56, seed=seed) for seed in range(3)]
+
+
+def test_a_batch_step_is_the_mean_loss_of_its_scenes(teacher, small_scenes):
+    """batch_size 2, one step, by hand: mean of the two scenes' losses, backward, clip, one AdamW step."""
+    config = DistillConfig(lr=1e-2, batch_size=2, shuffle=False, grad_clip=0.05)  # the clip is active
+    result = distill(teacher, lite3r.convert_to_sla(teacher), small_scenes, 1, fp8_qat=False, config=config)
+
+    student = lite3r.convert_to_sla(teacher)
+    names = sla_layer_names(student)
+    taps = AttentionTaps(teacher, names), AttentionTaps(student, names)
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr_at(0, 1), weight_decay=config.weight_decay)
+    losses = []
+    for scene in small_scenes[:2]:
+        with torch.no_grad(), taps[0].record() as teacher_attention:
+            teacher_out = teacher(scene.images)
+        with taps[1].record() as student_attention:
+            student_out = student(scene.images)
+        losses.append(distillation_losses(student_out, teacher_out, student_attention, teacher_attention,
+                                          config.weights, teacher.family, scene)[0])  # fmt: skip
+    loss = torch.stack(losses).mean()
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    optimizer.step()
+    assert result.history[0]["loss"] == pytest.approx(loss.item(), rel=1e-6)
+    assert result.history[0]["grad_norm"] == pytest.approx(grad_norm.item(), rel=1e-5)
+    assert grad_norm > config.grad_clip
+    for name, value in student.named_parameters():
+        if value.requires_grad:
+            torch.testing.assert_close(result.student.get_parameter(name), value, rtol=1e-5, atol=1e-7)
+
+
+def test_teacher_cache_gives_the_same_training_and_runs_the_teacher_once_per_scene(teacher, small_scenes, tmp_path):
+    config = DistillConfig(lr=1e-2, batch_size=2, teacher_cache=True)
+    plain = distill(teacher, lite3r.convert_to_sla(teacher), small_scenes, 3, fp8_qat=False,
+                    config=DistillConfig(lr=1e-2, batch_size=2))  # fmt: skip
+    student, calls = lite3r.convert_to_sla(teacher), []
+    hook = teacher.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        cached = distill(teacher, student, small_scenes, 3, fp8_qat=False, config=config, out_dir=tmp_path)
+    finally:
+        hook.remove()
+    assert len(calls) == len(small_scenes)  # 6 scenes trained on (2 epochs), 3 teacher forwards
+    assert sorted(p.name for p in (tmp_path / "teacher_cache").iterdir()) == [
+        "manifest.json", "scene_000000.safetensors", "scene_000001.safetensors", "scene_000002.safetensors"
+    ]  # fmt: skip
+    assert [r["loss"] for r in cached.history] == [r["loss"] for r in plain.history]
+    for key, value in plain.student.state_dict().items():
+        assert torch.equal(cached.student.state_dict()[key], value), key
+
+    with pytest.raises(ValueError, match="teacher targets for other settings"):  # 2 scenes instead of 3
+        distill(teacher, lite3r.convert_to_sla(teacher), small_scenes[:2], 4, fp8_qat=False, config=config,
+                out_dir=tmp_path)  # fmt: skip
+    with pytest.raises(DistillError, match="teacher_cache needs out_dir"):
+        distill(teacher, lite3r.convert_to_sla(teacher), small_scenes, 1, fp8_qat=False, config=config)
+
+
+def test_batch_size_errors(teacher, small_scenes, tmp_path):
+    student = lite3r.convert_to_sla(teacher)
+    with pytest.raises(DistillError, match=r"batch_size must be a positive multiple of the number of processes \(1\)"):
+        distill(teacher, student, small_scenes, 1, fp8_qat=False, config=DistillConfig(batch_size=0))
+    distill(teacher, student, small_scenes, 1, fp8_qat=False, config=DistillConfig(batch_size=2), out_dir=tmp_path)
+    with pytest.raises(DistillError, match="trained with batch_size 2; resume with the same"):
+        distill(teacher, lite3r.convert_to_sla(teacher), small_scenes, 2, fp8_qat=False, out_dir=tmp_path)

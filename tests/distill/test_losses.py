@@ -9,6 +9,9 @@ import lite3r
 from lite3r.data import make_scene
 from lite3r.distill import DistillConfig, LossWeights, distillation_losses, sla_layer_names
 from lite3r.distill.losses import AttentionTaps, confidence_weighted_error, ground_truth_depth_error, relative_mse
+from lite3r.models.vggt import VGGTConfig, vggt_family
+
+VGGT = vggt_family(VGGTConfig())
 
 
 def test_confidence_weighted_error_by_hand():
@@ -38,10 +41,11 @@ def test_ground_truth_depth_error_ignores_scale_and_invalid_pixels():
 
 def test_zero_weights_skip_terms_and_all_zero_is_an_error():
     out = {"pose_enc": torch.zeros(1, 2, 9), "depth": torch.ones(1, 2, 3, 3, 1), "depth_conf": torch.ones(1, 2, 3, 3)}
-    total, terms = distillation_losses({**out, "pose_enc": torch.ones(1, 2, 9)}, out, {}, {}, LossWeights(0, 0, 0, 2.0))
+    student = {**out, "pose_enc": torch.ones(1, 2, 9)}
+    total, terms = distillation_losses(student, out, {}, {}, LossWeights(0, 0, 0, 2.0), VGGT)
     assert terms == {"pose": 1.0} and total.item() == 2.0
     with pytest.raises(ValueError, match="every loss weight is zero"):
-        distillation_losses(out, out, {}, {}, LossWeights(0, 0, 0, 0))
+        distillation_losses(out, out, {}, {}, LossWeights(0, 0, 0, 0), VGGT)
 
 
 def test_taps_record_only_inside_record():
@@ -80,5 +84,22 @@ def test_distillation_losses_are_zero_for_identical_models():
     taps = AttentionTaps(teacher, names)
     with torch.no_grad(), taps.record() as attention:
         out = teacher(images)
-    total, terms = distillation_losses(out, out, attention, dict(attention), LossWeights())
+    total, terms = distillation_losses(out, out, attention, dict(attention), LossWeights(), teacher.family)
     assert total.item() == 0 and set(terms) == {"attention", "depth", "points", "pose"}
+
+
+def test_da3_losses_use_its_depth_and_cameras_and_have_no_points_term():
+    torch.manual_seed(0)
+    teacher = lite3r.load_model("da3-tiny").eval()
+    images = torch.rand(3, 3, 28, 28)
+    names = sla_layer_names(lite3r.convert_to_sla(teacher))
+    assert names == ["backbone.pretrained.blocks.3.attn", "backbone.pretrained.blocks.5.attn"]  # cross-view
+    taps = AttentionTaps(teacher, names)
+    with torch.no_grad(), taps.record() as attention:
+        out = teacher(images)
+    total, terms = distillation_losses(out, out, attention, dict(attention), LossWeights(), teacher.family)
+    assert total.item() == 0 and set(terms) == {"attention", "depth", "pose"}
+    moved = dict(out, extrinsics=out["extrinsics"] + torch.tensor([0.0, 0, 0, 0.1]))  # translations + 0.1
+    _, terms = distillation_losses(moved, out, {}, {}, LossWeights(0, 0, 0, 1.0), teacher.family)
+    assert terms["pose"] == pytest.approx(3 * 0.1 / 9, rel=1e-4)  # 3 of 9 pose-encoding values moved by 0.1
+

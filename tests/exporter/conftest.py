@@ -72,3 +72,12 @@ def fp8_export(student, fp8_student, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
         return export_onnx(student, path, image_size=IMAGE_SIZE, quant_state=fp8_student[1])
+
+
+@pytest.fixture(scope="session")
+def bf16_fp8_export(student, fp8_student, tmp_path_factory):
+    """The float32 student exported in bf16 with its FP8 quant state (the exporter converts a copy)."""
+    from lite3r.exporter import export_onnx
+
+    path = tmp_path_factory.mktemp("bf16") / "student_bf16.onnx"
+    return export_onnx(student, path, image_size=IMAGE_SIZE, quant_state=fp8_student[1], precision="bf16")

@@ -4,9 +4,12 @@ frame counts than the traced one), FP8 Q/DQ against ModelOpt's fake quantization
 from __future__ import annotations
 
 import collections
+import copy
+import importlib.util
 
 import numpy as np
 import onnx
+import onnx.inliner
 import onnxruntime as ort
 import pytest
 import torch
@@ -16,6 +19,7 @@ from lite3r._io import OutputError
 from lite3r.calibration import QuantStateError, quant_state
 from lite3r.data import make_scene
 from lite3r.exporter import ExportError, SLAExportError, export_onnx
+from lite3r.plugins import contract
 from lite3r.sla import SparseLinearAttention
 
 OUTPUTS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
@@ -137,6 +141,101 @@ def test_fake_quantized_model_exports_its_own_scales(tmp_path, fp8_student, fp8_
     assert quant_state(quantized) == fp8_student[1]  # the quantizers are back on, unchanged
 
 
+# --- 16-bit exports ----------------------------------------------------------------------------------------------
+
+
+def _value_types(model: onnx.ModelProto) -> dict[str, int]:
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
+    return types | {t.name: t.data_type for t in graph.initializer}
+
+
+@pytest.mark.slow
+def test_bf16_graph_is_strongly_typed(student, fp8_student, bf16_fp8_export):
+    """Weights, FP8 scales and SLA inputs in bf16, the core fed exactly the plugin's types (not marked for the
+    plugin at head dim 16), float32 images in and outputs out; the caller's float32 student is untouched."""
+    bf16, fp32 = onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT
+    report = bf16_fp8_export
+    assert (report.precision, report.opset) == ("bf16", 22)
+    assert report.sla_core == "function body (head dim 16; the plugin takes 64 or 128)"
+    assert report.qdq_pairs == len(fp8_student[1]["quantizers"])
+    model = onnx.load(report.path)
+    onnx.checker.check_model(model, full_check=True)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    assert metadata == {"lite3r.precision": "bf16", "lite3r.sla_core": report.sla_core}
+    types = _value_types(model)
+    assert [types[v.name] for v in (*model.graph.input, *model.graph.output)] == [fp32] * 6
+    weights = {name for name, p in student.named_parameters()}
+    stored = {t.name: t.data_type for t in model.graph.initializer}
+    assert {stored[name] for name in weights & stored.keys()} == {bf16}
+    assert {dtype for name, dtype in stored.items() if name.endswith("quantizer.scale")} == {bf16}
+    sla = [n for n in model.graph.node if n.domain == "lite3r"]
+    assert len(sla) == 6 and {types[i] for n in sla for i in n.input} == {bf16}
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert ops["ConvTranspose"] == 0 and ops["DepthToSpace"] == 4  # the DPT heads' upsampling, exactly rewritten
+
+    outer_inlined = onnx.inliner.inline_selected_functions(model, [("lite3r", "SparseLinearAttention")])
+    inferred = _value_types(onnx.shape_inference.infer_shapes(outer_inlined))
+    cores = [n for n in outer_inlined.graph.node if n.op_type == "SparseLinearAttentionCore"]
+    assert len(cores) == 6 and not any(a.name == "plugin_namespace" for n in cores for a in n.attribute)
+    plugin_types = {"bf16": bf16, "fp32": fp32, "i32": onnx.TensorProto.INT32}
+    expected = [plugin_types[contract.dtypes("bf16")[name]] for name, _ in contract.INPUTS]
+    assert all([inferred[i] for i in core.input] == expected for core in cores)
+    assert {p.dtype for p in student.parameters()} == {torch.float32}
+
+
+@pytest.mark.slow
+def test_bf16_onnxruntime_passes_parity_against_the_bf16_student(tmp_path, fp8_student, bf16_fp8_export):
+    """Parity reads the precision from the file, compares with a bf16 copy of the (float32) fake-quant student, and
+    widens the bf16 gate by that student's own error against the float32 one."""
+    from lite3r.parity import check
+
+    scenes = [make_scene(frames, *IMAGE_SIZE, seed=40 + frames).images for frames in (2, 3)]
+    result = check(tmp_path, scenes, student=fp8_student[0], onnx_path=bf16_fp8_export.path)
+    noise, export = result.comparisons
+    assert (noise.candidate, noise.reference, noise.enforced) == ("student", "student-fp32", False)
+    assert (export.candidate, export.reference, export.gate) == ("onnx", "student", "export-bf16")
+    assert result.passed, result.failures()
+    for measured, gated in zip(noise.outputs, export.outputs):
+        assert gated.atol == pytest.approx(2**-7 + 2 * measured.absdiff[measured.stat])
+    assert any("ort_16bit" in note for note in result.notes)
+    assert {p.dtype for p in fp8_student[0].parameters()} == {torch.float32}
+
+
+@pytest.mark.slow
+def test_head_dim_64_bf16_export_marks_every_core_for_the_plugin(tmp_path):
+    """At a head dim the plugin runs, the bf16 export marks the nested cores for it (plugin_namespace). TensorRT-RTX
+    has no plugins: it still parses and builds the file, running the function bodies, and says why."""
+    # Head dim 64 (embed 128, 2 heads), small otherwise; native 56 x 56 (no position-table interpolation).
+    model = lite3r.load_model("vggt-tiny", embed_dim=128, num_heads=2, depth=2, dpt_layers=(0, 1, 1, 1), img_size=56,
+                              dinov2_depth=1, camera_iterations=1)  # fmt: skip
+    report = export_onnx(lite3r.convert_to_sla(model, layers="global"), tmp_path / "d64.onnx", image_size=(56, 56),
+                         precision="bf16")  # fmt: skip
+    assert (report.sla_core, report.sla_nodes) == ("plugin", 2)
+    exported = onnx.load(report.path)
+    [core_function] = [f for f in exported.functions if f.name == "SparseLinearAttention"]
+    [core] = [n for n in core_function.node if n.op_type == "SparseLinearAttentionCore"]
+    assert {a.name: a.s for a in core.attribute if a.name == "plugin_namespace"} == {"plugin_namespace": b"lite3r"}
+    if importlib.util.find_spec("tensorrt_rtx_bindings") is None:
+        pytest.skip("TensorRT-RTX is not installed here: the build half of this test did not run")
+    from lite3r.deploy import build_engine
+
+    build = build_engine(report.path, tmp_path / "d64.engine", target="tensorrt-rtx", frames="1:2:2")
+    assert build.sla_resolution == "function" and len(build.custom_nodes) == 2
+    assert "exported SLA cores for TensorRT: plugin" in build.notes
+
+
+@pytest.mark.slow
+def test_fp16_export_passes_parity_against_the_fp16_student(tmp_path, student, scenes):
+    from lite3r.parity import check
+
+    fp16_student = copy.deepcopy(student).half()
+    report = export_onnx(fp16_student, tmp_path / "student_fp16.onnx", image_size=IMAGE_SIZE)  # precision: its own
+    assert (report.precision, report.opset) == ("fp16", 21)
+    result = check(tmp_path, [s.images for s in scenes], student=fp16_student, onnx_path=report.path)
+    assert (result.comparisons[-1].gate, result.passed) == ("export-fp16", True), result.failures()
+
+
 # --- bad inputs: one-line errors before any tracing, and no file -----------------------------------------------
 
 
@@ -159,7 +258,8 @@ def test_image_size_must_be_patch_multiples(tmp_path, tiny, size, match):
 
 def test_bad_frames_and_opset(tmp_path, tiny):
     _fails(tmp_path, tiny, ExportError, r"example_frames must be a positive integer; got 0", example_frames=0)
-    _fails(tmp_path, tiny, ExportError, r"opset must be one of \(19, 20, 21\) \(FP8 Q/DQ need 19\); got 18", opset=18)
+    _fails(tmp_path, tiny, ExportError, r"opset must be one of \(19, 20, 21, 22\) \(FP8 Q/DQ need 19\); got 18",
+           opset=18)  # fmt: skip
 
 
 def test_unwritable_path(tmp_path, tiny):
@@ -189,7 +289,12 @@ def test_sla_options_must_be_one_exact_set(tmp_path, tiny):
     _fails(tmp_path, lite3r.convert_to_sla(tiny, kh=0.1 + 1e-12), SLAExportError, r"no exact small fraction")
 
 
-def test_model_must_be_float32(tmp_path, tiny):
-    _fails(tmp_path, tiny.half(), ExportError, r"export a float32 model \(model\.float\(\)\)")
+def test_precision_must_be_known_and_fit_the_opset(tmp_path, tiny):
+    _fails(tmp_path, tiny, ExportError, r"precision must be one of fp32, bf16, fp16; got 'float16'",
+           precision="float16")  # fmt: skip
+    _fails(tmp_path, tiny, ExportError, r"a bf16 graph needs opset 22 or later \(bf16 convolutions\); got 21",
+           precision="bf16", opset=21)  # fmt: skip
+    tiny.camera_head.half()  # mixed dtypes: the exporter cannot guess which one is meant
+    _fails(tmp_path, tiny, ExportError, r"parameters are \['torch.float16', 'torch.float32'\]: pass precision=")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx.inliner
 import onnxruntime as ort
 import pytest
 import torch
@@ -13,14 +14,17 @@ from lite3r.exporter.sla_onnx import (
     CORE_INPUTS,
     CORE_OP,
     DOMAIN,
+    ONNX_TYPES,
     SLA_OP,
     SLAExportError,
     SLAOptions,
     count_fractions,
     integer_counts,
+    plugin_unsupported,
     sla_functions,
     sla_node,
 )
+from lite3r.plugins import contract
 from lite3r.sla.reference import block_counts, block_map, sparse_linear_attention_reference
 
 HEAD_DIM = 16
@@ -138,9 +142,68 @@ def test_node_and_functions_follow_the_contract():
     assert [(a.name, a.ref_attr_name) for a in call.attribute if a.ref_attr_name] == [("scale", "scale")]
 
 
-def test_core_op_is_the_plugin_op():
-    pytest.importorskip("triton")
-    from lite3r.plugins import sla_kernel
+def _typed_node_model(options: SLAOptions, precision: str, plugin: bool, head_dim: int = 64) -> onnx.ModelProto:
+    """One SLA node on q, k, v, proj_lin of ``precision``; graph inputs and output stay float32 (Casts around)."""
+    dtype = ONNX_TYPES[precision]
+    names = ["q", "k", "v", "w", "b"]
+    shapes = [[1, 2, "L", head_dim]] * 3 + [[head_dim, head_dim], [head_dim]]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in zip(names, shapes)]
+    nodes = [helper.make_node("Cast", [n], [f"{n}_typed"], to=dtype) for n in names]
+    nodes += [sla_node([f"{n}_typed" for n in names], "typed_out", options, head_dim),
+              helper.make_node("Cast", ["typed_out"], ["out"], to=TensorProto.FLOAT)]  # fmt: skip
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, "L", head_dim])
+    graph = helper.make_graph(nodes, "sla", inputs, [out])
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid(DOMAIN, 1)]
+    functions = sla_functions(options, precision=precision, plugin=plugin)
+    model = helper.make_model(graph, opset_imports=opsets, functions=functions)
+    onnx.checker.check_model(model, full_check=True)
+    return model
 
-    assert (sla_kernel.NAMESPACE, sla_kernel.CORE_OP) == (DOMAIN, CORE_OP)
-    assert tuple(name for name, _ in sla_kernel.INPUTS) == CORE_INPUTS
+
+@pytest.mark.parametrize(
+    "precision, plugin", [("bf16", True), ("fp16", True), ("bf16", False), ("fp32", False)]
+)  # fmt: skip
+def test_core_node_takes_exactly_the_plugin_types(precision, plugin):
+    """Inside the SLA function, the core node's inputs carry the types the plugin declares for 16-bit q, k, v
+    (bf16 kv_state with bf16, float32 with fp16), and plugin_namespace only when the plugin is to run it."""
+    model = _typed_node_model(SLAOptions(0.05, 0.1, 64, 64, "softmax"), precision, plugin)
+    outer_inlined = onnx.inliner.inline_selected_functions(model, [(DOMAIN, SLA_OP)])
+    inferred = onnx.shape_inference.infer_shapes(outer_inlined, strict_mode=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    [core] = [n for n in inferred.graph.node if n.op_type == CORE_OP]
+    if precision == "fp32":
+        expected = {name: "i32" if name == "lut" else "fp32" for name in CORE_INPUTS}
+    else:
+        expected = {name: dtype for name, dtype in contract.dtypes(precision).items() if name != "out"}
+    assert {name: types[value] for name, value in zip(CORE_INPUTS, core.input)} == {
+        name: ONNX_TYPES[dtype] for name, dtype in expected.items()
+    }
+    assert ("plugin_namespace" in {a.name for a in core.attribute}) == plugin
+
+
+def test_plugin_refuses_float32_and_other_head_dims():
+    with pytest.raises(ValueError, match="plugin takes"):
+        sla_functions(SLAOptions(0.05, 0.1, 64, 64, "softmax"), plugin=True)
+    assert plugin_unsupported("bf16", {64, 128}) is None
+    assert plugin_unsupported("bf16", {16}) == "head dim 16; the plugin takes 64 or 128"
+    assert plugin_unsupported("fp32", {64}) == "fp32 q, k, v; the plugin takes fp16 or bf16"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_16bit_function_runs_on_cpu_and_tracks_the_reference(precision):
+    """onnxruntime runs the 16-bit body (rounded per op, lite3r.parity.ort_16bit) and stays within one unit in the
+    last place (of the largest output) of the reference on the same 16-bit inputs, although the body rounds
+    kv_state to the plugin's dtype (measured: 0.53 ulp bf16, 0.13 ulp fp16)."""
+    from lite3r.parity.ort_16bit import per_op_rounding
+
+    options = SLAOptions(0.3, 0.25, 64, 64, "softmax")
+    model = per_op_rounding(_typed_node_model(options, precision, plugin=True))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 300, 64, generator=g).to(dtype) for _ in range(3))
+    weight, bias = ((0.1 * torch.randn(*shape, generator=g)).to(dtype) for shape in ((64, 64), (64,)))
+    (out,) = session.run(None, {n: t.float().numpy() for n, t in zip("qkvwb", (q, k, v, weight, bias))})
+    reference = sparse_linear_attention_reference(q, k, v, weight, bias, **options._asdict()).float().numpy()
+    ulp = torch.finfo(dtype).eps * np.abs(reference).max()
+    assert np.abs(out - reference).max() <= ulp

@@ -8,29 +8,35 @@ import pytest
 import torch
 
 import lite3r
-from lite3r.models import VGGT, ConfigError, load_model
+from lite3r.models import VGGT, ConfigError, DepthAnything3, load_model
 
 from conftest import FIXTURES
 
 
 def test_list_models_names_the_presets():
-    assert {"vggt", "vggt-tiny"} <= set(lite3r.list_models())
+    assert {"vggt", "vggt-small", "vggt-tiny", "da3-large", "da3-tiny"} <= set(lite3r.list_models())
     assert lite3r.list_models() == sorted(lite3r.list_models())
 
 
-def test_vggt1b_state_dict_has_exactly_the_official_names_and_shapes():
-    official = json.loads((FIXTURES / "vggt1b_state_dict_shapes.json").read_text())
+@pytest.mark.parametrize(
+    ("model_class", "shapes", "count"),
+    [(VGGT, "vggt1b_state_dict_shapes.json", 1797), (DepthAnything3, "da3large_state_dict_shapes.json", 643)],
+    ids=["vggt-1b", "da3-large"],
+)
+def test_full_size_state_dict_has_exactly_the_official_names_and_shapes(model_class, shapes, count):
+    official = json.loads((FIXTURES / shapes).read_text())
     with torch.device("meta"):
-        model = VGGT()
+        model = model_class()
     ours = {name: list(t.shape) for name, t in model.state_dict().items()}
     assert sorted(set(official) - set(ours)) == []
     assert sorted(set(ours) - set(official)) == []
     assert {k: v for k, v in ours.items() if official[k] != v} == {}
-    assert len(ours) == 1797
+    assert len(ours) == count
 
 
 def test_unknown_model_lists_the_available_ones():
-    with pytest.raises(ConfigError, match=r"unknown model 'vggt-huge'; available: vggt, vggt-tiny"):
+    message = r"unknown model 'vggt-huge'; available: da3-large, da3-tiny, vggt, .*vggt-tiny"
+    with pytest.raises(ConfigError, match=message):
         load_model("vggt-huge")
 
 

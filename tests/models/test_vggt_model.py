@@ -8,7 +8,7 @@ import torch
 from lite3r.models import load_model
 from lite3r.models.attention import Attention
 
-from conftest import OUTPUT_KEYS
+from conftest import OUTPUT_KEYS, assert_checkpointing_keeps_gradients
 
 
 @pytest.mark.parametrize(
@@ -122,30 +122,10 @@ def test_swapping_the_attention_core_leaves_outputs_unchanged(tiny):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny, monkeypatch):
-    import lite3r.models.layers as layers_module
-
-    images = torch.rand(1, 2, 3, 28, 28)
-
-    def grads(model):
-        model.train()
-        model.zero_grad()
-        out = model(images)
-        (out["depth"].mean() + out["pose_enc"].square().mean()).backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
     plain = load_model("vggt-tiny")
     plain.load_state_dict(tiny.state_dict())
-    expected = grads(plain)
-
-    calls = []
-    original = layers_module.checkpoint
-    monkeypatch.setattr(layers_module, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
-    plain.set_grad_checkpointing(True)
-    got = grads(plain)
-    assert len(calls) == 2 + 6 + 6
-    assert got.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], msg=name)
+    loss = lambda out: out["depth"].mean() + out["pose_enc"].square().mean()  # noqa: E731
+    assert_checkpointing_keeps_gradients(plain, torch.rand(1, 2, 3, 28, 28), loss, monkeypatch, 2 + 6 + 6)
 
 
 def test_track_head_refuses_to_run(tiny):

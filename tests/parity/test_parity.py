@@ -13,11 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lite3r.models.vggt import VGGTConfig, vggt_family
 from lite3r.parity import EXPORT_GATE, OUTPUT_NAMES, check, feed_dicts
 
 
 class TinyReconstructor(nn.Module):
     """Per-pixel heads and a pooled pose head: the official output dict of VGGT in a few parameters."""
+
+    family = vggt_family(VGGTConfig())
 
     def __init__(self) -> None:
         super().__init__()

@@ -114,3 +114,11 @@ def test_register_sla_plugin_with_datacenter_tensorrt():
 
     assert register_sla_plugin() == register_sla_plugin() == PLUGIN_ID == "lite3r::SparseLinearAttentionCore"
     assert trt.get_plugin_registry().get_creator("SparseLinearAttentionCore", "1", "lite3r") is not None
+
+
+def test_registered_type_combinations_follow_the_contract():
+    """TensorRT's type combinations are derived from lite3r.plugins.contract: bf16 I/O pairs with a bf16
+    kv_state, fp16 I/O with an fp32 one, position by position."""
+    from lite3r.plugins.tensorrt_sla import IO_TYPES
+
+    assert IO_TYPES == "FP16|BF16, FP16|BF16, FP16|BF16, FP32, FP32, INT32, FP32|BF16, FP32, FP16|BF16"

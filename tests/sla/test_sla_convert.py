@@ -10,6 +10,7 @@ from torch import nn
 
 import lite3r
 from lite3r.models.attention import Attention, DenseAttentionCore
+from lite3r.models.vggt import VGGTConfig, vggt_family
 from lite3r.sla import SparseLinearAttention, block_map, convert_to_sla
 from lite3r.sla.reference import critical_attention
 
@@ -49,6 +50,8 @@ class ToyAggregator(nn.Module):
 
 
 class Toy(nn.Module):
+    family = vggt_family(VGGTConfig())  # VGGT's module names, so VGGT's layer sets
+
     def __init__(self):
         super().__init__()
         self.aggregator = ToyAggregator()
@@ -208,3 +211,19 @@ def test_autocast_does_not_reach_inside_the_op():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = sparse_linear_attention(q, k, v, weight, bias)
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_da3_layer_sets_follow_its_alternation():
+    teacher = lite3r.load_model("da3-tiny")  # alternation from block 2: per-view 2, 4; cross-view 3, 5
+    blocks = "backbone.pretrained.blocks.{}.attn"
+    assert set(_sla(convert_to_sla(teacher))) == {blocks.format(i) for i in (3, 5)}
+    assert set(_sla(convert_to_sla(teacher, layers="all"))) == {blocks.format(i) for i in (2, 3, 4, 5)}
+    with torch.device("meta"):
+        large = lite3r.models.DepthAnything3()
+    selected = [n for n, m in large.named_modules() if large.family.sla_filter("global")(n, m)]
+    assert selected == [blocks.format(i) for i in range(9, 24, 2)]
+
+
+def _sla(model):
+    return [name for name, core in _cores(model).items() if core is SparseLinearAttention]
+

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lite3r._timing import timed_seconds  # noqa: F401 - part of this module's API
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -46,16 +48,6 @@ def time_call(fn: Callable[[], object], reps: int, device: torch.device, warmup:
             fn()
             times.append((time.perf_counter() - start_s) * 1e3)
     return Timing(reps, min(times), statistics.median(times), max(times))
-
-
-def timed_seconds(fn: Callable[[], object], device: torch.device) -> tuple[object, float]:
-    """``fn()`` and its wall-clock seconds, the device synchronised before and after."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
-    sync(device)
-    start = time.perf_counter()
-    result = fn()
-    sync(device)
-    return result, time.perf_counter() - start
 
 
 def reset_memory(device: torch.device) -> None:

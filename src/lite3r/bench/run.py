@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import platform
 import sys
 import time
@@ -22,9 +21,11 @@ from typing import Any
 
 import torch
 
+from lite3r._io import json_ready
 from lite3r.bench import measure
 from lite3r.bench.variants import VARIANTS, Built, Context, NotRunnable, build
 from lite3r.deploy.torch import RuntimeOptions
+from lite3r.models import ModelFamily
 
 Grid = tuple[tuple[tuple[int, int], tuple[int, ...]], ...]  # ((height, width), frame counts) per view size
 MIN_REPS = 3
@@ -80,7 +81,7 @@ class BenchResult:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (non-finite numbers, e.g. pose errors of a one-view scene, become null)."""
-        return _finite({"meta": self.meta, "variants": self.variants, "cells": self.cells})
+        return json_ready({"meta": self.meta, "variants": self.variants, "cells": self.cells})
 
     @property
     def errors(self) -> list[dict[str, Any]]:
@@ -140,7 +141,7 @@ def run_bench(
                 if on_cell is not None:
                     on_cell(cell)
         if scenes and any(c["status"] == "ok" for c in cells if c["variant"] == name):
-            record["accuracy"] = _accuracy(built, scenes, reference, device)
+            record["accuracy"] = _accuracy(built, scenes, reference, device, teacher.family)
         built.release()
         del built
         measure.reset_memory(device)
@@ -256,7 +257,9 @@ def _float32_reference(teacher: torch.nn.Module, scenes: list[Any], device: torc
     return outputs
 
 
-def _accuracy(built: Built, scenes: list[Any], reference: list[dict], device: torch.device) -> dict[str, Any]:
+def _accuracy(
+    built: Built, scenes: list[Any], reference: list[dict], device: torch.device, family: ModelFamily
+) -> dict[str, Any]:
     """Mean over scenes of the output gap to the float32 teacher (``lite3r.metrics.prediction_gap``)."""
     from lite3r.metrics import prediction_gap
 
@@ -264,22 +267,12 @@ def _accuracy(built: Built, scenes: list[Any], reference: list[dict], device: to
     try:
         for scene, ref in zip(scenes, reference):
             out = built.run(scene.images[None].to(device))
-            for key, value in prediction_gap(out, ref, scene.images.shape[-2:]).items():
+            for key, value in prediction_gap(out, ref, scene.images.shape[-2:], family).items():
                 totals[key] = totals.get(key, 0.0) + value / len(scenes)
     except Exception as e:  # noqa: BLE001 - reported in the record, never a crash after the timings
         return {"status": "error", "reason": f"{type(e).__name__}: {_one_line(e)}"}
     views = scenes[0].images.shape
     return {"status": "ok", "scenes": len(scenes), "views": views[0], "height": views[2], "width": views[3], **totals}
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _one_line(error: BaseException) -> str:

@@ -1,7 +1,7 @@
 """The variants ``lite3r bench`` compares, each built from the same float32 teacher on demand.
 
-- ``teacher-official``: how the official demo and the Lite3R paper run VGGT: float32 weights, bf16 autocast,
-  heads in float32, all aggregator layers kept, eager.
+- ``teacher-official``: how the official demos and the Lite3R paper run the model: float32 weights, bf16 autocast,
+  heads in float32, eager, and the family's official settings (VGGT: all aggregator layers kept).
 - ``teacher-fast``: the dense teacher through the project's best runtime (:class:`TorchRuntime`).
 - ``student-bf16`` / ``student-fp8``: the SLA student through the same runtime, bf16 or FP8 GEMMs (scales from
   the student folder's ``quant_state.json``, else calibrated here on synthetic scenes with ModelOpt).
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from lite3r.deploy.torch import RuntimeOptions, TorchRuntime
+from lite3r.models import family_of
 
 VARIANTS = ("teacher-official", "teacher-fast", "student-bf16", "student-fp8", "pt2")
 TEACHERS = ("teacher-official", "teacher-fast")
@@ -78,15 +79,15 @@ def build(name: str, ctx: Context) -> Built:
 
 
 def _teacher_official(ctx: Context) -> Built:
-    model = copy.deepcopy(ctx.teacher).to(ctx.device).eval()
-    model.aggregator.keep_layers = None  # the official aggregator keeps all layer outputs
+    model = family_of(ctx.teacher).as_official(copy.deepcopy(ctx.teacher)).to(ctx.device).eval()
 
     @torch.no_grad()
     def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16):
             return model(images)
 
-    return Built(run, notes="float32 weights, bf16 autocast, all aggregator layers kept, eager")
+    official = "".join(f", {k}={v!r}" for k, v in family_of(ctx.teacher).official_settings.items())
+    return Built(run, notes=f"float32 weights, bf16 autocast, eager{official}")
 
 
 def _runtime(model: nn.Module, ctx: Context, quant_state: dict[str, Any] | None = None) -> Built:

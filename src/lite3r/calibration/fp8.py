@@ -33,7 +33,7 @@ def quantize_fp8(
     from lite3r.calibration._modelopt import modelopt_quantization
 
     mtq = modelopt_quantization()
-    recipe = recipe or FP8Recipe()
+    recipe = (recipe or FP8Recipe()).for_model(model)
     recipe.linear_names(model)  # a recipe that selects nothing fails here, with the layer names it saw
     return mtq.quantize(model, recipe.modelopt_config(), forward_loop)
 

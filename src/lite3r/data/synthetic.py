@@ -11,6 +11,7 @@ data is for a reconstruction network.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,21 +50,42 @@ class Scene:
         return self.images.shape[0]
 
 
-def make_scene(num_views: int, height: int = 518, width: int = 518, seed: int = 0, num_objects: int = 5) -> Scene:
-    """Render ``num_views`` views (``height x width``, multiples of 14) of a random scene from ``seed``."""
+def make_scene(
+    num_views: int,
+    height: int = 518,
+    width: int = 518,
+    seed: int = 0,
+    num_objects: int = 5,
+    device: torch.device | str | None = None,
+) -> Scene:
+    """Render ``num_views`` views (``height x width``, multiples of 14) of a random scene from ``seed``.
+
+    The layout and cameras are drawn on the CPU (numpy, so ``seed`` means the same scene everywhere); the ray
+    casting runs on ``device`` (default CPU), e.g. on the GPU that trains on the scenes.
+    """
     _check_views(num_views, height, width)
     if num_objects < 0:
         raise ValueError(f"num_objects must be at least 0, got {num_objects}")
     rng = np.random.default_rng(seed)
     layout = _random_layout(rng, num_objects)
     extrinsics, intrinsics = _random_cameras(rng, num_views, height, width)
-    return _render(layout, extrinsics, intrinsics, height, width)
+    device = torch.device(device or "cpu")
+    return _render(layout.to(device), extrinsics.to(device), intrinsics.to(device), height, width)
 
 
 class SyntheticScenes(torch.utils.data.Dataset):
-    """``num_scenes`` distinct scenes, rendered on access; scene ``i`` depends only on ``(seed, i)``."""
+    """``num_scenes`` distinct scenes, rendered on access (on ``device``); scene ``i`` depends only on
+    ``(seed, i)``, so two datasets with different seeds share no scene."""
 
-    def __init__(self, num_scenes: int, num_views: int, height: int = 518, width: int = 518, seed: int = 0):
+    def __init__(
+        self,
+        num_scenes: int,
+        num_views: int,
+        height: int = 518,
+        width: int = 518,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ):
         if num_scenes < 1:
             raise ValueError(f"num_scenes must be at least 1, got {num_scenes}")
         _check_views(num_views, height, width)  # fail here, not on first access
@@ -72,6 +94,7 @@ class SyntheticScenes(torch.utils.data.Dataset):
         self.height = height
         self.width = width
         self.seed = seed
+        self.device = device
 
     def __len__(self) -> int:
         return self.num_scenes
@@ -80,7 +103,7 @@ class SyntheticScenes(torch.utils.data.Dataset):
         if not -self.num_scenes <= index < self.num_scenes:
             raise IndexError(f"scene {index} out of range for {self.num_scenes} scenes")
         scene_seed = np.random.SeedSequence([self.seed, index % self.num_scenes]).generate_state(1)[0]
-        return make_scene(self.num_views, self.height, self.width, seed=int(scene_seed))
+        return make_scene(self.num_views, self.height, self.width, seed=int(scene_seed), device=self.device)
 
 
 def _check_views(num_views: int, height: int, width: int) -> None:
@@ -98,6 +121,10 @@ class _Layout:
     colors: torch.Tensor  # [3 + K_spheres + K_boxes, 3]: floor, x walls, z walls, spheres, boxes
     checker_sizes: torch.Tensor  # [materials]: cell size (m) of each material's checker pattern
     noise: torch.Tensor  # [1, 4, N, N, N]: luminance + colour noise volume
+
+    def to(self, device: torch.device) -> _Layout:
+        tensors = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "room_half"}
+        return dataclasses.replace(self, **{name: t.to(device) for name, t in tensors.items()})
 
 
 def _random_layout(rng: np.random.Generator, num_objects: int) -> _Layout:
@@ -169,7 +196,7 @@ def _render(
     cam_to_world = invert_extrinsics(extrinsics)
     # Ray through pixel (u, v) with camera-frame direction ((u - cx)/fx, (v - cy)/fy, 1): the hit distance
     # along it is the z-depth.
-    uv = pixel_grid(height, width).reshape(1, -1, 2)
+    uv = pixel_grid(height, width, device=extrinsics.device).reshape(1, -1, 2)
     xy = (uv - intrinsics[:, None, :2, 2]) / intrinsics[:, None, (0, 1), (0, 1)]
     dirs_cam = torch.cat((xy, torch.ones_like(xy[..., :1])), dim=-1)
     dirs = dirs_cam @ cam_to_world[:, :, :3].transpose(-1, -2)  # [S, P, 3]
@@ -208,15 +235,15 @@ def _render(
 def _hit_room(origins: torch.Tensor, dirs: torch.Tensor, room_half: tuple[float, float]):
     """From inside the room, the ray leaves through the floor, a wall, or the open top (a miss)."""
     rx, rz = room_half
-    lo = torch.tensor([-rx, 0.0, -rz])
-    hi = torch.tensor([rx, WALL_HEIGHT, rz])
+    lo = torch.tensor([-rx, 0.0, -rz], device=dirs.device)
+    hi = torch.tensor([rx, WALL_HEIGHT, rz], device=dirs.device)
     safe = torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
     exit_t = torch.maximum((lo - origins) / safe, (hi - origins) / safe)  # [S, P, 3] per axis
     t, axis = exit_t.min(dim=-1)
     through_top = (axis == 1) & (dirs[..., 1] > 0)
     t = torch.where(through_top, torch.full_like(t, math.inf), t)
     normal = -F.one_hot(axis, 3).to(dirs.dtype) * torch.sign(dirs)  # facing into the room
-    material = torch.tensor([1, 0, 2])[axis]  # x walls, floor, z walls
+    material = torch.tensor([1, 0, 2], device=dirs.device)[axis]  # x walls, floor, z walls
     return t[..., None], normal[..., None], material[..., None]
 
 
@@ -231,7 +258,7 @@ def _hit_spheres(origins: torch.Tensor, dirs: torch.Tensor, spheres: torch.Tenso
     t = torch.where((disc > 0) & (t > 0), t, torch.full_like(t, math.inf))
     hit = origins[..., None, :] + t.clamp_max(1e6)[..., None] * dirs[..., None, :]
     normal = (hit - centre) / radius[:, None]
-    material = torch.arange(len(spheres)).expand_as(t) + first_material
+    material = torch.arange(len(spheres), device=t.device).expand_as(t) + first_material
     return t, normal.transpose(-1, -2), material
 
 
@@ -244,14 +271,14 @@ def _hit_boxes(origins: torch.Tensor, dirs: torch.Tensor, boxes: torch.Tensor, f
     leave = torch.maximum(t_lo, t_hi).min(dim=-1).values
     t = torch.where((enter <= leave) & (enter > 0), enter, torch.full_like(enter, math.inf))
     normal = -F.one_hot(axis, 3).to(dirs.dtype) * torch.sign(dirs)[..., None, :]
-    material = torch.arange(len(boxes)).expand_as(t) + first_material
+    material = torch.arange(len(boxes), device=t.device).expand_as(t) + first_material
     return t, normal.transpose(-1, -2), material
 
 
 def _shade(points: torch.Tensor, normal: torch.Tensor, material: torch.Tensor, layout: _Layout) -> torch.Tensor:
     """Solid noise (several octaves) times a per-material checker and colour, lit by two fixed lights."""
     flat = points.reshape(1, 1, 1, -1, 3)
-    noise = torch.zeros(4, flat.shape[3])
+    noise = torch.zeros(4, flat.shape[3], device=points.device)
     for i, (frequency, weight) in enumerate(NOISE_OCTAVES):
         # Octaves sample the volume at different scales and offsets; reflection tiles it seamlessly.
         grid = flat * (frequency * 2 / NOISE_RESOLUTION) + 0.37 * i
@@ -269,11 +296,12 @@ def _shade(points: torch.Tensor, normal: torch.Tensor, material: torch.Tensor, l
 
     light = torch.full_like(luminance, AMBIENT)
     for *direction, strength in LIGHTS:
-        towards = torch.tensor(direction) / torch.linalg.vector_norm(torch.tensor(direction))
+        towards = F.normalize(torch.tensor(direction, device=points.device), dim=0)
         light = light + strength * (normal @ towards).clamp_min(0)[..., None]
     return albedo * light
 
 
 def _sky(dirs: torch.Tensor) -> torch.Tensor:
     up = (dirs[..., 1:2] / dirs.norm(dim=-1, keepdim=True)).clamp(0, 1)
-    return torch.tensor(SKY_HORIZON) + up * (torch.tensor(SKY_TOP) - torch.tensor(SKY_HORIZON))
+    top, horizon = torch.tensor(SKY_TOP, device=dirs.device), torch.tensor(SKY_HORIZON, device=dirs.device)
+    return horizon + up * (top - horizon)

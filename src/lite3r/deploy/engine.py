@@ -20,6 +20,7 @@ import onnx
 from lite3r._io import atomic_write_bytes, check_writable_dir, staged_output
 from lite3r.deploy._trt import DeployError, Flavour, LogCapture, flavour, import_tensorrt
 from lite3r.deploy.nodes import NodeResolution, custom_nodes, network_layers, resolve
+from lite3r.exporter import SLA_CORE_KEY
 
 DEFAULT_FRAMES = (1, 8, 32)
 _MAX_PARSER_ERRORS = 3
@@ -82,8 +83,9 @@ class BuildReport:
 
     @property
     def sla_resolution(self) -> str:
-        """``plugin``, ``function`` (no plugin anywhere), ``mixed``, or ``none`` when there are no custom nodes."""
-        kinds = {"function" if r.resolved == "function" else "plugin" for r in self.custom_nodes}
+        """``plugin`` (a plugin runs every custom node, or the core nested in it), ``function`` (function bodies
+        only), ``missing`` (no layer comes from any of them), ``mixed``, or ``none`` without custom nodes."""
+        kinds = {{True: "plugin", False: "function", None: "missing"}[r.on_plugin] for r in self.custom_nodes}
         return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "none")
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +101,8 @@ class BuildReport:
             f"{self.tensorrt_version} in {self.build_seconds:.1f} s",
             f"frames {self.frames.min}..{self.frames.max} (tuned for {self.frames.opt})"
             + (f", images {self.image_size[0]}x{self.image_size[1]}" if self.image_size else ""),
+            *([f"custom nodes on a plugin: {sum(bool(r.on_plugin) for r in self.custom_nodes)} of "
+               f"{len(self.custom_nodes)}"] if self.custom_nodes else []),
             *(f"  {r.describe()}" for r in self.custom_nodes),
             *self.notes,
         ]
@@ -251,7 +255,7 @@ def build_engine(
     check_writable_dir(out_path.parent)
 
     chosen, trt = import_tensorrt(target)
-    notes: list[str] = []
+    notes = [f"exported SLA cores for TensorRT: {p.value}" for p in model.metadata_props if p.key == SLA_CORE_KEY]
     _register_plugins(chosen, notes)
     capture = LogCapture(trt, verbose)
     builder = trt.Builder(capture.logger)

@@ -45,12 +45,18 @@ class NodeResolution:
     layers: int  # network layers that implement the node
     plugin_layers: tuple[str, ...]  # the plugin layers among them
 
+    @property
+    def on_plugin(self) -> bool | None:
+        """Whether a plugin runs the node (itself, or the nested node that does its work); None when missing."""
+        return None if self.resolved == "missing" else self.resolved != "function"
+
     def describe(self) -> str:
         detail = {
-            "plugin": "TensorRT plugin",
-            "function+plugin": f"function body, {self.layers} layers incl. plugin(s) {', '.join(self.plugin_layers)}",
-            "function": f"function body inlined, {self.layers} layers, no plugin",
-            "missing": "no layer in the network",
+            "plugin": "plugin (the node is one plugin layer)",
+            "function+plugin": f"plugin (function body of {self.layers} layers around plugin layer(s) "
+            f"{', '.join(self.plugin_layers)})",
+            "function": f"function body ({self.layers} layers, no plugin)",
+            "missing": "missing (no layer in the network comes from it)",
         }[self.resolved]
         return f"{self.node} ({self.op_type}): {detail}"
 

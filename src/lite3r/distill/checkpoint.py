@@ -1,7 +1,9 @@
 """What distillation writes: a resumable checkpoint, and the trained student as two small portable files.
 
-- ``checkpoint.pt``: step, ``proj_lin`` tensors, optimizer state, RNG states, the config and the quant state
-  (as the plain dict of ``quant_state.json``). Loaded with ``weights_only=True``: no pickled code runs.
+- ``checkpoint.pt``: step, global batch size, full (unsharded) ``proj_lin`` tensors and optimizer state keyed
+  by parameter name, the config and the quant state (as the plain dict of ``quant_state.json``). Nothing in it
+  depends on the number of processes that wrote it, so any number can resume it. Loaded with
+  ``weights_only=True``: no pickled code runs.
 - ``student.safetensors``: the trained parameters only (everything else is the teacher's), with the SLA
   options in the file's metadata, so :func:`load_student` rebuilds the student from the teacher.
 - ``quant_state.json``: the FP8 scales (see :mod:`lite3r.calibration.state`), when the student is quantized.
@@ -37,6 +39,37 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def gather_training_state(student: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The full ``proj_lin`` tensors and optimizer state on the CPU, whether the student is replicated or
+    FSDP-sharded. Under a process group every process must call it; rank 0 gets the state, the others
+    empty dicts. (Pass the student itself, not its DDP wrapper: they share the parameters.)"""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+    model_state = get_model_state_dict(student, options=options)  # also holds buffers: keep the parameters
+    proj_lin = {n: t for n, t in model_state.items() if n in trainable}
+    return proj_lin, get_optimizer_state_dict(student, optimizer, options=options)
+
+
+def restore_training_state(
+    student: nn.Module, optimizer: torch.optim.Optimizer, proj_lin: dict, optimizer_state: dict
+) -> None:
+    """Load the full state of :func:`gather_training_state` on every process (each keeps its shard)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    set_model_state_dict(student, proj_lin, options=StateDictOptions(full_state_dict=True, strict=False))
+    set_optimizer_state_dict(student, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -50,8 +83,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise StudentFileError(f"checkpoint not found: {path}") from None
 
 
-def save_student(student: nn.Module, out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``student.safetensors`` (and ``quant_state.json`` for an FP8-quantized student) into ``out_dir``."""
+def save_student(
+    student: nn.Module, out_dir: str | os.PathLike, *, proj_lin: dict[str, torch.Tensor] | None = None
+) -> list[Path]:
+    """Write ``student.safetensors`` (and ``quant_state.json`` for an FP8-quantized student) into ``out_dir``.
+
+    ``proj_lin``: the trained tensors when the student's own are sharded (see :func:`gather_training_state`).
+    """
     from safetensors.torch import save
 
     out_dir = Path(out_dir)
@@ -59,7 +97,7 @@ def save_student(student: nn.Module, out_dir: str | os.PathLike) -> list[Path]:
     if not cores:
         raise StudentFileError("the model has no SLA layer (build the student with lite3r.convert_to_sla)")
     options = cores[0].options
-    tensors = {n: t.contiguous() for n, t in trainable_state(student).items()}
+    tensors = {n: t.contiguous() for n, t in (trainable_state(student) if proj_lin is None else proj_lin).items()}
     atomic_write_bytes(out_dir / PROJ_LIN, save(tensors, metadata={"sla_options": json.dumps(options)}))
     written = [out_dir / PROJ_LIN]
     if _is_quantized(student):

@@ -10,6 +10,7 @@ from torch import nn
 from lite3r.calibration.fp8 import autocast
 from lite3r.data.datasets import item_images
 from lite3r.metrics import prediction_gap
+from lite3r.models import family_of
 
 
 def gap_to_teacher(
@@ -23,7 +24,7 @@ def gap_to_teacher(
         images = item_images(item).to(device)
         with torch.no_grad(), autocast(device, bf16):
             reference, pred = teacher(images), student(images)
-        for key, value in prediction_gap(pred, reference, images.shape[-2:]).items():
+        for key, value in prediction_gap(pred, reference, images.shape[-2:], family_of(teacher)).items():
             totals[key] = totals.get(key, 0.0) + value
         scenes += 1
     if not scenes:

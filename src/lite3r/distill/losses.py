@@ -1,13 +1,15 @@
 """Distillation losses: attention outputs of the SLA layers, the heads' outputs, and optional ground truth.
 
-All terms are dimensionless, so one set of default weights works for ``vggt-tiny``, a random-weight VGGT-1B
-and the released checkpoint alike:
+All terms are dimensionless, so one set of default weights works for ``vggt-tiny``, a random-weight VGGT-1B,
+the released checkpoint and DA3 alike (the model family says where depth, points and cameras are):
 
 - ``attention``: per SLA layer, ``MSE(student, teacher) / mean(teacher²)`` of the attention module's output
   (after ``proj``), averaged over layers ("partial attention distillation": only the converted layers).
 - ``depth`` / ``points``: ``Σ c·|student - teacher| / Σ c·|teacher|`` per pixel, weighted by the teacher's
-  confidence ``c`` (``depth_conf`` / ``world_points_conf``); for points ``|·|`` is the Euclidean norm.
-- ``pose``: mean absolute difference of the 9-value pose encodings.
+  confidence ``c`` (``depth_conf`` / ``world_points_conf``); for points ``|·|`` is the Euclidean norm. Only a
+  family with a point map (VGGT) has the ``points`` term.
+- ``pose``: mean absolute difference of the 9-value pose encodings of the cameras (VGGT's ``pose_enc``; DA3's
+  extrinsics and intrinsics encoded the same way).
 - ``gt_depth`` (scenes with ground truth only): per view, AbsRel of the student depth scaled by
   ``median(gt) / median(pred)`` on valid pixels.
 """
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from lite3r.data.synthetic import Scene
+from lite3r.models import ModelFamily
 from lite3r.models.attention import Attention
 from lite3r.sla.module import SparseLinearAttention
 
@@ -84,24 +87,28 @@ def distillation_losses(
     student_attention: dict[str, torch.Tensor],
     teacher_attention: dict[str, torch.Tensor],
     weights: LossWeights,
+    family: ModelFamily,
     scene: Scene | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The weighted total and each term's value (terms with zero weight are not computed)."""
+    """The weighted total and each term's value (terms with zero weight, or that ``family`` has no output for,
+    are not computed)."""
     terms: dict[str, torch.Tensor] = {}
     if weights.attention:
         terms["attention"] = torch.stack(
             [relative_mse(student_attention[n], teacher_attention[n]) for n in teacher_attention]
         ).mean()
     if weights.depth:
-        terms["depth"] = confidence_weighted_error(student["depth"], teacher["depth"], teacher["depth_conf"])
-    if weights.points:
-        terms["points"] = confidence_weighted_error(
-            student["world_points"], teacher["world_points"], teacher["world_points_conf"]
-        )
+        depth_student, depth_teacher = (family.depth(out)[..., None] for out in (student, teacher))
+        terms["depth"] = confidence_weighted_error(depth_student, depth_teacher, teacher["depth_conf"])
+    if weights.points and family.points is not None:
+        points = family.points
+        terms["points"] = confidence_weighted_error(student[points], teacher[points], teacher[f"{points}_conf"])
     if weights.pose:
-        terms["pose"] = (student["pose_enc"].float() - teacher["pose_enc"].float()).abs().mean()
+        size = tuple(family.depth(teacher).shape[-2:])
+        pose_student, pose_teacher = (family.pose_encoding(out, size).float() for out in (student, teacher))
+        terms["pose"] = (pose_student - pose_teacher.detach()).abs().mean()
     if weights.gt_depth and scene is not None:
-        terms["gt_depth"] = ground_truth_depth_error(student["depth"], scene)
+        terms["gt_depth"] = ground_truth_depth_error(family.depth(student), scene)
     if not terms:
         raise ValueError("every loss weight is zero: nothing to train")
     total = sum(getattr(weights, name) * value for name, value in terms.items())
@@ -121,7 +128,7 @@ def confidence_weighted_error(student: torch.Tensor, teacher: torch.Tensor, conf
 
 
 def ground_truth_depth_error(depth: torch.Tensor, scene: Scene) -> torch.Tensor:
-    """Mean over views of the median-scaled AbsRel of ``depth [1, S, H, W, 1]`` against the scene's depth."""
+    """Mean over views of the median-scaled AbsRel of ``depth [1, S, H, W]`` against the scene's depth."""
     pred = depth.float().reshape(scene.depth.shape)
     gt, valid = scene.depth.to(pred.device), (scene.valid & (scene.depth > 0)).to(pred.device)
     errors = []

@@ -1,11 +1,12 @@
 """``distill``: train an SLA student's ``proj_lin`` to reproduce a frozen dense teacher, optionally through
 FP8 fake quantizers (QAT).
 
-One step = one scene: the teacher and the student see the same views, the losses of
-:mod:`lite3r.distill.losses` compare them, and AdamW updates ``proj_lin`` under a warmup + cosine schedule
-with gradient clipping. With ``fp8_qat`` the student is first quantized with ModelOpt and calibrated on a
-few scenes; training then runs through the fake quantizers (straight-through gradients), so ``proj_lin``
-learns to absorb the FP8 error of the layers around it as well as the SLA error.
+One step = ``batch_size`` scenes: for each, the teacher and the student see the same views and the losses of
+:mod:`lite3r.distill.losses` compare them; AdamW updates ``proj_lin`` with the batch-mean gradient under a
+warmup + cosine schedule with gradient clipping. Under ``torchrun`` the scenes of a step are split over the
+processes (see :mod:`lite3r.distill.distributed`). With ``fp8_qat`` the student is first quantized with
+ModelOpt and calibrated on a few scenes; training then runs through the fake quantizers (straight-through
+gradients), so ``proj_lin`` learns to absorb the FP8 error of the layers around it as well as the SLA error.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from itertools import count
+from dataclasses import asdict, dataclass, field, fields
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -25,11 +26,35 @@ from torch import nn
 from lite3r.calibration.fp8 import autocast, calibrate_fp8
 from lite3r.data.datasets import item_images
 from lite3r.data.synthetic import Scene, SyntheticScenes
-from lite3r.distill.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_student, trainable_state
+from lite3r.distill.checkpoint import (
+    CHECKPOINT,
+    gather_training_state,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    save_student,
+    trainable_state,
+)
+from lite3r.distill.distributed import (
+    PARALLEL,
+    SceneSampler,
+    World,
+    all_max,
+    all_sum,
+    barrier,
+    current_world,
+    full_tensor,
+    gradient_sync,
+    parallelize,
+    stream_positions,
+)
 from lite3r.distill.losses import AttentionTaps, LossWeights, distillation_losses, sla_layer_names
+from lite3r.distill.teacher_cache import TeacherCache
+from lite3r.models import family_of
 from lite3r.quant import FP8Recipe
 
 LOG = "log.jsonl"
+TERMS = ("loss", *(f.name for f in fields(LossWeights)))  # what a log record averages over a batch
 
 
 class DistillError(ValueError):
@@ -52,6 +77,13 @@ class DistillConfig:
     shuffle: bool = True  # a seeded permutation of the data per epoch
     seed: int = 0
     checkpoint_every: int = 50
+    batch_size: int = 1  # scenes per optimizer step, over all processes together
+    parallel: str = "ddp"  # under a process group: "ddp" (replicated models) or "fsdp" (FSDP2-sharded)
+    teacher_cache: bool = False  # teacher targets computed once into <out_dir>/teacher_cache, read back after
+    num_workers: int = 0  # DataLoader processes loading scenes (sized datasets)
+    # "proj_lin": only SLA's proj_lin may train (distillation); "all": whatever the student lets train, e.g. every
+    # parameter for the full fine-tuning control of benchmarks/bench_teacher.py.
+    trainable: str = "proj_lin"
 
     def lr_at(self, step: int, steps: int) -> float:
         warmup = max(1, round(self.warmup_fraction * steps))
@@ -78,7 +110,7 @@ class DistillResult:
 
 def default_data(teacher: nn.Module, num_views: int = 2, num_scenes: int = 8, seed: int = 0) -> list[Scene]:
     """The embedded default: ``num_scenes`` synthetic scenes at the model's image size, rendered once."""
-    size = getattr(getattr(teacher, "config", None), "img_size", 518)
+    size = family_of(teacher).image_size
     return list(SyntheticScenes(num_scenes, num_views, size, size, seed))
 
 
@@ -95,42 +127,65 @@ def distill(
     resume: bool = True,
     progress: bool = False,
 ) -> DistillResult:
-    """Distil ``teacher`` into ``student`` (from ``lite3r.convert_to_sla(teacher)``) for ``steps`` steps.
+    """Distil ``teacher`` into ``student`` (from ``lite3r.convert_to_sla(teacher)``) for ``steps`` optimizer
+    steps of ``config.batch_size`` scenes each.
 
     ``data`` yields scenes or image tensors (see :func:`lite3r.data.datasets.item_images`); None means
     :func:`default_data`. With ``out_dir``, every step is appended to ``log.jsonl``, a resumable
     ``checkpoint.pt`` is written every ``config.checkpoint_every`` steps and at the end, and the trained
     student is saved as ``student.safetensors`` (+ ``quant_state.json`` with ``fp8_qat``); with ``resume``
     an existing checkpoint there is continued. The student is trained in place and returned in the result.
+
+    Inside a ``torch.distributed`` process group (``torchrun``; see :mod:`lite3r.distill.distributed`) every
+    process calls this with the same arguments: each computes its share of every batch, and the result is
+    that of one process up to float rounding. Rank 0 alone logs, shows progress and writes files. With
+    ``config.parallel == "fsdp"`` both models are sharded in place and the returned student is the sharded
+    module; its trained tensors are in ``student.safetensors``.
     """
     config = config or DistillConfig()
     if steps < 1:
         raise DistillError(f"steps must be at least 1, got {steps}")
-    params = _check_student(teacher, student)
+    world = check_config(config)
+    params = _check_student(teacher, student, config.trainable)
     device = params[0].device
     teacher.to(device).eval().requires_grad_(False)
     data = default_data(teacher, seed=config.seed) if data is None else data
     torch.manual_seed(config.seed)
 
     out = Path(out_dir) if out_dir is not None else None
+    if config.teacher_cache and (out is None or not _is_sized(data)):
+        raise DistillError("teacher_cache needs out_dir and a dataset with len() and indexing (scene ids)")
     checkpoint = _existing_checkpoint(out, resume)
+    if checkpoint is not None:
+        _check_checkpoint(checkpoint, student, steps, config)
     if fp8_qat:
         _quantize(student, data, recipe, config, checkpoint)
-        _check_student(teacher, student)  # quantization must not have made anything else trainable
+        _check_student(teacher, student, config.trainable)  # quantization must not open other parameters
     elif checkpoint is not None and checkpoint.get("quant_state") is not None:
         raise DistillError(f"{out / CHECKPOINT} was trained with fp8_qat; resume it with fp8_qat=True")
+    if config.grad_checkpointing and not hasattr(student, "set_grad_checkpointing"):
+        raise DistillError(f"grad_checkpointing needs a model with set_grad_checkpointing ({type(student).__name__})")
+
+    names = sla_layer_names(student)
+    taps = AttentionTaps(teacher, names), AttentionTaps(student, names)
+    model = parallelize(teacher, student, config.parallel, device)
+    params = [p for p in student.parameters() if p.requires_grad]  # FSDP2 replaced them with sharded ones
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     start = 0
     if checkpoint is not None:
-        start = _restore(checkpoint, student, optimizer, steps)
+        restore_training_state(student, optimizer, checkpoint["proj_lin"], checkpoint["optimizer"])
+        start = checkpoint["step"]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        _truncate_log(out / LOG, start)
+        if world.is_main:
+            _truncate_log(out / LOG, start)
+    loop = _Loop(teacher, student, model, taps, optimizer, params, config, steps, device, world)
+    if config.teacher_cache:
+        precision = "bfloat16 autocast" if config.bf16 and device.type == "cuda" else "float32"
+        manifest = {"scenes": len(data), "layers": names, "precision": precision}
+        loop.cache = TeacherCache(out, manifest, fresh=checkpoint is None, world=world)
+        loop.fill_cache(data, progress)
 
-    if config.grad_checkpointing and not hasattr(student, "set_grad_checkpointing"):
-        raise DistillError(f"grad_checkpointing needs a model with set_grad_checkpointing ({type(student).__name__})")
-    names = sla_layer_names(student)
-    taps = AttentionTaps(teacher, names), AttentionTaps(student, names)
     student.train()
     if config.grad_checkpointing:
         student.set_grad_checkpointing(True)
@@ -138,15 +193,16 @@ def distill(
         torch.cuda.reset_peak_memory_stats(device)
     history: list[dict[str, Any]] = []
     try:
-        with _progress_bar(progress, steps, start) as advance:
-            for step, item in zip(range(start, steps), _items(data, start, config)):
-                record = _step(teacher, student, item, taps, optimizer, params, config, step, steps, device)
+        with _progress_bar(progress and world.is_main, steps, start) as advance:
+            for step, batch in zip(range(start, steps), _batches(data, start, steps, config, world)):
+                record = loop.step(step, batch)
                 history.append(record)
                 if out is not None:
-                    with open(out / LOG, "a") as log:
-                        log.write(json.dumps(record) + "\n")
+                    if world.is_main:
+                        with open(out / LOG, "a") as log:
+                            log.write(json.dumps(record) + "\n")
                     if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
-                        _save(out, student, optimizer, config, step + 1, fp8_qat)
+                        _save(out, student, optimizer, config, step + 1, fp8_qat, world)
                 advance(record)
     finally:
         for tap in taps:
@@ -154,53 +210,120 @@ def distill(
         if config.grad_checkpointing:
             student.set_grad_checkpointing(False)
         student.eval()
-    files = save_student(student, out) if out is not None else []
+    files = []
+    if out is not None:
+        proj_lin, _ = gather_training_state(student, optimizer)
+        if world.is_main:
+            files = [*save_student(student, out, proj_lin=proj_lin), out / CHECKPOINT, out / LOG]
+        barrier()  # no process returns before rank 0's files are complete
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return DistillResult(student, history, [*files, *([out / CHECKPOINT, out / LOG] if out else [])], peak)
+    return DistillResult(student, history, files, peak)
 
 
-def _step(teacher, student, item, taps, optimizer, params, config, step, steps, device) -> dict[str, Any]:
-    started = time.perf_counter()
-    lr = config.lr_at(step, steps)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    images = item_images(item).to(device)
-    teacher_taps, student_taps = taps
-    with torch.no_grad(), autocast(device, config.bf16), teacher_taps.record() as teacher_attention:
-        teacher_out = teacher(images)
-    optimizer.zero_grad(set_to_none=True)
-    with autocast(device, config.bf16), student_taps.record() as student_attention:
-        student_out = student(images)
-    scene = item if isinstance(item, Scene) else None
-    loss, terms = distillation_losses(
-        student_out, teacher_out, student_attention, teacher_attention, config.weights, scene
-    )
-    if not torch.isfinite(loss):
-        raise DistillError(f"the loss became {loss.item()} at step {step}; lower the learning rate ({config.lr})")
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-    optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return {
-        "step": step,
-        "loss": loss.item(),
-        **terms,
-        "lr": lr,
-        "grad_norm": grad_norm.item(),
-        "time_s": time.perf_counter() - started,
-    }
+def check_config(config: DistillConfig) -> World:
+    """The processes this run is split over, after checking that the config fits them (callers can fail
+    before loading any model)."""
+    world = current_world()
+    if config.batch_size < 1 or config.batch_size % world.size:
+        raise DistillError(
+            f"batch_size must be a positive multiple of the number of processes ({world.size}), "
+            f"got {config.batch_size}"
+        )
+    if config.parallel not in PARALLEL:
+        raise DistillError(f"parallel must be one of {PARALLEL}, got {config.parallel!r}")
+    return world
 
 
-def _check_student(teacher: nn.Module, student: nn.Module) -> list[nn.Parameter]:
-    """The student's trainable parameters, which must be exactly its SLA ``proj_lin`` weights."""
+class _Loop:
+    """One optimizer step over this process's share of a batch, and the teacher-cache fill."""
+
+    def __init__(self, teacher, student, model, taps, optimizer, params, config, steps, device, world) -> None:
+        self.teacher, self.student, self.model, self.taps = teacher, student, model, taps
+        self.optimizer, self.params, self.config, self.steps = optimizer, params, config, steps
+        self.device, self.world = device, world
+        self.cache: TeacherCache | None = None
+
+    def step(self, step: int, batch: list[tuple[int, int | None, Any]]) -> dict[str, Any]:
+        """Gradient accumulation over the micro-batches (one scene each); the loss of each is scaled so that
+        the gradients, averaged over processes, are the mean over the whole batch."""
+        started = time.perf_counter()
+        config = self.config
+        lr = config.lr_at(step, self.steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, list[float]] = {name: [0.0, 0.0] for name in TERMS}  # sum, count over scenes
+        for i, (position, index, item) in enumerate(batch):
+            torch.manual_seed(_sample_seed(config.seed, position))
+            images = item_images(item).to(self.device)
+            teacher_out, teacher_attention = self._targets(index, images)
+            with gradient_sync(self.model, enabled=i == len(batch) - 1):
+                with autocast(self.device, config.bf16), self.taps[1].record() as student_attention:
+                    student_out = self.model(images)
+                scene = item if isinstance(item, Scene) else None
+                loss, terms = distillation_losses(
+                    student_out, teacher_out, student_attention, teacher_attention, config.weights,
+                    family_of(self.teacher), scene,
+                )
+                (loss * (self.world.size / config.batch_size)).backward()
+            for name, value in {"loss": loss.item(), **terms}.items():
+                totals[name][0] += value
+                totals[name][1] += 1
+        summed = all_sum(torch.tensor(list(totals.values()), dtype=torch.float64, device=self.device)).tolist()
+        means = {name: total / count for name, (total, count) in zip(totals, summed) if count}
+        if not math.isfinite(means["loss"]):
+            raise DistillError(f"the loss became {means['loss']} at step {step}; lower the learning rate ({config.lr})")
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.params, config.grad_clip))
+        self.optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return {
+            "step": step,
+            **means,
+            "lr": lr,
+            "grad_norm": grad_norm.item(),
+            "time_s": time.perf_counter() - started,
+        }
+
+    def fill_cache(self, data, progress: bool) -> None:
+        """Teacher targets of this process's shard of the scenes not cached yet. With a sharded (FSDP) teacher
+        every forward is collective, so a process with fewer scenes runs spare forwards to keep in step."""
+        todo = self.cache.missing(len(data), self.world)
+        in_step = self.config.parallel == "fsdp" and self.world.size > 1
+        rounds = all_max(len(todo), self.device) if in_step else len(todo)
+        with _progress_bar(progress and self.world.is_main, rounds, 0, "teacher cache") as advance:
+            for k in range(rounds):
+                index = todo[k] if k < len(todo) else None
+                images = item_images(data[index if index is not None else 0]).to(self.device)
+                outputs, attention = self._teacher(images)
+                if index is not None:
+                    self.cache.save(index, outputs, attention)
+                advance({})
+        barrier()
+
+    def _targets(self, index: int | None, images: torch.Tensor):
+        if self.cache is not None:
+            return self.cache.load(index, self.device)
+        return self._teacher(images)
+
+    def _teacher(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        with torch.no_grad(), autocast(self.device, self.config.bf16), self.taps[0].record() as attention:
+            outputs = self.teacher(images)
+        return outputs, attention
+
+
+def _check_student(teacher: nn.Module, student: nn.Module, allowed: str = "proj_lin") -> list[nn.Parameter]:
+    """The student's trainable parameters, which must be exactly its SLA ``proj_lin`` weights (unless
+    ``allowed`` is ``"all"``)."""
+    if allowed not in ("proj_lin", "all"):
+        raise DistillError(f"trainable must be 'proj_lin' or 'all'; got {allowed!r}")
     if student is teacher:
         raise DistillError("the student is the teacher; build it with lite3r.convert_to_sla(teacher)")
     trainable = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
     if not trainable:
         raise DistillError("the student has no trainable parameters; build it with lite3r.convert_to_sla(teacher)")
     others = [n for n, _ in trainable if ".proj_lin." not in f".{n}"]
-    if others:
+    if others and allowed == "proj_lin":
         raise DistillError(
             f"only SLA proj_lin may be trained, but {len(others)} other parameters are ({others[0]}, ...)"
         )
@@ -224,19 +347,25 @@ def _existing_checkpoint(out: Path | None, resume: bool) -> dict[str, Any] | Non
     return load_checkpoint(out / CHECKPOINT)
 
 
-def _restore(checkpoint: dict[str, Any], student: nn.Module, optimizer, steps: int) -> int:
-    expected = set(trainable_state(student))
-    if set(checkpoint["proj_lin"]) != expected:
+def _check_checkpoint(checkpoint: dict[str, Any], student: nn.Module, steps: int, config: DistillConfig) -> None:
+    if "batch_size" not in checkpoint:
+        raise DistillError("the checkpoint was written by an older lite3r (no batch size); start over (--no-resume)")
+    if set(checkpoint["proj_lin"]) != set(trainable_state(student)):
         raise DistillError("the checkpoint's proj_lin tensors do not match this student (other model or SLA layers?)")
     if checkpoint["step"] > steps:
         raise DistillError(f"the checkpoint is at step {checkpoint['step']}, beyond steps={steps}")
-    student.load_state_dict(checkpoint["proj_lin"], strict=False)
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    torch.set_rng_state(checkpoint["rng"])
-    return checkpoint["step"]
+    if checkpoint["batch_size"] != config.batch_size:
+        raise DistillError(
+            f"the checkpoint was trained with batch_size {checkpoint['batch_size']}; resume with the same "
+            f"(the step number decides which scenes come next), not {config.batch_size}"
+        )
 
 
-def _save(out: Path, student, optimizer, config: DistillConfig, step: int, fp8_qat: bool) -> None:
+def _save(out: Path, student, optimizer, config: DistillConfig, step: int, fp8_qat: bool, world: World) -> None:
+    """Gather the full training state (every process takes part) and write it from rank 0."""
+    proj_lin, optimizer_state = gather_training_state(student, optimizer)
+    if not world.is_main:
+        return
     quant = None
     if fp8_qat:
         from lite3r.calibration.state import quant_state
@@ -244,9 +373,10 @@ def _save(out: Path, student, optimizer, config: DistillConfig, step: int, fp8_q
         quant = quant_state(student)
     state = {
         "step": step,
-        "proj_lin": trainable_state(student),
-        "optimizer": optimizer.state_dict(),
-        "rng": torch.get_rng_state(),
+        "batch_size": config.batch_size,
+        "world_size": world.size,  # for the record: any number of processes may resume it
+        "proj_lin": proj_lin,
+        "optimizer": optimizer_state,
         "config": json.dumps(asdict(config)),
         "quant_state": quant,
     }
@@ -261,24 +391,55 @@ def _truncate_log(path: Path, start: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def _items(data: Iterable[Any], start: int, config: DistillConfig) -> Iterator[Any]:
-    """Data items from step ``start`` on, cycling; a sized dataset is visited in a seeded order per epoch."""
-    if hasattr(data, "__len__") and hasattr(data, "__getitem__"):
-        n = len(data)
-        if n == 0:
+def _sample_seed(seed: int, position: int) -> int:
+    """The RNG seed of the scene at ``position`` in the global stream: every process (rank) draws its own random
+    numbers, and they do not depend on how many processes there are or on where a run was resumed."""
+    return seed * 2**32 + position
+
+
+def _is_sized(data: Any) -> bool:
+    return hasattr(data, "__len__") and hasattr(data, "__getitem__")
+
+
+def _batches(
+    data: Iterable[Any], start: int, steps: int, config: DistillConfig, world: World
+) -> Iterator[list[tuple[int, int | None, Any]]]:
+    """This process's micro-batches of each optimizer step from ``start`` on: (stream position, dataset index,
+    item). A sized dataset goes through :class:`SceneSampler` and a ``DataLoader`` (``config.num_workers``
+    loading processes); any other iterable is cycled, each process keeping the items at its positions."""
+    positions = stream_positions(config.batch_size, start, steps, world)
+    if _is_sized(data):
+        if len(data) == 0:
             raise DistillError("the training data is empty")
-        for step in count(start):
-            epoch, i = divmod(step, n)
-            if config.shuffle:
-                i = int(torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))[i])
-            yield data[i]
-        return
+        sampler = SceneSampler(len(data), config.batch_size, steps, start=start, world=world, seed=config.seed,
+                               shuffle=config.shuffle)  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            data, sampler=sampler, batch_size=None, collate_fn=_as_is, num_workers=config.num_workers
+        )
+        entries = zip(positions, sampler, loader)
+    else:
+        entries = ((position, None, item) for position, item in _cycled(data, positions))
+    per_process = config.batch_size // world.size
+    while batch := list(islice(entries, per_process)):
+        yield batch
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def _cycled(data: Iterable[Any], positions: Iterator[int]) -> Iterator[tuple[int, Any]]:
+    """The items at increasing ``positions`` of ``data`` repeated end to end."""
+    wanted = next(positions, None)
     seen = 0
-    while True:
+    while wanted is not None:
         before = seen
         for item in data:
-            if seen >= start:
-                yield item
+            if seen == wanted:
+                yield seen, item
+                wanted = next(positions, None)
+                if wanted is None:
+                    return
             seen += 1
         if seen == before:
             raise DistillError("the training data is empty (or a one-shot iterator that ran out)")
@@ -287,8 +448,8 @@ def _items(data: Iterable[Any], start: int, config: DistillConfig) -> Iterator[A
 class _progress_bar:
     """A rich progress bar showing the loss terms, or nothing when disabled."""
 
-    def __init__(self, enabled: bool, steps: int, start: int) -> None:
-        self.enabled, self.steps, self.start = enabled, steps, start
+    def __init__(self, enabled: bool, steps: int, start: int, label: str = "distill") -> None:
+        self.enabled, self.steps, self.start, self.label = enabled, steps, start, label
 
     def __enter__(self):
         if not self.enabled:
@@ -296,14 +457,14 @@ class _progress_bar:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.bar = Progress(
-            TextColumn("distill"),
+            TextColumn(self.label),
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[terms]}"),
         )
         self.bar.start()
-        task = self.bar.add_task("distill", total=self.steps, completed=self.start, terms="")
+        task = self.bar.add_task(self.label, total=self.steps, completed=self.start, terms="")
 
         def advance(record: dict[str, Any]) -> None:
             shown = {k: v for k, v in record.items() if k not in ("step", "lr", "grad_norm", "time_s")}

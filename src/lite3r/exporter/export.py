@@ -1,12 +1,14 @@
-"""``export_onnx``: a lite3r VGGT (teacher or SLA student, optionally FP8) as one ONNX model with the deployment
-contract: input ``images [1, S, 3, H, W]`` (S dynamic), the five VGGT outputs, one ``lite3r::SparseLinearAttention``
-node per SLA layer plus its model-local functions, FP8 Q/DQ from ``quant_state.json``. docs/exporter.md has the
-decisions and measurements.
+"""``export_onnx``: a lite3r model (VGGT or DA3; teacher or SLA student, optionally FP8) as one ONNX model with the
+deployment contract: input ``images [1, S, 3, H, W]`` (S dynamic), the official outputs of the model's family (VGGT's
+five, DA3's four), one ``lite3r::SparseLinearAttention`` node per SLA layer plus its model-local functions, FP8 Q/DQ
+from ``quant_state.json``; strongly typed in one precision (float32, bf16 or fp16 weights and activations; float32
+images in and outputs out). docs/exporter.md has the decisions and measurements.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -19,14 +21,17 @@ from torch import nn
 
 from lite3r._io import check_writable_dir, staged_output
 from lite3r.calibration.state import QuantStateError, read_quant_state, validate_quant_state
-from lite3r.exporter import graph_passes, sla_onnx
+from lite3r.exporter import PRECISION_KEY, PRECISION_NAMES, SLA_CORE_KEY, graph_passes, sla_onnx
 from lite3r.exporter.qdq import insert_fp8_qdq
 from lite3r.exporter.sla_onnx import SLAExportError, SLAOptions
-from lite3r.parity.gates import OUTPUT_NAMES  # the five VGGT outputs, in the contract's order
+from lite3r.models import family_of
 
 INPUT_NAME = "images"
 FRAMES = "frames"  # dim_param of the frame axis
-OPSETS = (19, 20, 21)  # FP8 Q/DQ need 19; onnxruntime >= 1.20 and TensorRT 10 read up to 21
+OPSETS = (19, 20, 21, 22)  # FP8 Q/DQ need 19; TensorRT 10 and TensorRT-RTX 1.7 parse up to 22
+DEFAULT_OPSET = 21
+MIN_OPSET = {"bf16": 22}  # Conv and ConvTranspose take bfloat16 from opset 22
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 # Protobuf cannot serialise 2 GiB; above this much tensor data the weights go to ``<name>.data``.
 EXTERNAL_DATA_BYTES = 1_800_000_000
 
@@ -42,22 +47,25 @@ class ExportReport:
     path: Path
     external_data: Path | None  # the weights file, when the model is too large for one protobuf
     opset: int
+    precision: str  # "fp32", "bf16" or "fp16": weights and activations (images in and outputs out are float32)
     image_size: tuple[int, int]
     nodes: int  # top-level graph nodes (an SLA node counts one)
     sla_nodes: int
     qdq_pairs: int  # activation Q->DQ pairs plus FP8 weight->DQ pairs
     file_bytes: int  # model plus external data
     seconds: float
+    sla_core: str = "none"  # how TensorRT can run the SLA cores: "plugin", or "function body (<why>)"
 
     def __str__(self) -> str:
         return self.summary()
 
     def summary(self) -> str:
         data = f" + {self.external_data.name}" if self.external_data else ""
+        core = f" (SLA core in TensorRT: {self.sla_core})" if self.sla_nodes else ""
         return (
-            f"{self.path}{data}: {self.file_bytes / 2**20:.1f} MiB, opset {self.opset}, images [1, S, 3, "
-            f"{self.image_size[0]}, {self.image_size[1]}], {self.nodes} nodes, {self.sla_nodes} SLA nodes, "
-            f"{self.qdq_pairs} FP8 Q/DQ pairs, exported in {self.seconds:.1f} s"
+            f"{self.path}{data}: {self.file_bytes / 2**20:.1f} MiB, {self.precision}, opset {self.opset}, images "
+            f"[1, S, 3, {self.image_size[0]}, {self.image_size[1]}], {self.nodes} nodes, {self.sla_nodes} SLA "
+            f"nodes{core}, {self.qdq_pairs} FP8 Q/DQ pairs, exported in {self.seconds:.1f} s"
         )
 
 
@@ -65,40 +73,51 @@ def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
     *,
-    image_size: int | tuple[int, int] = 518,
+    image_size: int | tuple[int, int] | None = None,
     example_frames: int = 2,
     quant_state: dict[str, Any] | str | os.PathLike | None = None,
-    opset: int = 21,
+    precision: str | None = None,
+    opset: int | None = None,
     simplify: bool = True,
 ) -> ExportReport:
-    """Export ``model`` (float32 VGGT, dense or SLA) to ``path``; nothing is written unless the whole export and
+    """Export ``model`` (a lite3r model, dense or SLA) to ``path``; nothing is written unless the whole export and
     ``onnx.checker`` (full check) succeed.
 
-    ``image_size``: H, W fixed in the graph (multiples of the patch size). ``example_frames``: the frame count
-    traced, at least 2 (a 1-frame trace would fix the frame axis; the graph runs at any S >= 1).
+    ``image_size``: H, W fixed in the graph (multiples of the patch size; default: the family's view size).
+    ``example_frames``: the frame count traced, at least 2 (a 1-frame trace would fix the frame axis; the graph
+    runs at any S >= 1).
     ``quant_state``: a ``quant_state.json`` path or dict; its linears get FP8 Q/DQ. A model carrying ModelOpt
     fake quantizers is traced with them switched off and, without ``quant_state``, gives its own scales.
     ``simplify``: constant folding and graph simplification (the exporter's onnxscript optimizer).
+    ``precision``: ``"fp32"``, ``"bf16"`` or ``"fp16"`` weights and activations; by default the model's own
+    (a model in another dtype is exported from a converted copy; the model itself is untouched).
+    ``opset``: 19 to 22; by default 21, or 22 for bf16 (the first opset with bf16 convolutions).
     """
     started = time.perf_counter()
     path = Path(path)
-    size = _check_image_size(model, image_size)
+    _check_model(model)
+    size = _check_image_size(model, family_of(model).image_size if image_size is None else image_size)
     if not isinstance(example_frames, int) or example_frames < 1:
         raise ExportError(f"example_frames must be a positive integer; got {example_frames!r}")
-    if opset not in OPSETS:
-        raise ExportError(f"opset must be one of {OPSETS} (FP8 Q/DQ need 19); got {opset!r}")
-    _check_model(model)
+    precision = _precision(model, precision)
+    opset = _opset(opset, precision)
     state = _quant_state(model, quant_state)
     options = _sla_options(model)
+    sla_core = _sla_core(model, precision)
     check_writable_dir(path.parent)  # fail now, not after minutes of tracing
 
-    with _quantizers_disabled(model):
-        proto = _trace(model, size, max(2, example_frames), opset, simplify)
+    converted = as_dtype(model, PRECISIONS[precision])
+    with _quantizers_disabled(converted):
+        proto = _trace(converted, size, max(2, example_frames), opset, simplify)
+    del converted
+    if precision == "bf16":
+        graph_passes.transposed_convolutions_as_depth_to_space(proto.graph)
     if options is not None:
-        proto.functions.extend(sla_onnx.sla_functions(options, opset))
+        proto.functions.extend(sla_onnx.sla_functions(options, opset, precision=precision, plugin=sla_core == "plugin"))
         if not any(o.domain == sla_onnx.DOMAIN for o in proto.opset_import):
             proto.opset_import.append(onnx.helper.make_opsetid(sla_onnx.DOMAIN, 1))
-    qdq_pairs = insert_fp8_qdq(proto, state) if state is not None else 0
+    qdq_pairs = insert_fp8_qdq(proto, state, sla_onnx.ONNX_TYPES[precision]) if state is not None else 0
+    onnx.helper.set_model_props(proto, {PRECISION_KEY: precision, **({SLA_CORE_KEY: sla_core} if options else {})})
     nodes = len(proto.graph.node)
     sla_nodes = sum(n.domain == sla_onnx.DOMAIN and n.op_type == sla_onnx.SLA_OP for n in proto.graph.node)
     external = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES
@@ -117,12 +136,14 @@ def export_onnx(
         path=path,
         external_data=path.with_name(data_name) if external else None,
         opset=opset,
+        precision=precision,
         image_size=size,
         nodes=nodes,
         sla_nodes=sla_nodes,
         qdq_pairs=qdq_pairs,
         file_bytes=file_bytes,
         seconds=time.perf_counter() - started,
+        sla_core=sla_core,
     )
 
 
@@ -139,11 +160,49 @@ def _check_image_size(model: nn.Module, image_size: int | tuple[int, int]) -> tu
 
 
 def _check_model(model: nn.Module) -> None:
-    if not isinstance(model, nn.Module):
-        raise ExportError(f"export_onnx takes a torch.nn.Module (a lite3r VGGT); got {type(model).__name__}")
+    if not isinstance(model, nn.Module) or not hasattr(model, "family"):
+        raise ExportError(f"export_onnx takes a lite3r model (lite3r.load_model); got {type(model).__name__}")
+
+
+def precision_of(dtype: torch.dtype) -> str | None:
+    """``"fp32"``, ``"bf16"`` or ``"fp16"`` for a torch dtype; None for any other."""
+    return next((name for name, known in PRECISIONS.items() if known == dtype), None)
+
+
+def graph_precision(path: str | os.PathLike) -> str | None:
+    """The precision an exported file computes in (its ``lite3r.precision`` metadata), or None if not recorded."""
+    props = onnx.load(os.fspath(path), load_external_data=False).metadata_props
+    return next((p.value for p in props if p.key == PRECISION_KEY), None)
+
+
+def _precision(model: nn.Module, precision: str | None) -> str:
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        return precision
     dtypes = {p.dtype for p in model.parameters()}
-    if dtypes != {torch.float32}:
-        raise ExportError(f"export a float32 model (model.float()); its parameters are {sorted(map(str, dtypes))}")
+    if len(dtypes) == 1 and (own := precision_of(next(iter(dtypes)))):
+        return own
+    raise ExportError(
+        f"the model's parameters are {sorted(map(str, dtypes))}: pass precision= (one of {', '.join(PRECISIONS)})"
+    )
+
+
+def _opset(opset: int | None, precision: str) -> int:
+    lowest = MIN_OPSET.get(precision, OPSETS[0])
+    if opset is None:
+        return max(DEFAULT_OPSET, lowest)
+    if opset not in OPSETS:
+        raise ExportError(f"opset must be one of {OPSETS} (FP8 Q/DQ need 19); got {opset!r}")
+    if opset < lowest:
+        raise ExportError(f"a {precision} graph needs opset {lowest} or later (bf16 convolutions); got {opset}")
+    return opset
+
+
+def as_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The model itself when its parameters are ``dtype`` already, else a converted copy (the caller's model is
+    never changed; a model converted beforehand saves the copy's memory)."""
+    return model if {p.dtype for p in model.parameters()} == {dtype} else copy.deepcopy(model).to(dtype)
 
 
 def _quant_state(model: nn.Module, quant_state: dict[str, Any] | str | os.PathLike | None) -> dict | None:
@@ -197,6 +256,16 @@ def _sla_core_class() -> type:
     return SparseLinearAttention
 
 
+def _sla_core(model: nn.Module, precision: str) -> str:
+    """``"plugin"`` when the SLA plugin can run every SLA core of the graph (their nested nodes are then marked for
+    it), else ``"function body (<why not>)"``; ``"none"`` without SLA layers."""
+    head_dims = {m.proj_lin.in_features for m in model.modules() if isinstance(m, _sla_core_class())}
+    if not head_dims:
+        return "none"
+    reason = sla_onnx.plugin_unsupported(precision, head_dims)
+    return "plugin" if reason is None else f"function body ({reason})"
+
+
 def _sla_options(model: nn.Module) -> SLAOptions | None:
     cores = [m for m in model.modules() if isinstance(m, _sla_core_class())]
     found = {SLAOptions(m.kh, m.kl, m.block_q, m.block_k, m.feature_map) for m in cores}
@@ -232,8 +301,9 @@ def _trace(model: nn.Module, size: tuple[int, int], frames: int, opset: int, sim
                 detail = next((line for line in lines if line.startswith(("Not all values", "solving"))), lines[0])
                 raise ExportError(f"the frame axis cannot stay dynamic: {detail}") from None
         keys = list(program.call_spec.out_spec.context)
-        if sorted(keys) != sorted(OUTPUT_NAMES):
-            raise ExportError(f"the model must return a dict with keys {OUTPUT_NAMES}; it returns {keys}")
+        outputs = family_of(model).outputs
+        if sorted(keys) != sorted(outputs):
+            raise ExportError(f"the model must return a dict with keys {outputs}; it returns {keys}")
         with _sla_schema():
             onnx_program = torch.onnx.export(
                 program, (images,), dynamo=True, input_names=[INPUT_NAME], output_names=keys, opset_version=opset,
@@ -245,7 +315,8 @@ def _trace(model: nn.Module, size: tuple[int, int], frames: int, opset: int, sim
     proto = onnx_program.model_proto
     graph_passes.name_axis(proto.graph, proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param, FRAMES)
     graph_passes.float64_to_float32(proto.graph)
-    ordered = sorted(proto.graph.output, key=lambda o: OUTPUT_NAMES.index(o.name))
+    graph_passes.outputs_to_float32(proto.graph)
+    ordered = sorted(proto.graph.output, key=lambda o: outputs.index(o.name))
     ordered = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in ordered]
     del proto.graph.output[:]
     proto.graph.output.extend(ordered)  # the contract's order, whatever the model's dict order

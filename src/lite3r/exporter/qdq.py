@@ -2,7 +2,9 @@
 
 Each quantized ``nn.Linear`` is found by the module scope the PyTorch exporter records on its MatMul node. Its
 activation input gets ``Q -> DQ`` (FLOAT8E4M3FN, per-tensor scale ``amax / 448``); its weight becomes
-a FLOAT8E4M3FN initialiser followed by ``DQ`` (per-tensor, or per output channel). The scales divide, as
+a FLOAT8E4M3FN initialiser followed by ``DQ`` (per-tensor, or per output channel). Scales are stored in the
+graph's precision, as ModelOpt's ONNX export does (``QuantizeLinear`` before opset 23 takes its scale in its input's
+type), and the FP8 weights are computed with the stored scale, so weight and ``DQ`` agree exactly. The scales divide, as
 ``QuantizeLinear`` does; ModelOpt's fake quantizer multiplies by ``448 / amax``, which can round a value that sits
 exactly between two FP8 numbers the other way (docs/exporter.md has the measured effect).
 """
@@ -25,9 +27,10 @@ _SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 _ZERO_POINT = "fp8_e4m3_zero_point"
 
 
-def insert_fp8_qdq(model: onnx.ModelProto, state: dict[str, Any]) -> int:
+def insert_fp8_qdq(model: onnx.ModelProto, state: dict[str, Any], dtype: int = TensorProto.FLOAT) -> int:
     """Quantize the linears listed in ``state`` (a validated quant state) in place; returns the Q/DQ pairs added
-    (an activation's ``Q -> DQ`` and a weight's FP8 initialiser ``-> DQ`` count one each)."""
+    (an activation's ``Q -> DQ`` and a weight's FP8 initialiser ``-> DQ`` count one each). ``dtype``: the ONNX
+    element type the linears compute in (that of the scales)."""
     graph = model.graph
     entries: dict[str, dict[str, dict]] = defaultdict(dict)
     for entry in state["quantizers"]:
@@ -45,10 +48,13 @@ def insert_fp8_qdq(model: onnx.ModelProto, state: dict[str, Any]) -> int:
                 "(layers inside an SLA node, such as proj_lin, cannot run in FP8)"
             )
         if "input" in tensors:
-            node.input[0] = _quantize_activation(graph, inserted[id(node)], module, node.input[0], tensors["input"])
+            node.input[0] = _quantize_activation(
+                graph, inserted[id(node)], module, node.input[0], _scale(tensors["input"], module, dtype)
+            )
             pairs += 1
         if "weight" in tensors:
-            replaced.add(_quantize_weight(graph, inserted, module, node, tensors["weight"], initializers, producers))
+            scale = _scale(tensors["weight"], module, dtype)
+            replaced.add(_quantize_weight(graph, inserted, module, node, scale, initializers, producers))
             pairs += 1
     graph.initializer.append(helper.make_tensor(_ZERO_POINT, TensorProto.FLOAT8E4M3FN, [], [0.0]))
     nodes = [new for node in graph.node for new in (*inserted.get(id(node), ()), node)]
@@ -73,11 +79,12 @@ def _linear_nodes(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return found
 
 
-def _scale(entry: dict, module: str) -> np.ndarray:
+def _scale(entry: dict, module: str, dtype: int) -> np.ndarray:
+    """``amax / 448`` in float32, then rounded to ``dtype`` (the ONNX element type of the scale)."""
     amax = np.asarray(entry["amax"], dtype=np.float32)
     if not np.all(amax > 0):
         raise QuantStateError(f"{module}.{entry['tensor']}_quantizer has amax 0: no FP8 scale can represent it")
-    return np.asarray(amax / np.float32(E4M3_MAX), dtype=np.float32)
+    return np.asarray(amax / np.float32(E4M3_MAX), dtype=np.float32).astype(helper.tensor_dtype_to_np_dtype(dtype))
 
 
 def _add_scale(graph: onnx.GraphProto, name: str, scale: np.ndarray) -> str:
@@ -85,8 +92,8 @@ def _add_scale(graph: onnx.GraphProto, name: str, scale: np.ndarray) -> str:
     return name
 
 
-def _quantize_activation(graph, new_nodes, module: str, value: str, entry: dict) -> str:
-    scale = _add_scale(graph, f"{module}.input_quantizer.scale", _scale(entry, module))
+def _quantize_activation(graph, new_nodes, module: str, value: str, scale: np.ndarray) -> str:
+    scale = _add_scale(graph, f"{module}.input_quantizer.scale", scale)
     quantized, dequantized = f"{module}.input_quantizer.fp8", f"{module}.input_quantizer.dq"
     new_nodes += [
         helper.make_node("QuantizeLinear", [value, scale, _ZERO_POINT], [quantized], name=f"{module}.input_q"),
@@ -95,7 +102,7 @@ def _quantize_activation(graph, new_nodes, module: str, value: str, entry: dict)
     return dequantized
 
 
-def _quantize_weight(graph, inserted, module: str, node, entry: dict, initializers, producers) -> str:
+def _quantize_weight(graph, inserted, module: str, node, scale: np.ndarray, initializers, producers) -> str:
     """Feed ``node`` (directly, or through one Transpose) an FP8 copy of its weight + DQ; returns the float
     weight's name."""
     consumer, slot, output_axis = node, 1, 1  # MatMul(x, W^T): W^T is [in, out]
@@ -105,13 +112,13 @@ def _quantize_weight(graph, inserted, module: str, node, entry: dict, initialize
     weight = initializers.get(consumer.input[slot])
     if weight is None:
         raise QuantStateError(f"{module}: its weight is computed in the exported graph, not stored; cannot quantize it")
-    scale = _scale(entry, module)
     values = torch.from_numpy(numpy_helper.to_array(weight).astype(np.float32))
     per_channel = scale.ndim == 1
     shape = [1, 1]
     if per_channel:
         shape[output_axis] = -1
-    fp8 = (values / torch.from_numpy(scale).reshape(shape)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    divisor = torch.from_numpy(scale.astype(np.float32)).reshape(shape)
+    fp8 = (values / divisor).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     fp8_name = f"{module}.weight_fp8"
     raw = fp8.view(torch.uint8).numpy().tobytes()
     graph.initializer.append(helper.make_tensor(fp8_name, TensorProto.FLOAT8E4M3FN, list(fp8.shape), raw, raw=True))

@@ -6,7 +6,9 @@ two model-local functions, nested like the runtime kernels (``lite3r.sla.kernels
 - ``SparseLinearAttention(q, k, v, proj_lin_weight, proj_lin_bias)``: the block map (mean-pooled blocks,
   scores, a TopK ranking with the reference's rounding and ties) and the marginal key states, then one call of
 - ``SparseLinearAttentionCore(q, k, v, proj_w, proj_b, lut, kv_state, k_state)``: exact softmax over each query
-  block's critical key blocks plus ``proj_lin`` of the linear branch; the op of the TensorRT plugin.
+  block's critical key blocks plus ``proj_lin`` of the linear branch; the op of the TensorRT plugin, fed exactly
+  the input types the plugin declares (``lite3r.plugins.contract``) and marked for it (``plugin_namespace``)
+  only where the plugin can run it, so that TensorRT runs the core's function body everywhere else.
 
 The bodies are specialised to one option set (``SLAOptions``) rather than reading the node's attributes:
 ONNX float attributes are float32, and ``ceil(kh * nk)`` on a float32 ``kh`` disagrees with the reference's
@@ -24,11 +26,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from lite3r.plugins import contract
 from lite3r.sla.reference import LINEAR_EPS, check_options
 
-DOMAIN = "lite3r"
+DOMAIN = contract.NAMESPACE
 SLA_OP = "SparseLinearAttention"
-CORE_OP = "SparseLinearAttentionCore"  # = lite3r.plugins.sla_kernel.CORE_OP
+CORE_OP = contract.CORE_OP
 SLA_INPUTS = ("q", "k", "v", "proj_lin_weight", "proj_lin_bias")
 CORE_INPUTS = ("q", "k", "v", "proj_w", "proj_b", "lut", "kv_state", "k_state")
 SLA_ATTRIBUTES = {  # name -> ONNX attribute type
@@ -36,6 +39,9 @@ SLA_ATTRIBUTES = {  # name -> ONNX attribute type
     "plugin_namespace": "STRING",
 }  # fmt: skip
 CORE_ATTRIBUTES = ("block_q", "block_k", "feature_map", "scale", "plugin_namespace")
+# Element types by the contract's (Triton) names; a graph's precision uses the same names.
+ONNX_TYPES = {"fp32": TensorProto.FLOAT, "bf16": TensorProto.BFLOAT16, "fp16": TensorProto.FLOAT16,
+              "i32": TensorProto.INT32}  # fmt: skip
 # The counts' integer rule is checked against reference.block_counts for every key-block count up to this
 # (2**20 blocks of 64 tokens: 67 M tokens, far beyond any sequence SLA runs on).
 _CHECKED_BLOCKS = 1 << 20
@@ -68,13 +74,23 @@ def sla_node(inputs, output: str, options: SLAOptions, head_dim: int, name: str 
                             **options.node_attributes(head_dim))  # fmt: skip
 
 
-def sla_functions(options: SLAOptions, opset: int = 21) -> list[onnx.FunctionProto]:
-    """The two model-local functions that define ``SparseLinearAttention`` for ``options``."""
+def sla_functions(
+    options: SLAOptions, opset: int = 21, *, precision: str = "fp32", plugin: bool = False
+) -> list[onnx.FunctionProto]:
+    """The two model-local functions that define ``SparseLinearAttention`` for ``options`` in a graph whose q, k, v
+    are ``precision`` (``"fp32"``, ``"bf16"``, ``"fp16"``). The core node gets the plugin's input types (the
+    marginal ``kv_state`` in the plugin's state dtype for ``precision``, float32 in a float32 graph), and
+    ``plugin_namespace`` only when ``plugin`` is true (``plugin_unsupported`` says when it cannot be)."""
     check_options(*options)
+    if precision not in ("fp32", *contract.IO_DTYPES):
+        raise ValueError(f"precision must be fp32 or one of {contract.IO_DTYPES}; got {precision!r}")
+    if plugin and precision not in contract.IO_DTYPES:
+        raise ValueError(f"the SLA plugin takes {contract.IO_DTYPES} q, k, v; got {precision}")
+    body = _sla_body(options, ONNX_TYPES[contract.STATE_DTYPES.get(precision, "fp32")], plugin)
     imports = [helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)]
     return [
         helper.make_function(
-            DOMAIN, SLA_OP, SLA_INPUTS, ["out"], _sla_body(options), imports, list(SLA_ATTRIBUTES),
+            DOMAIN, SLA_OP, SLA_INPUTS, ["out"], body, imports, list(SLA_ATTRIBUTES),
             doc_string="SLA: block map and marginal key states, then the core.",
         ),
         helper.make_function(
@@ -82,6 +98,12 @@ def sla_functions(options: SLAOptions, opset: int = 21) -> list[onnx.FunctionPro
             doc_string="SLA core: softmax over critical blocks + proj_lin(linear).",
         ),
     ]
+
+
+def plugin_unsupported(precision: str, head_dims) -> str | None:
+    """Why the TensorRT plugin cannot run the SLA cores of a ``precision`` graph with these head dims, or None."""
+    reasons = {contract.unsupported(precision, dim) for dim in head_dims} - {None}
+    return "; ".join(sorted(reasons)) or None
 
 
 def count_fractions(kh: float, kl: float) -> tuple[Fraction, Fraction]:
@@ -188,7 +210,7 @@ def _feature_map(b: _Body, x: str, name: str) -> str:
     return b("Relu", x)
 
 
-def _sla_body(o: SLAOptions) -> list[onnx.NodeProto]:
+def _sla_body(o: SLAOptions, state_type: int, plugin: bool) -> list[onnx.NodeProto]:
     b = _Body()
     kh, kl = count_fractions(o.kh, o.kl)
     q, k, v = (b("Cast", x, to=TensorProto.FLOAT, name=f"{x}32") for x in ("q", "k", "v"))
@@ -220,11 +242,13 @@ def _sla_body(o: SLAOptions) -> list[onnx.NodeProto]:
     per_block_kv = b("Reshape", per_block_kv, b("Concat", s.lead, nk, b.ints(-1), axis=0))
     per_block_k = b("ReduceSum", phi_k, b.ints(3), keepdims=0)
     kv_state, k_state = (_merge_lead(b, b("MatMul", marginal, x)) for x in (per_block_kv, per_block_k))
+    kv_state = b("Cast", kv_state, to=state_type)  # the plugin's state dtype (bf16 for bf16 q, k, v)
+    proj_w, proj_b = (b("Cast", x, to=TensorProto.FLOAT) for x in ("proj_lin_weight", "proj_lin_bias"))
 
     core = helper.make_node(
-        CORE_OP, ["q", "k", "v", "proj_lin_weight", "proj_lin_bias", lut, kv_state, k_state], ["out"],
-        domain=DOMAIN, block_q=o.block_q, block_k=o.block_k,
-        feature_map=o.feature_map, plugin_namespace=DOMAIN,
+        CORE_OP, ["q", "k", "v", proj_w, proj_b, lut, kv_state, k_state], ["out"], domain=DOMAIN,
+        block_q=o.block_q, block_k=o.block_k, feature_map=o.feature_map,
+        **({"plugin_namespace": DOMAIN} if plugin else {}),
     )  # fmt: skip
     scale = helper.make_attribute_ref("scale", onnx.AttributeProto.FLOAT)
     core.attribute.append(scale)

@@ -17,6 +17,9 @@ from torch import nn
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
 _WRAPPER_KEYS = ("model", "state_dict")  # training checkpoints: {"model": sd, "optimizer": ...}
+# Name prefixes of a whole state dict: DataParallel/DistributedDataParallel add "module."; the official DA3 API
+# class holds the network as `.model`, so files saved through it (the Hugging Face releases) have "model.".
+_WRAPPER_PREFIXES = ("module.", "model.")
 _SHOWN = 5  # how many offending keys an error message lists
 
 
@@ -69,8 +72,8 @@ def _read_torch(path: Path) -> object:
 def checkpoint_filter_fn(obj: object, source: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
     """Adapts the containers checkpoints come in to a flat ``{name: tensor}`` state dict.
 
-    Unwraps ``{"model": sd}`` / ``{"state_dict": sd}`` and strips the ``module.`` prefix that
-    ``DataParallel``/``DistributedDataParallel`` add. This is the one place for such adaptations.
+    Unwraps ``{"model": sd}`` / ``{"state_dict": sd}`` and strips a ``module.`` (``DataParallel``) or ``model.``
+    (DA3's API class) prefix shared by every name. This is the one place for such adaptations.
     """
     if isinstance(obj, Mapping):
         for key in _WRAPPER_KEYS:
@@ -84,9 +87,11 @@ def checkpoint_filter_fn(obj: object, source: str | Path = "checkpoint") -> dict
         raise CheckpointError(
             f"{source} is not a state dict: {len(not_tensors)} entries are not tensors ({_first(not_tensors)})"
         )
-    if obj and all(k.startswith("module.") for k in obj):
-        return {k[len("module.") :]: v for k, v in obj.items()}
-    return dict(obj)
+    state_dict = dict(obj)
+    for prefix in _WRAPPER_PREFIXES:
+        if state_dict and all(k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
+    return state_dict
 
 
 def load_state_dict_strict(
@@ -96,8 +101,17 @@ def load_state_dict_strict(
 
     ``assign=True`` adopts the tensors instead of copying (cast to the model's dtypes): use it on a model built on
     the ``meta`` device to avoid initialising weights that are about to be replaced.
+    Names the model ties to one tensor (a module used in several places) may appear once: a file saved with
+    safetensors' ``save_model`` keeps one name per shared tensor. Where several appear, they must be equal.
     """
     expected = model.state_dict()
+    tied = _tied_names(model)
+    state_dict = dict(state_dict)
+    for names in tied:
+        given = next((n for n in names if n in state_dict), None)
+        if given is not None:
+            for name in names:
+                state_dict.setdefault(name, state_dict[given])
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
@@ -115,9 +129,23 @@ def load_state_dict_strict(
         )
         more = f" and {len(mismatched) - _SHOWN} more" if len(mismatched) > _SHOWN else ""
         raise CheckpointError(f"{source}: shape mismatch in {len(mismatched)} tensors ({shown}{more})")
+    for names in tied:
+        differing = [n for n in names[1:] if not torch.equal(state_dict[n], state_dict[names[0]])]
+        if differing:
+            raise CheckpointError(
+                f"{source}: {names[0]} and {differing[0]} differ, but the model shares one tensor between them"
+            )
     if assign:
         state_dict = {k: v.to(expected[k].dtype) for k, v in state_dict.items()}
     model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def _tied_names(model: nn.Module) -> list[list[str]]:
+    """Groups of state-dict names that refer to one tensor of ``model``."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def _first(keys: list[str]) -> str:

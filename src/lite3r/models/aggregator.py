@@ -15,38 +15,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from lite3r.models._base import ImageNormalization
 from lite3r.models.dinov2 import DinoVisionTransformer
 from lite3r.models.layers import Block, RotaryPositionEmbedding2D, patch_positions, run_block
-
-_RESNET_MEAN = (0.485, 0.456, 0.406)
-_RESNET_STD = (0.229, 0.224, 0.225)
-
-
-class ImageNormalization(nn.Module):
-    """``(images - mean) / std`` in float32, with the ImageNet constants as device buffers.
-
-    Buffers instead of ``torch.tensor(...)`` in ``forward``: no host-to-device copy per call, so the model can
-    be captured in a CUDA graph. They follow the model's device but never its dtype (casting the model to
-    bf16 must not round the constants), and they are not persistent (the official state dict has no such keys).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._make_buffers(torch.device("cpu"))
-
-    def _make_buffers(self, device: torch.device) -> None:
-        for name, values in (("mean", _RESNET_MEAN), ("std", _RESNET_STD)):
-            self.register_buffer(
-                name, torch.tensor(values, dtype=torch.float32, device=device).view(1, 1, 3, 1, 1), persistent=False
-            )
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self._make_buffers(self.mean.device)  # keep the device fn chose, restore exact float32 values
-        return self
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std
 
 
 class Aggregator(nn.Module):

@@ -61,14 +61,7 @@ class DinoVisionTransformer(nn.Module):
 
     def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """Position table ``[1, 1 + grid_h*grid_w, C]`` (class token first) for a ``grid_h x grid_w`` patch grid."""
-        side = int((self.pos_embed.shape[1] - 1) ** 0.5)
-        if (grid_h, grid_w) == (side, side):
-            return self.pos_embed
-        table = self.pos_embed.float()
-        patch_table = table[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        patch_table = F.interpolate(patch_table, size=(grid_h, grid_w), mode="bicubic", antialias=True)
-        patch_table = patch_table.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)
-        return torch.cat((table[:, :1], patch_table), dim=1).to(self.pos_embed.dtype)
+        return resize_position_table(self.pos_embed, grid_h, grid_w)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, 3, H, W]`` (already normalised) -> normalised patch tokens ``[N, (H/p)*(W/p), C]``."""
@@ -80,3 +73,26 @@ class DinoVisionTransformer(nn.Module):
         for block in self.blocks:
             x = run_block(self, block, x)
         return self.norm(x[:, 1 + self.num_register_tokens :])
+
+
+def resize_position_table(
+    pos_embed: torch.Tensor, grid_h: int, grid_w: int, interpolate_offset: float | None = None
+) -> torch.Tensor:
+    """A learned ``[1, 1 + M*M, C]`` table (class token first) resized bicubically to a ``grid_h x grid_w`` grid.
+
+    The two official DINOv2 variants differ here, and the released weights were trained with their own:
+    ``interpolate_offset=None`` (VGGT) resizes to the target size with antialiasing; a float (DA3: 0.1) passes the
+    scale factors ``(grid + offset) / M`` instead, without antialiasing (the kernel maps coordinates with them).
+    """
+    side = int((pos_embed.shape[1] - 1) ** 0.5)
+    if (grid_h, grid_w) == (side, side):
+        return pos_embed
+    table = pos_embed.float()
+    patch_table = table[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    if interpolate_offset is None:
+        patch_table = F.interpolate(patch_table, size=(grid_h, grid_w), mode="bicubic", antialias=True)
+    else:
+        scale = ((grid_h + interpolate_offset) / side, (grid_w + interpolate_offset) / side)
+        patch_table = F.interpolate(patch_table, scale_factor=scale, mode="bicubic", antialias=False)
+    patch_table = patch_table.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)
+    return torch.cat((table[:, :1], patch_table), dim=1).to(pos_embed.dtype)

@@ -1,4 +1,5 @@
-"""VGGT prediction heads: camera (iterative pose refinement) and DPT (dense depth / point maps).
+"""VGGT prediction heads: camera (iterative pose refinement) and DPT (dense depth / point maps; DA3's DualDPT
+builds on it).
 
 Module and parameter names follow the official code so that official checkpoints load with ``strict=True``
 (``poseLN_modulation``, ``scratch.refinenet1.resConfUnit2.conv1`` ...).
@@ -86,6 +87,9 @@ class DPTHead(nn.Module):
     Frames are processed ``frames_chunk_size`` at a time to bound the memory of the full-resolution maps, except
     under ``torch.export`` (ONNX export), where all frames go through at once.
     ``feature_only`` builds the track head's variant (wider ``output_conv1``, no output convolution).
+    Two numerical details differ between the official VGGT and DA3 heads and are options here: the dtype of the
+    uv-embedding frequencies (``uv_dtype``: float64 in VGGT, float32 in DA3) and whether the residual units'
+    skip adds ``relu(x)`` (VGGT's in-place ReLU) or ``x`` (DA3), see :class:`ResidualConvUnit`.
     """
 
     def __init__(
@@ -100,6 +104,8 @@ class DPTHead(nn.Module):
         pos_embed: bool = True,
         feature_only: bool = False,
         down_ratio: int = 1,
+        uv_dtype: torch.dtype = torch.float64,
+        relu_skip: bool = True,
     ) -> None:
         super().__init__()
         if activation not in _ACTIVATIONS:
@@ -114,6 +120,7 @@ class DPTHead(nn.Module):
         self.pos_embed = pos_embed
         self.feature_only = feature_only
         self.down_ratio = down_ratio
+        self.uv_dtype = uv_dtype
 
         self.norm = nn.LayerNorm(dim_in)
         self.projects = nn.ModuleList(nn.Conv2d(dim_in, oc, kernel_size=1) for oc in out_channels)
@@ -130,7 +137,8 @@ class DPTHead(nn.Module):
         for i, oc in enumerate(out_channels, start=1):
             setattr(self.scratch, f"layer{i}_rn", nn.Conv2d(oc, features, kernel_size=3, padding=1, bias=False))
         for i in range(1, 5):
-            setattr(self.scratch, f"refinenet{i}", FeatureFusionBlock(features, has_residual=i < 4))
+            fusion = FeatureFusionBlock(features, has_residual=i < 4, relu_skip=relu_skip)
+            setattr(self.scratch, f"refinenet{i}", fusion)
         if feature_only:
             self.scratch.output_conv1 = nn.Conv2d(features, features, kernel_size=3, padding=1)
         else:
@@ -180,12 +188,12 @@ class DPTHead(nn.Module):
             x = self.norm(x.reshape(B * S, grid_h * grid_w, -1).to(self.norm.weight.dtype))  # per chunk: no copy
             x = project(x.permute(0, 2, 1).reshape(B * S, -1, grid_h, grid_w))
             if self.pos_embed:
-                x = _add_uv_embedding(x, W / H)
+                x = _add_uv_embedding(x, W / H, self.uv_dtype)
             maps.append(resize(x))
         x = self._fuse(maps)
         x = _interpolate(x, (grid_h * self.patch_size // self.down_ratio, grid_w * self.patch_size // self.down_ratio))
         if self.pos_embed:
-            x = _add_uv_embedding(x, W / H)
+            x = _add_uv_embedding(x, W / H, self.uv_dtype)
         x = self.scratch.output_conv2(x).permute(0, 2, 3, 1)  # [B*S, H, W, output_dim]
         values = self.activation(x[..., :-1])
         confidence = 1 + x[..., -1].exp()
@@ -203,31 +211,32 @@ class DPTHead(nn.Module):
 
 
 class ResidualConvUnit(nn.Module):
-    """``relu(x) + conv2(relu(conv1(relu(x))))``.
+    """``skip + conv2(relu(conv1(relu(x))))`` with ``skip = relu(x)`` (``relu_skip``, VGGT) or ``x`` (DA3).
 
-    The skip adds ``relu(x)``, not ``x``: the official unit applies an in-place ReLU to its input before the
-    residual add, and the released weights were trained with that behaviour.
+    VGGT's official unit applies an in-place ReLU to its input before the residual add, so its skip is
+    ``relu(x)``; DA3's ReLU is not in place. Each release was trained with its own behaviour.
     """
 
-    def __init__(self, features: int) -> None:
+    def __init__(self, features: int, relu_skip: bool = True) -> None:
         super().__init__()
+        self.relu_skip = relu_skip
         self.conv1 = nn.Conv2d(features, features, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(features, features, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(x)
-        return x + self.conv2(F.relu(self.conv1(x)))
+        activated = F.relu(x)
+        return (activated if self.relu_skip else x) + self.conv2(F.relu(self.conv1(activated)))
 
 
 class FeatureFusionBlock(nn.Module):
     """Adds the refined skip map (if any), refines, upsamples (bilinear, corners aligned), projects (1x1)."""
 
-    def __init__(self, features: int, has_residual: bool = True) -> None:
+    def __init__(self, features: int, has_residual: bool = True, relu_skip: bool = True) -> None:
         super().__init__()
         self.out_conv = nn.Conv2d(features, features, kernel_size=1)
         if has_residual:
-            self.resConfUnit1 = ResidualConvUnit(features)
-        self.resConfUnit2 = ResidualConvUnit(features)
+            self.resConfUnit1 = ResidualConvUnit(features, relu_skip)
+        self.resConfUnit2 = ResidualConvUnit(features, relu_skip)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None, *, size: Sequence[int]) -> torch.Tensor:
         if skip is not None:
@@ -248,7 +257,9 @@ def _interpolate(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.cat([F.interpolate(c, size=size, mode="bilinear", align_corners=True) for c in chunks])
 
 
-def _add_uv_embedding(x: torch.Tensor, aspect_ratio: float, ratio: float = 0.1) -> torch.Tensor:
+def _add_uv_embedding(
+    x: torch.Tensor, aspect_ratio: float, frequency_dtype: torch.dtype, ratio: float = 0.1
+) -> torch.Tensor:
     """Adds ``ratio`` x a sin/cos embedding of normalised image-plane coordinates to ``x [N, C, h, w]``.
 
     Coordinates span ``[-a, a] x [-b, b]`` with ``(a, b)`` the image's aspect vector normalised to unit
@@ -260,14 +271,15 @@ def _add_uv_embedding(x: torch.Tensor, aspect_ratio: float, ratio: float = 0.1) 
     u = torch.linspace(-span_u * (w - 1) / w, span_u * (w - 1) / w, steps=w, dtype=x.dtype, device=x.device)
     v = torch.linspace(-span_v * (h - 1) / h, span_v * (h - 1) / h, steps=h, dtype=x.dtype, device=x.device)
     uu, vv = torch.meshgrid(u, v, indexing="xy")  # [h, w] each
-    embedding = torch.cat((_sincos(uu.reshape(-1), C // 2), _sincos(vv.reshape(-1), C // 2)), dim=-1)
+    halves = (_sincos(coords.reshape(-1), C // 2, frequency_dtype) for coords in (uu, vv))
+    embedding = torch.cat(tuple(halves), dim=-1)
     embedding = (embedding.view(h, w, C) * ratio).permute(2, 0, 1)
     return x + embedding[None].to(x.dtype)  # a float32 table must not promote a 16-bit head to float32
 
 
-def _sincos(positions: torch.Tensor, dim: int, omega_0: float = 100.0) -> torch.Tensor:
+def _sincos(positions: torch.Tensor, dim: int, dtype: torch.dtype, omega_0: float = 100.0) -> torch.Tensor:
     """``[M] -> [M, dim]``: sines then cosines at ``dim/2`` frequencies ``omega_0 ** -(k / (dim/2))``,
-    computed in float64 like the official code."""
-    omega = torch.arange(dim // 2, dtype=torch.float64, device=positions.device) / (dim / 2.0)
-    angles = positions.double()[:, None] * (1.0 / omega_0**omega)
+    computed in ``dtype`` (the official VGGT code uses float64, DA3's float32)."""
+    omega = torch.arange(dim // 2, dtype=dtype, device=positions.device) / (dim / 2.0)
+    angles = positions.to(dtype)[:, None] * (1.0 / omega_0**omega)
     return torch.cat((angles.sin(), angles.cos()), dim=1).float()

@@ -7,22 +7,24 @@ The state dict has the official facebookresearch/vggt layout (``aggregator``, ``
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 from torch import nn
 
+from lite3r.geometry import pose_encoding_to_extri_intri
+from lite3r.models._base import ModelConfig, check_images
+from lite3r.models._family import ModelFamily
 from lite3r.models.aggregator import Aggregator
 from lite3r.models.heads import CameraHead, DPTHead
 from lite3r.models.track_head import TrackHead
 
 
-class ConfigError(ValueError):
-    """An invalid model configuration (unknown field, inconsistent sizes)."""
-
-
 @dataclasses.dataclass(frozen=True)
-class VGGTConfig:
+class VGGTConfig(ModelConfig):
     """Sizes of a VGGT model. The defaults are VGGT-1B, as built by the official ``VGGT()``."""
+
+    display_name = "VGGT"
 
     img_size: int = 518  # sets the DINOv2 position table (37 x 37 patches); any multiple of 14 runs
     patch_size: int = 14
@@ -47,30 +49,40 @@ class VGGTConfig:
     keep_all_layers: bool = False  # True: the aggregator keeps every layer output, as the official code does
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dpt_out_channels", tuple(self.dpt_out_channels))
-        object.__setattr__(self, "dpt_layers", tuple(self.dpt_layers))
-        problems = []
-        if self.img_size % self.patch_size:
-            problems.append(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
-        if self.embed_dim % (4 * self.num_heads):
-            problems.append(
-                f"embed_dim {self.embed_dim} / num_heads {self.num_heads} must give a head size divisible by 4 "
-                "(2D RoPE splits each head into rows/columns and sin/cos halves)"
-            )
-        if len(self.dpt_layers) != 4 or not all(0 <= i < self.depth for i in self.dpt_layers):
-            problems.append(f"dpt_layers {self.dpt_layers} must be 4 layer indices in [0, depth={self.depth})")
-        if len(self.dpt_out_channels) != 4:
-            problems.append(f"dpt_out_channels {self.dpt_out_channels} must have 4 entries")
-        if problems:
-            raise ConfigError("; ".join(problems))
+        self._check("dpt_layers", "dpt_out_channels", [])
 
-    def replace(self, **overrides) -> VGGTConfig:
-        """A copy with ``overrides`` applied; unknown names raise :class:`ConfigError` listing the valid ones."""
-        valid = [f.name for f in dataclasses.fields(self)]
-        unknown = sorted(set(overrides) - set(valid))
-        if unknown:
-            raise ConfigError(f"unknown VGGT config field(s) {', '.join(unknown)}; valid fields: {', '.join(valid)}")
-        return dataclasses.replace(self, **overrides)
+
+OUTPUT_SHAPES = {
+    "pose_enc": ("S", 9),
+    "depth": ("S", "H", "W", 1),
+    "depth_conf": ("S", "H", "W"),
+    "world_points": ("S", "H", "W", 3),
+    "world_points_conf": ("S", "H", "W"),
+}
+
+
+@functools.cache
+def vggt_family(config: VGGTConfig) -> ModelFamily:
+    """VGGT's contract with the pipeline (see :class:`~lite3r.models.ModelFamily`)."""
+    return ModelFamily(
+        name="vggt",
+        output_shapes=OUTPUT_SHAPES,
+        image_size=config.img_size,
+        # The aggregator alternates frame attention (within one frame) and global attention (all frames); these
+        # are the long-sequence layers. DINOv2 patch-embed blocks and the camera-head trunk are never converted.
+        sla_layers={
+            "global": r"(?:^|\.)global_blocks\.\d+\.attn$",
+            "all": r"(?:^|\.)(?:global|frame)_blocks\.\d+\.attn$",
+        },
+        fp8_layers=("aggregator.patch_embed.blocks.*", "aggregator.frame_blocks.*", "aggregator.global_blocks.*"),
+        heads=("camera_head", "depth_head", "point_head"),
+        parameters_only=("track_head",),
+        cameras=lambda outputs, size: pose_encoding_to_extri_intri(outputs["pose_enc"], size),
+        pose_encoding=lambda outputs, size: outputs["pose_enc"],
+        depth_channel=True,
+        points="world_points",
+        official_settings={"aggregator.keep_layers": None},  # the official aggregator keeps every layer output
+    )
 
 
 class VGGT(nn.Module):
@@ -117,41 +129,34 @@ class VGGT(nn.Module):
             layers=c.dpt_layers,
         )
 
+    @property
+    def family(self) -> ModelFamily:
+        return vggt_family(self.config)
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute aggregator blocks in the backward pass (only while training with gradients enabled)."""
         self.aggregator.set_grad_checkpointing(enable)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        images = self._check_images(images)
+        return self.forward_with_pose_iterations(images)[0]
+
+    def forward_with_pose_iterations(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """The outputs of ``forward`` and the camera head's estimate after every refinement iteration (the
+        last is ``pose_enc``): the camera loss of teacher training weighs them all, as the official one does."""
+        images = check_images(images, self.config.patch_size, "VGGT")
         H, W = images.shape[-2:]
         layers = self.aggregator(images)
         start = self.aggregator.patch_start_idx
         # As in the official model, the heads run in full precision even under autocast.
         with torch.autocast(images.device.type, enabled=False):
-            pose_enc = self.camera_head(layers[self.config.depth - 1])[-1]
+            poses = self.camera_head(layers[self.config.depth - 1])
             depth, depth_conf = self.depth_head(layers, (H, W), start)
             world_points, world_points_conf = self.point_head(layers, (H, W), start)
-        return {
-            "pose_enc": pose_enc,
+        outputs = {
+            "pose_enc": poses[-1],
             "depth": depth,
             "depth_conf": depth_conf,
             "world_points": world_points,
             "world_points_conf": world_points_conf,
         }
-
-    def _check_images(self, images: torch.Tensor) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor) or images.ndim not in (4, 5):
-            got = f"shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"VGGT expects images [S, 3, H, W] or [B, S, 3, H, W]; got {got}")
-        if not images.is_floating_point():
-            raise ValueError(f"VGGT expects float images in [0, 1]; got {images.dtype} (divide uint8 images by 255)")
-        if images.ndim == 4:
-            images = images.unsqueeze(0)
-        *_, C, H, W = images.shape
-        p = self.config.patch_size
-        if C != 3 or H % p or W % p or H == 0 or W == 0:
-            raise ValueError(
-                f"VGGT expects 3-channel images with height and width multiples of {p}; "
-                f"got {C} channels, {H}x{W} (resize or crop, e.g. to {max(p, H // p * p)}x{max(p, W // p * p)})"
-            )
-        return images
+        return outputs, poses

@@ -12,6 +12,8 @@ _EXPORTS = {
     "ParityResult": "lite3r.parity.comparison",
     "metrics_against_teacher": "lite3r.parity.comparison",
     "EXPORT_GATE": "lite3r.parity.gates",
+    "EXPORT_GATES": "lite3r.parity.gates",
+    "export_gate": "lite3r.parity.gates",
     "RECONSTRUCTION_GATE": "lite3r.parity.gates",
     "teacher_gate": "lite3r.parity.gates",
     "Gate": "lite3r.parity.gates",

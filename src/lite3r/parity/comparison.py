@@ -1,4 +1,4 @@
-"""``check``: run teacher, student, ONNX model and engine on the same scenes and gate the differences.
+"""``check``: run teacher, student, ONNX model, engine and ``.pt2`` package on the same scenes and gate the differences.
 
 Built on Polygraphy: ``Comparator.run`` runs every runner on the same feeds, ``Comparator.compare_accuracy``
 applies a gate's per-output tolerances. The student is the reference for its exports (export gate) and the
@@ -18,13 +18,16 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from lite3r._io import staged_output
+from lite3r._io import json_ready, staged_output
 from lite3r.deploy._trt import TensorRTNotInstalledError
-from lite3r.parity.gates import EXPORT_GATE, OUTPUT_NAMES, RECONSTRUCTION_GATE, Gate
-from lite3r.parity.gates import export_gate as precision_gate
+from lite3r.models import ModelFamily, family_of
+from lite3r.parity import gates
+from lite3r.parity.gates import RECONSTRUCTION_GATE, Gate
+from lite3r.deploy.torch.pt2 import pt2_precision
 from lite3r.parity.runners import Pt2Runner, TorchRunner, engine_runner, feed_dicts, onnx_runner
 
 _STATS = ("max", "mean", "median", "quantile")
+NOISE_REFERENCE = "student-fp32"  # runner name of the float32 student that measures a precision's rounding noise
 
 
 @dataclass
@@ -96,40 +99,54 @@ def _output_parity(name: str, gate: Gate, per_scene: Sequence[Any]) -> OutputPar
     return OutputParity(name, passed, tol.stat, tol.atol, tol.rtol, absdiff, reldiff)
 
 
-def _compare(run_results: Any, candidate: str, reference: str, gate: Gate) -> Comparison:
+def _compare(run_results: Any, candidate: str, reference: str, gate: Gate, outputs: Sequence[str]) -> Comparison:
     from polygraphy.comparator import Comparator
 
     names = list(run_results.keys())
-    missing = {runner: sorted(set(OUTPUT_NAMES) - set(run_results[runner][0])) for runner in (candidate, reference)}
+    missing = {runner: sorted(set(outputs) - set(run_results[runner][0])) for runner in (candidate, reference)}
     missing = {runner: absent for runner, absent in missing.items() if absent}
     if missing:
-        raise ValueError(f"outputs missing (official names {list(OUTPUT_NAMES)}): {missing}")
+        raise ValueError(f"outputs missing (official names {list(outputs)}): {missing}")
     pair = (names.index(candidate), names.index(reference))
     [accuracy] = Comparator.compare_accuracy(run_results, comparisons=[pair], compare_func=gate.compare_func())
     per_scene = accuracy[(candidate, reference)]
-    outputs = [_output_parity(name, gate, [scene[name] for scene in per_scene]) for name in OUTPUT_NAMES]
+    parities = [_output_parity(name, gate, [scene[name] for scene in per_scene]) for name in outputs]
     return Comparison(
-        candidate, reference, gate.name, outputs, metric_limits=dict(gate.metric_limits), enforced=gate.enforced
+        candidate, reference, gate.name, parities, metric_limits=dict(gate.metric_limits), enforced=gate.enforced
     )
 
 
-def metrics_against_teacher(student: dict[str, np.ndarray], teacher: dict[str, np.ndarray]) -> dict[str, float]:
+def metrics_against_teacher(
+    student: dict[str, np.ndarray], teacher: dict[str, np.ndarray], family: ModelFamily
+) -> dict[str, float]:
     """Depth AbsRel / delta and relative camera-pose errors of one scene, the teacher's prediction as truth."""
-    from lite3r.geometry import pose_encoding_to_extri_intri
     from lite3r.metrics import depth_metrics, relative_pose_errors
 
-    pred_depth, true_depth = (torch.from_numpy(d[0, ..., 0]).double() for d in (student["depth"], teacher["depth"]))
+    student, teacher = ({k: torch.from_numpy(v).double() for k, v in out.items()} for out in (student, teacher))
+    pred_depth, true_depth = (family.depth(out)[0] for out in (student, teacher))
     size = tuple(true_depth.shape[-2:])
-    extrinsics = [
-        pose_encoding_to_extri_intri(torch.from_numpy(p[0]).double(), size)[0]
-        for p in (student["pose_enc"], teacher["pose_enc"])
-    ]
+    extrinsics = [family.cameras(out, size)[0][0] for out in (student, teacher)]
     return depth_metrics(pred_depth, true_depth, true_depth > 0) | relative_pose_errors(*extrinsics)
 
 
-def _mean_metrics(run_results: Any, candidate: str, reference: str) -> dict[str, float]:
-    scenes = [metrics_against_teacher(c, r) for c, r in zip(run_results[candidate], run_results[reference])]
+def _mean_metrics(run_results: Any, candidate: str, reference: str, family: ModelFamily) -> dict[str, float]:
+    pairs = zip(run_results[candidate], run_results[reference])
+    scenes = [metrics_against_teacher(c, r, family) for c, r in pairs]
     return {k: float(np.mean([s[k] for s in scenes])) for k in scenes[0]}
+
+
+def _precision(
+    student: torch.nn.Module | None, onnx_path: str | os.PathLike | None, pt2_path: str | os.PathLike | None
+) -> str:
+    """The artifacts' precision: the ONNX file's recorded one, else the package's, else the student's, else float32."""
+    from lite3r.exporter.export import graph_precision, precision_of
+
+    if onnx_path is not None and Path(onnx_path).is_file() and (recorded := graph_precision(onnx_path)):
+        return recorded
+    if pt2_path is not None:
+        return pt2_precision(pt2_path)
+    dtypes = {p.dtype for p in student.parameters()} if student is not None else set()
+    return (precision_of(dtypes.pop()) if len(dtypes) == 1 else None) or "fp32"
 
 
 def _markdown(result: ParityResult) -> str:
@@ -158,17 +175,6 @@ def _markdown(result: ParityResult) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: a metric undefined for the scenes (pose errors of a single frame) becomes null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _json(result: ParityResult) -> str:
     data = {
         "passed": result.passed,
@@ -177,7 +183,7 @@ def _json(result: ParityResult) -> str:
         "comparisons": [asdict(c) | {"passed": c.passed} for c in result.comparisons],
         "notes": result.notes,
     }
-    return json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
+    return json.dumps(json_ready(data), indent=2, allow_nan=False) + "\n"
 
 
 def check(
@@ -189,24 +195,40 @@ def check(
     onnx_path: str | os.PathLike | None = None,
     engine_path: str | os.PathLike | None = None,
     pt2_path: str | os.PathLike | None = None,
-    export_gate: Gate = EXPORT_GATE,
+    precision: str | None = None,
+    export_gate: Gate | None = None,
     reconstruction_gate: Gate = RECONSTRUCTION_GATE,
 ) -> ParityResult:
     """Compare what is given on ``scenes`` (image tensors ``[S, 3, H, W]``) and write the reports to ``out_dir``.
 
-    Comparisons: ONNX vs student and engine vs student (``export_gate``), ``.pt2`` package vs student (the
-    export gate of the package's precision, ``gates.export_gate(dtype)``), student vs teacher
-    (``reconstruction_gate`` and its metric limits). The engine needs datacenter TensorRT; without it the
-    engine is skipped with a note. At least one comparison must be possible.
+    Comparisons: ONNX, engine and ``.pt2`` package vs student (``export_gate``), student vs teacher
+    (``reconstruction_gate`` and its metric limits), on the outputs of the models' family. ``precision``: that of
+    the ONNX model, engine and package, by default the ONNX file's recorded one, else the package's, else the
+    student's (a package of another precision is refused before anything runs); the student is compared
+    in it (a converted copy when its own differs; the caller's model is untouched), and ``export_gate`` defaults to
+    ``gates.export_gate(precision)``. A 16-bit gate is widened by the student's own rounding noise, measured against
+    the float32 student (also reported). The engine needs datacenter TensorRT; without it the engine is skipped with
+    a note. At least one comparison must be possible.
     """
     from polygraphy.comparator import Comparator
     from polygraphy.logger import G_LOGGER
 
+    from lite3r.exporter.export import PRECISIONS, as_dtype
+
     feeds = feed_dicts(scenes)
     notes: list[str] = []
+    precision = precision or _precision(student, onnx_path, pt2_path)
+    if pt2_path is not None and (packaged := pt2_precision(pt2_path)) != precision:
+        raise ValueError(f"{pt2_path} computes in {packaged}; parity here runs in {precision} (pass precision=)")
+    export_gate = export_gate or gates.export_gate(precision)
+    if precision != "fp32" and onnx_path is not None:
+        notes.append(
+            f"onnx: each op ONNX Runtime's CPU provider has no {precision} kernel for ran in float32 with its result "
+            f"rounded to {precision} (lite3r.parity.ort_16bit)"
+        )
     runners = []
     if student is not None:
-        runners.append(TorchRunner(student, "student"))
+        runners.append(TorchRunner(as_dtype(student, PRECISIONS[precision]), "student"))
     if teacher is not None:
         runners.append(TorchRunner(teacher, "teacher"))
     if onnx_path is not None:
@@ -216,25 +238,31 @@ def check(
             runners.append(engine_runner(Path(engine_path)))
         except TensorRTNotInstalledError as e:
             notes.append(f"engine {engine_path} not compared: {e}")
-    pt2 = None if pt2_path is None else Pt2Runner(Path(pt2_path))
-    runners += [pt2] if pt2 is not None else []
+    if pt2_path is not None:
+        runners.append(Pt2Runner(pt2_path))
     names = {r.name for r in runners}
-    plan = [(c, "student", export_gate) for c in ("onnx", "tensorrt") if c in names and "student" in names]
-    if pt2 is not None and "student" in names:
-        plan.append(("pt2", "student", None))  # the gate of the package's precision, read when it is loaded
+    plan = [(c, "student", export_gate) for c in ("onnx", "tensorrt", "pt2") if c in names and "student" in names]
     if {"student", "teacher"} <= names:
         plan.append(("student", "teacher", reconstruction_gate))
     if not plan:
         raise ValueError("parity needs a student and at least one of: teacher, onnx_path, engine_path, pt2_path")
+    family = family_of(student if student is not None else teacher)
+    measure_noise = export_gate.noise_factor > 0 and any(gate is export_gate for *_, gate in plan)
+    if measure_noise:
+        runners.append(TorchRunner(as_dtype(student, torch.float32), NOISE_REFERENCE))
 
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the verdicts are reported here, not logged
         run_results = Comparator.run(runners, data_loader=feeds)
-        comparisons = [
-            _compare(run_results, cand, ref, gate or precision_gate(pt2.dtype)) for cand, ref, gate in plan
-        ]
+        comparisons = []
+        if measure_noise:
+            noise = _compare(run_results, "student", NOISE_REFERENCE, gates.noise_gate(export_gate), family.outputs)
+            comparisons.append(noise)
+            widened = export_gate.widened({o.name: o.absdiff[o.stat] for o in noise.outputs})
+            plan = [(cand, ref, widened if gate is export_gate else gate) for cand, ref, gate in plan]
+        comparisons += [_compare(run_results, cand, ref, gate, family.outputs) for cand, ref, gate in plan]
     for c in comparisons:
         if c.gate == reconstruction_gate.name:
-            c.metrics = _mean_metrics(run_results, c.candidate, c.reference)
+            c.metrics = _mean_metrics(run_results, c.candidate, c.reference, family)
 
     out_dir = Path(out_dir)
     result = ParityResult(

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from collections import OrderedDict
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
-from lite3r.parity.gates import OUTPUT_NAMES
+from lite3r.models import family_of
 
 INPUT_NAME = "images"
 
@@ -30,6 +31,7 @@ class TorchRunner(BaseRunner):
     def __init__(self, model: torch.nn.Module, name: str) -> None:
         super().__init__(name=name)
         self.model = model
+        self.outputs = family_of(model).outputs
 
     def activate_impl(self) -> None:
         self.model.eval()
@@ -45,7 +47,7 @@ class TorchRunner(BaseRunner):
             outputs = self.model(images)
         self.inference_time = time.perf_counter() - start
         return OrderedDict(
-            (k, np.ascontiguousarray(outputs[k].float().cpu().numpy())) for k in OUTPUT_NAMES if k in outputs
+            (k, np.ascontiguousarray(outputs[k].float().cpu().numpy())) for k in self.outputs if k in outputs
         )
 
 
@@ -56,13 +58,11 @@ class Pt2Runner(BaseRunner):
         super().__init__(name=name)
         self.path = path
         self.runner = None
-        self.dtype: str | None = None  # the package's precision, known once it was loaded
 
     def activate_impl(self) -> None:
         from lite3r.deploy.torch.pt2 import load_pt2
 
         self.runner = load_pt2(self.path)
-        self.dtype = self.runner.dtype
 
     def get_input_metadata_impl(self) -> TensorMetadata:
         height, width = self.runner.image_size
@@ -75,16 +75,27 @@ class Pt2Runner(BaseRunner):
         if self.runner.device.type == "cuda":
             torch.cuda.synchronize(self.runner.device)
         self.inference_time = time.perf_counter() - start
-        return OrderedDict((k, np.ascontiguousarray(outputs[k].float().cpu().numpy())) for k in OUTPUT_NAMES)
+        return OrderedDict(
+            (k, np.ascontiguousarray(outputs[k].float().cpu().numpy())) for k in self.runner.outputs
+        )
 
     def deactivate_impl(self) -> None:
         self.runner = None
 
 
 def onnx_runner(onnx_path: str | os.PathLike, name: str = "onnx") -> BaseRunner:
+    """ONNX Runtime on the CPU; a bf16/fp16 model runs as ``ort_16bit.per_op_rounding`` adapts it (the CPU provider
+    has no bf16 arithmetic and computes fp16 in float32), from a temporary copy that lives as long as the runner."""
+    import onnx
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
-    return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"]), name=name)
+    from lite3r.parity import ort_16bit
+
+    source: str | Callable[[], str] = str(onnx_path)
+    if ort_16bit.is_16bit(onnx.load(source, load_external_data=False)):
+        folder = tempfile.TemporaryDirectory(prefix="lite3r-ort-16bit-")  # removed with the runner's loader
+        source = lambda: str(ort_16bit.per_op_rounding_file(onnx_path, folder.name))  # noqa: E731 (on activate)
+    return OnnxrtRunner(SessionFromOnnx(source, providers=["CPUExecutionProvider"]), name=name)
 
 
 def engine_runner(engine_path: str | os.PathLike, name: str = "tensorrt") -> BaseRunner:

@@ -18,21 +18,11 @@ from typing import Any, Callable, Sequence
 import triton
 import triton.language as tl
 
+from lite3r.plugins.contract import HEAD_DIMS, INPUTS, IO_DTYPES, dtypes
 from lite3r.plugins.triton_aot import CompiledKernel, KernelArg, compile_for_plugin
 from lite3r.sla import kernels
 from lite3r.sla.reference import BLOCK_SIZES, FEATURE_MAPS, LINEAR_EPS
 
-NAMESPACE = "lite3r"
-CORE_OP = "SparseLinearAttentionCore"
-IO_DTYPES = ("fp16", "bf16")  # q, k, v and the output; Triton spellings
-HEAD_DIMS = (64, 128)  # what forward_kernel supports (lite3r.sla.kernels)
-# Plugin inputs in node order, with their Triton element types; "io" follows q's dtype, "state" is the
-# linear-branch state dtype of lite3r.sla.kernels (bf16 for bf16 I/O, fp32 for fp16 I/O).
-INPUTS = (
-    ("q", "io"), ("k", "io"), ("v", "io"), ("proj_w", "fp32"), ("proj_b", "fp32"),
-    ("lut", "i32"), ("kv_state", "state"), ("k_state", "fp32"),
-)  # fmt: skip
-STATE_DTYPES = {"bf16": "bf16", "fp16": "fp32"}
 EXTRA_ARGS = ("num_heads", "seq_len", "num_critical")
 OUTPUTS = ("out",)
 KERNEL_ARGS = (
@@ -109,12 +99,10 @@ def compile_sla_kernel(
         "SM_SCALE": float(head_dim**-0.5 if scale is None else scale),
         "EPS": LINEAR_EPS,
     }
-    kinds = {"io": dtype, "state": STATE_DTYPES[dtype]}
-    pointer_dtypes = {name: kinds.get(kind, kind) for name, kind in INPUTS} | {"out": dtype}
     return compile_for_plugin(
         sparse_linear_attention_core,
         KERNEL_ARGS,
-        pointer_dtypes,
+        dtypes(dtype),
         constexprs,
         target=target,
         ptx_version=ptx_version,

@@ -10,12 +10,22 @@ as live objects (``issubclass(annotation, TensorDesc)``), which string annotatio
 
 from typing import List, Tuple
 
-from lite3r.plugins.sla_kernel import CORE_OP, NAMESPACE, compile_sla_kernel, extra_args, grid
+from lite3r.plugins import contract
+from lite3r.plugins.sla_kernel import compile_sla_kernel, extra_args, grid
 
-PLUGIN_ID = f"{NAMESPACE}::{CORE_OP}"
-# Type combinations per I/O (q, k, v, proj_w, proj_b, lut, kv_state, k_state, out); "|" options pair up by
-# position: fp16 I/O with fp32 kv_state, bf16 I/O with bf16 kv_state (sla_kernel.STATE_DTYPES).
-IO_TYPES = "FP16|BF16, FP16|BF16, FP16|BF16, FP32, FP32, INT32, FP32|BF16, FP32, FP16|BF16"
+PLUGIN_ID = f"{contract.NAMESPACE}::{contract.CORE_OP}"
+_TRT_TYPES = {"fp16": "FP16", "bf16": "BF16", "fp32": "FP32", "i32": "INT32"}
+
+
+def _io_types() -> str:
+    """Type combinations per I/O (q, k, v, proj_w, proj_b, lut, kv_state, k_state, out) from the contract; "|"
+    options pair up by position (fp16 I/O with fp32 kv_state, bf16 I/O with bf16 kv_state)."""
+    per_io = [contract.dtypes(io) for io in contract.IO_DTYPES]
+    names = per_io[0]
+    return ", ".join("|".join(dict.fromkeys(_TRT_TYPES[types[name]] for types in per_io)) for name in names)
+
+
+IO_TYPES = _io_types()
 _registered = False
 
 

@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import copy
-import re
 from typing import Callable
 
 from torch import nn
 
+from lite3r.models import family_of
 from lite3r.models.attention import Attention
 from lite3r.sla.module import SparseLinearAttention
 from lite3r.sla.op import check_options
 
 LayerFilter = Callable[[str, nn.Module], bool]
-
-# VGGT's aggregator alternates frame attention (within one frame) and global attention (all frames); these are
-# the only long-sequence layers. DINOv2 patch-embed blocks and the camera-head trunk are never converted.
-LAYER_PATTERNS = {
-    "global": re.compile(r"(?:^|\.)global_blocks\.\d+\.attn$"),
-    "all": re.compile(r"(?:^|\.)(?:global|frame)_blocks\.\d+\.attn$"),
-}
-
-
-def _layer_filter(layers: str | LayerFilter) -> LayerFilter:
-    if callable(layers):
-        return layers
-    if layers not in LAYER_PATTERNS:
-        raise ValueError(f"layers must be one of {tuple(LAYER_PATTERNS)} or a callable (name, module) -> bool; "
-                         f"got {layers!r}")
-    pattern = LAYER_PATTERNS[layers]
-    return lambda name, module: bool(pattern.search(name))
 
 
 def convert_to_sla(
@@ -45,14 +28,16 @@ def convert_to_sla(
 ) -> nn.Module:
     """Return a deep copy of ``model`` whose selected ``Attention`` layers use a ``SparseLinearAttention`` core.
 
-    ``layers``: ``"global"`` (``aggregator.global_blocks.{i}.attn``), ``"all"`` (global and frame blocks), or a
-    callable ``(qualified_name, module) -> bool`` over the model's ``Attention`` modules. The teacher is left
+    ``layers``: ``"global"`` (the cross-view attention layers: VGGT's ``aggregator.global_blocks.{i}.attn``, DA3's
+    odd backbone blocks from ``alt_start`` on), ``"all"`` (with the per-view layers of the alternating trunk; the
+    model's family says which, ``model.family.sla_layers``), or a callable ``(qualified_name, module) -> bool``
+    over the model's ``Attention`` modules. The teacher is left
     untouched and shares no storage with the student; in the student only the new ``proj_lin`` parameters
     require gradients. ``proj_lin`` takes the device and dtype of each layer's ``qkv`` weight.
     """
     options = dict(kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map, backend=backend)
     check_options(**options)
-    keep = _layer_filter(layers)
+    keep = layers if callable(layers) else family_of(model).sla_filter(layers)
     student = copy.deepcopy(model)
     student.requires_grad_(False)
     chosen = [(name, m) for name, m in student.named_modules() if isinstance(m, Attention) and keep(name, m)]

@@ -574,7 +574,10 @@ def marginal_sum(mask: torch.Tensor, state: torch.Tensor, out_dtype: torch.dtype
     grid = (num_blocks(rows, block_m), num_blocks(cols, block_n), batch)
     wrap_triton(marginal_sum_kernel)[grid](
         mask, state, out, *mask.stride(), rows, cols, depth,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
+        # float32 states (fp16 inputs) with 64x256 tiles need 240 KB for 3 stages, over Hopper's 227 KB (seen
+        # on H200 at L = 4127); 2 stages fit
+        num_stages=3 if state.element_size() <= 2 else 2,
     )
     return out
 

@@ -1,7 +1,8 @@
 """A model ready for fast inference: 16-bit weights, FP8 GEMMs where the recipe asks, nothing it never runs.
 
 The runtime owns the model it prepares (changed in place): weights cast once instead of autocasting every
-op, the track head dropped (VGGT's forward never runs it: 66 M parameters), and, with a ``quant_state``, the
+op, the modules the forward never runs dropped (the family's ``parameters_only``: VGGT's track head, 66 M
+parameters; DA3's camera encoder and ray branch), and, with a ``quant_state``, the
 recipe's linears replaced by :class:`~lite3r.deploy.fp8.FP8Linear` before the cast, so that their e4m3
 weights are rounded from the float32 weights exactly as the scales were calibrated.
 """
@@ -14,9 +15,9 @@ import torch
 from torch import nn
 
 from lite3r.deploy.fp8 import FP8Linear, convert_to_fp8
+from lite3r.models import family_of
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-HEAD_NAMES = ("camera_head", "depth_head", "point_head")
 
 
 def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -50,16 +51,16 @@ def prepare_model(
     quant_state: dict[str, Any] | None = None,
 ) -> nn.Module:
     """``model`` in eval mode on ``device``: FP8 linears from ``quant_state`` (if given), every other weight in
-    ``dtype``, the prediction heads in ``heads_dtype`` (default ``dtype``)."""
+    ``dtype``, the prediction heads (the family's ``heads``) in ``heads_dtype`` (default ``dtype``)."""
+    family = family_of(model)
     model.eval().requires_grad_(False)
-    if getattr(model, "track_head", None) is not None:
-        model.track_head = None
+    for path in family.parameters_only:
+        owner, _, name = path.rpartition(".")
+        setattr(model.get_submodule(owner), name, None)
     if quant_state is not None:
         convert_to_fp8(model, quant_state)
     model.to(device)
     cast_floating(model, dtype)
-    for name in HEAD_NAMES:
-        head = getattr(model, name, None)
-        if head is not None and heads_dtype is not None:
-            cast_floating(head, heads_dtype)
+    for name in family.heads if heads_dtype is not None else ():
+        cast_floating(model.get_submodule(name), heads_dtype)
     return model

@@ -25,7 +25,7 @@ from lite3r.deploy.engine import FrameRange, check_frames, parse_frames
 from lite3r.deploy.fp8 import FP8Linear
 from lite3r.deploy.torch.prepare import prepare_model, resolve_dtype
 from lite3r.deploy.torch.runtime import _INDUCTOR_OPTIONS
-from lite3r.parity.gates import OUTPUT_NAMES
+from lite3r.models import family_of
 
 INPUT_NAME = "images"
 FRAMES = "frames"  # name of the dynamic frame dimension
@@ -34,6 +34,7 @@ FORMAT = "lite3r.pt2/1"
 # parity to pick the tolerances of the package's precision, without lite3r's model code.
 _META_FORMAT, _META_FRAMES, _META_SIZE = "lite3r.format", "lite3r.frames", "lite3r.image_size"
 _META_DTYPE, _META_DEVICE, _META_OUTPUTS = "lite3r.dtype", "lite3r.device", "lite3r.outputs"
+_PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # the exporter's names
 
 
 class Pt2Error(ValueError):
@@ -85,7 +86,7 @@ def export_pt2(
     ``path`` as an AOTInductor package taking ``images [1, S, 3, H, W]`` float32 on ``device``.
 
     ``frames``: ``"min:opt:max"`` (or one count): S is dynamic over ``min..max``, traced at ``opt``.
-    ``image_size``: H, W fixed in the package (default: the model's). ``dtype``: weights and activations
+    ``image_size``: H, W fixed in the package (default: the family's view size). ``dtype``: weights and activations
     (``bfloat16``, ``float16`` or ``float32``). ``quant_state``: ``quant_state.json`` (path or dict) whose linears
     become FP8 GEMMs. ``check``: load the package and run it at ``min`` and ``max`` frames before it is moved
     into place (turn off only where the caller runs it anyway). Nothing is written on failure.
@@ -93,7 +94,7 @@ def export_pt2(
     started = time.perf_counter()
     path = Path(path)
     frame_range = parse_frames(frames) if isinstance(frames, str) else check_frames(tuple(frames))
-    size = _image_size(model, image_size)
+    size = _image_size(model, family_of(model).image_size if image_size is None else image_size)
     dtype = resolve_dtype(dtype)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -150,7 +151,8 @@ class Pt2Runner:
     """``runner(images)`` -> the official output dict, from a loaded ``.pt2`` (no lite3r model code involved).
 
     ``images``: ``[S, 3, H, W]`` or ``[1, S, 3, H, W]`` floats in [0, 1], any device (moved to the package's).
-    ``frames``, ``image_size``, ``dtype``: what the package was exported for (its ``lite3r.*`` metadata).
+    ``frames``, ``image_size``, ``dtype``, ``outputs``: what the package was exported for (its ``lite3r.*``
+    metadata).
     """
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None) -> None:
@@ -173,6 +175,12 @@ class Pt2Runner:
         height, width = (int(s) for s in metadata[_META_SIZE].split("x"))
         self.image_size = (height, width)
         self.dtype = metadata[_META_DTYPE]
+        self.outputs = tuple(metadata[_META_OUTPUTS].split(","))
+
+    @property
+    def precision(self) -> str:
+        """``fp32``, ``bf16`` or ``fp16``: the exporter's name for ``dtype`` (parity's precision)."""
+        return _PRECISION_NAMES[self.dtype]
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -195,11 +203,20 @@ def load_pt2(path: str | os.PathLike, device: str | torch.device | None = None) 
     return Pt2Runner(path, device)
 
 
-def _image_size(model: nn.Module, image_size: int | tuple[int, int] | None) -> tuple[int, int]:
-    config = getattr(model, "config", None)
-    patch = getattr(config, "patch_size", 14)
-    if image_size is None:
-        image_size = getattr(config, "img_size", 518)
+def pt2_precision(path: str | os.PathLike) -> str:
+    """The precision (``fp32``, ``bf16``, ``fp16``) a ``.pt2`` computes in, read from its metadata without loading
+    its weights where this torch can (``load_metadata_from_package``), else by loading it."""
+    read = getattr(torch._C._aoti.AOTIModelPackageLoader, "load_metadata_from_package", None)
+    if read is None or not Path(path).is_file():
+        return load_pt2(path).precision
+    metadata = read(str(path), "model")
+    if metadata.get(_META_FORMAT) != FORMAT:
+        raise Pt2Error(f"{path} is not a lite3r .pt2 package (no {_META_FORMAT!r} metadata)")
+    return _PRECISION_NAMES[metadata[_META_DTYPE]]
+
+
+def _image_size(model: nn.Module, image_size: int | tuple[int, int]) -> tuple[int, int]:
+    patch = getattr(getattr(model, "config", None), "patch_size", 14)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 and s % patch == 0 for s in size):
         raise Pt2Error(f"image_size must be (H, W), positive multiples of the patch size {patch}; got {image_size!r}")
@@ -229,9 +246,9 @@ def _export(model: nn.Module, size: tuple[int, int], frames: FrameRange, device:
             lines = [line.strip(" -") for line in str(e).strip().splitlines()]
             detail = next((line for line in lines if line.startswith(("Not all values", "solving"))), lines[0])
             raise Pt2Error(f"the frame axis cannot stay dynamic over {frames.min}..{frames.max}: {detail}") from None
-    keys = list(program.call_spec.out_spec.context)
-    if sorted(keys) != sorted(OUTPUT_NAMES):
-        raise Pt2Error(f"the model must return a dict with keys {OUTPUT_NAMES}; it returns {keys}")
+    keys, expected = list(program.call_spec.out_spec.context), family_of(model).outputs
+    if sorted(keys) != sorted(expected):
+        raise Pt2Error(f"the model must return a dict with keys {expected}; it returns {keys}")
     return program
 
 
@@ -245,6 +262,6 @@ def _check_package(path: Path, device: torch.device, size: tuple[int, int], fram
             outputs = runner(images)
         except RuntimeError as e:
             raise Pt2Error(f"the compiled package fails at {count} frames: {str(e).splitlines()[0]}") from None
-        bad = [name for name in OUTPUT_NAMES if not torch.isfinite(outputs[name]).all()]
+        bad = [name for name in runner.outputs if not torch.isfinite(outputs[name]).all()]
         if bad:
             raise Pt2Error(f"the compiled package gives non-finite {', '.join(bad)} at {count} frames")

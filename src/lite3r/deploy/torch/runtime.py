@@ -16,7 +16,6 @@ Three layers, each optional and each measured (``docs/deploy.md``, ``benchmarks/
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +23,9 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from lite3r._timing import timed_seconds
 from lite3r.deploy.torch.prepare import prepare_model, resolve_dtype
+from lite3r.models.heads import DPTHead
 from lite3r.models.layers import Block
 
 SDPA_BACKENDS = {
@@ -45,6 +46,7 @@ class RuntimeOptions:
     dtype: str = "bfloat16"
     heads_dtype: str | None = None  # None: same as dtype
     compile: bool = True
+    compile_heads: bool = True  # with compile: each DPT head's per-chunk prediction too (10 % faster, H200, 32 frames)
     cuda_graphs: bool = True
     frames: str | None = None
     sdpa: str = "cudnn"
@@ -110,9 +112,13 @@ class TorchRuntime:
         )
         if options.compile:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, _DYNAMO_CACHE_SIZE)
-            for module in model.modules():
-                if isinstance(module, Block):
-                    module.compile(options=_INDUCTOR_OPTIONS)
+        for module in model.modules():
+            if options.compile and isinstance(module, Block):
+                module.compile(options=_INDUCTOR_OPTIONS)
+            if options.compile and options.compile_heads and isinstance(module, DPTHead):
+                # The chunk, not the head: every full chunk of frames has the same shapes, so one graph serves
+                # them all (compiling the head would unroll its loop over chunks for every frame count).
+                module._predict = torch.compile(module._predict, options=_INDUCTOR_OPTIONS)
         return cls(model, options, device)
 
     @torch.no_grad()
@@ -120,9 +126,11 @@ class TorchRuntime:
         images = self._check(images)
         key = tuple(images.shape)
         if not self.options.cuda_graphs:
-            if key not in self.setup:
-                self.setup[key] = ShapeSetup(self._timed(lambda: self._forward(images)))
-            return self._forward(images)
+            if key in self.setup:
+                return self._forward(images)
+            outputs, seconds = timed_seconds(lambda: self._forward(images), self.device)  # compiles, if compiling
+            self.setup[key] = ShapeSetup(seconds)
+            return outputs
         graph = self._graphs.get(key) or self._capture(images)
         graph.images.copy_(images)
         graph.graph.replay()
@@ -153,15 +161,6 @@ class TorchRuntime:
                 )
         return images.to(self.device, torch.float32)
 
-    def _timed(self, work) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        work()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - start
-
     def _capture(self, images: torch.Tensor) -> _Graph:
         static_images = images.clone()
         side = torch.cuda.Stream(self.device)
@@ -173,7 +172,7 @@ class TorchRuntime:
                     self._forward(static_images)
             torch.cuda.current_stream(self.device).wait_stream(side)
 
-        warmup_s = self._timed(warm_up)
+        _, warmup_s = timed_seconds(warm_up, self.device)
         graph = torch.cuda.CUDAGraph()
         outputs: dict[str, torch.Tensor] = {}
 
@@ -181,7 +180,7 @@ class TorchRuntime:
             with torch.cuda.graph(graph, pool=self._pool):
                 outputs.update(self._forward(static_images))
 
-        capture_s = self._timed(capture)
+        _, capture_s = timed_seconds(capture, self.device)
         self._pool = self._pool or graph.pool()
         key = tuple(images.shape)
         self.setup[key] = ShapeSetup(warmup_s, capture_s)
