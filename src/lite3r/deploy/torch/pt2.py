@@ -162,8 +162,8 @@ class Pt2Runner:
         requested = None if device is None else torch.device(device)
         if requested is not None and requested.type == "cuda" and not torch.cuda.is_available():
             raise Pt2Error(f"cannot load {self.path.name} on {requested}: this machine has no CUDA GPU")
-        index = requested.index if requested is not None and requested.index is not None else -1
-        self._model = torch._inductor.aoti_load_package(str(self.path), device_index=index)
+        index = {} if requested is None or requested.index is None else {"device_index": requested.index}
+        self._model = torch._inductor.aoti_load_package(str(self.path), **index)
         metadata = self._model.get_metadata()
         if metadata.get(_META_FORMAT) != FORMAT:
             raise Pt2Error(f"{self.path} is not a lite3r .pt2 package (no {_META_FORMAT!r} metadata)")
