@@ -3,7 +3,8 @@
 The package is what a PyTorch shop ships to servers: compiled kernels, weights and a C++ runner in one zip,
 loadable from Python (``torch._inductor.aoti_load_package``) or C++ (``torch::inductor::AOTIModelPackageLoader``)
 without lite3r or any Python model code. It holds the model ``TorchRuntime`` runs (``prepare_model``: 16-bit
-weights, FP8 GEMMs from a quant state, no track head) exported with a dynamic frame axis. The SLA op is a
+weights, FP8 GEMMs from a quant state, without the modules the forward never runs) exported with a dynamic frame
+axis. The SLA op is a
 ``torch.library.triton_op``, so Inductor compiles its Triton kernels (CUDA) or the reference's torch ops (CPU)
 into the package instead of calling back into Python. docs/deploy.md has the decisions.
 """
@@ -31,7 +32,7 @@ INPUT_NAME = "images"
 FRAMES = "frames"  # name of the dynamic frame dimension
 FORMAT = "lite3r.pt2/1"
 # Package metadata (``aot_inductor.metadata``, strings only): enough for a loader to check its input and for
-# parity to pick the tolerances of the package's precision, without lite3r's model code.
+# parity to know the package's precision, without lite3r's model code.
 _META_FORMAT, _META_FRAMES, _META_SIZE = "lite3r.format", "lite3r.frames", "lite3r.image_size"
 _META_DTYPE, _META_DEVICE, _META_OUTPUTS = "lite3r.dtype", "lite3r.device", "lite3r.outputs"
 _PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # the exporter's names
@@ -82,7 +83,7 @@ def export_pt2(
     device: str | torch.device = "cuda",
     check: bool = True,
 ) -> Pt2Report:
-    """Export ``model`` (a float32 lite3r VGGT, dense or SLA; prepared **in place**, as ``TorchRuntime`` does) to
+    """Export ``model`` (a float32 lite3r model, dense or SLA; prepared **in place**, as ``TorchRuntime`` does) to
     ``path`` as an AOTInductor package taking ``images [1, S, 3, H, W]`` float32 on ``device``.
 
     ``frames``: ``"min:opt:max"`` (or one count): S is dynamic over ``min..max``, traced at ``opt``.
@@ -147,8 +148,8 @@ def export_pt2(
     )
 
 
-class Pt2Runner:
-    """``runner(images)`` -> the official output dict, from a loaded ``.pt2`` (no lite3r model code involved).
+class Pt2Model:
+    """``model(images)`` -> the official output dict, from a loaded ``.pt2`` (no lite3r model code involved).
 
     ``images``: ``[S, 3, H, W]`` or ``[1, S, 3, H, W]`` floats in [0, 1], any device (moved to the package's).
     ``frames``, ``image_size``, ``dtype``, ``outputs``: what the package was exported for (its ``lite3r.*``
@@ -198,9 +199,9 @@ class Pt2Runner:
         return self._model(images.to(self.device, torch.float32).contiguous())
 
 
-def load_pt2(path: str | os.PathLike, device: str | torch.device | None = None) -> Pt2Runner:
+def load_pt2(path: str | os.PathLike, device: str | torch.device | None = None) -> Pt2Model:
     """Load a ``model.pt2`` written by :func:`export_pt2`; ``device`` defaults to the kind it was compiled for."""
-    return Pt2Runner(path, device)
+    return Pt2Model(path, device)
 
 
 def pt2_precision(path: str | os.PathLike) -> str:
@@ -253,7 +254,7 @@ def _export(model: nn.Module, size: tuple[int, int], frames: FrameRange, device:
 
 
 def _check_package(path: Path, device: torch.device, size: tuple[int, int], frames: FrameRange) -> None:
-    """Load the package as a user would and run it at both ends of its frame range: a Inductor shape assumption
+    """Load the package as a user would and run it at both ends of its frame range: an Inductor shape assumption
     that does not hold over the range (it asserts at run time) fails the export instead of the first user."""
     runner = load_pt2(path, device)
     for count in sorted({frames.min, frames.max}):
