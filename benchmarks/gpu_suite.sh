@@ -13,6 +13,7 @@
 #   bash benchmarks/gpu_suite.sh teacher     # issue 12: train vggt-small (5 min), then the SLA/FP8 experiment on it
 #                                            # (about 3 min); $OUT/teacher holds the weights to install;
 #                                            # TEACHER_ARGS="--lr 1e-3 --images-per-step 32" changes the recipe
+#   bash benchmarks/gpu_suite.sh pt2         # issue 11: the VGGT-1B student as model.pt2, then SLA kernel tests
 # ModelOpt / Polygraphy are not on the GPU image: carry them as wheels in .whl (see docs/gpu.md).
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -41,6 +42,8 @@ for part in "$@"; do
            head -1 "$OUT"/ort13-*/parity.md ;;
     runtime) { python3 -m pytest -q -x -p no:cacheprovider tests/deploy/test_torch_runtime.py tests/sla/test_sla_gpu.py \
                && python3 benchmarks/bench_sdpa_backends.py --frames 2 8 32; } 2>&1 | tee "$OUT/runtime.log" ;;
+    pt2) { python3 benchmarks/bench_pt2.py --out "$OUT/pt2"
+           python3 -m pytest -q -p no:cacheprovider tests/sla/test_sla_gpu.py; } 2>&1 | tee "$OUT/pt2.log" ;;
     profile) python3 benchmarks/profile_runtime.py --frames 2 8 32 --out "$OUT/profile.json" 2>&1 \
                | tee "$OUT/profile.log" ;;
     bench) python3 -m lite3r.cli bench --model "${BENCH_MODEL:-vggt}" --frames "$BENCH_FRAMES" $BENCH_ARGS --out "$OUT/bench" 2>&1 \

@@ -273,3 +273,19 @@ def test_bf16_onnx_runs_in_onnxruntime_passes_parity_and_builds_with_tensorrt_rt
 
     build = build_engine(out / "model.onnx", tmp_path / "model.engine", target="tensorrt-rtx", frames="1:2:4")
     assert build.engine_bytes > 0 and build.sla_resolution == "function" and len(build.custom_nodes) == len(sla)
+
+
+@pytest.mark.slow
+def test_target_torch_writes_a_pt2_that_passes_parity(tmp_path):
+    """`lite3r-export vggt-tiny --target torch`: model.pt2 beside model.onnx, held to the export gate against the
+    student (a CPU package in fp32, the default precision off TensorRT)."""
+    out = tmp_path / "out"
+    result = _export("--target", "torch", "--size", "56x56", "--frames", "4:5:7", "--synthetic", "1",
+                     "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "model.pt2", "parity.json"} <= names and "model.engine" not in names
+    assert "AOTInductor package for cpu" in result.output
+    report = json.loads((out / "parity.json").read_text())
+    [pt2] = [c for c in report["comparisons"] if c["candidate"] == "pt2"]
+    assert pt2["gate"] == "export" and pt2["passed"], pt2

@@ -155,18 +155,40 @@ def predict(model_name, checkpoint, images, synthetic, size, mode, seed, out, de
         out_console.print(f"wrote {path}")
 
 
+_student_option = click.option(
+    "--student", "student_dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Folder with student.safetensors [+ quant_state.json] (from lite3r distill / lite3r-export).",
+)
+
+
 @main.command()
-@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Engine file to write.")
-@click.option("--target", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True,
-              help="auto: datacenter TensorRT if installed, else TensorRT-RTX.")
+@click.argument("onnx_path", metavar="[MODEL.onnx]", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Engine (or, --target torch, model.pt2) to write.")
+@click.option("--target", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "torch"]), default="auto",
+              show_default=True, help="auto: datacenter TensorRT if installed, else TensorRT-RTX. torch: an "
+              "AOTInductor package built from the PyTorch model, not from ONNX.")
 @click.option("--frames", default="1:8:32", show_default=True, help="Frame range min:opt:max.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="Read before, written after.")
 @click.option("--verbose", is_flag=True, help="Keep TensorRT's verbose messages in the build log.")
 @click.option("--tf32", is_flag=True, help="Allow TF32 for float32 layers (off: exact float32 block scores).")
+@click.option("--model", "model_name", default="vggt", show_default=True, help="torch target: model preset.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="torch target: teacher weights.")
+@_student_option
+@click.option("--size", help="torch target: view size HxW; default: the model's image size.")
+@click.option("--precision", type=click.Choice(PRECISION_NAMES), default="bf16", show_default=True,
+              help="torch target: weights and activations.")
+@click.option("--device", default="cuda", show_default=True, help="torch target: the device the package runs on.")
 @one_line_errors
-def build(onnx_path, out, target, frames, timing_cache, verbose, tf32):
-    """Build a strongly typed (FP8 from the graph's Q/DQ) TensorRT or TensorRT-RTX engine from an ONNX file."""
+def build(onnx_path, out, target, frames, timing_cache, verbose, tf32, model_name, checkpoint, student_dir, size,
+          precision, device):
+    """Build a strongly typed (FP8 from the graph's Q/DQ) TensorRT or TensorRT-RTX engine from an ONNX file, or
+    (--target torch) an AOTInductor model.pt2 of the student (FP8 GEMMs from its quant_state.json)."""
+    if target == "torch":
+        _build_pt2(out, frames, model_name, checkpoint, student_dir, size, precision, device)
+        return
+    if onnx_path is None:
+        raise click.UsageError(f"--target {target} builds from an ONNX file: give MODEL.onnx")
     from lite3r.deploy import build_engine
     from lite3r.pipeline import resolve_target
 
@@ -176,6 +198,23 @@ def build(onnx_path, out, target, frames, timing_cache, verbose, tf32):
     with console.status(f"building {target} engine"):
         report = build_engine(onnx_path, out, target=target, frames=frames, timing_cache=timing_cache, verbose=verbose,
                               tf32=tf32)  # fmt: skip
+    out_console.print(report.summary())
+
+
+def _build_pt2(out, frames, model_name, checkpoint, student_dir, size, precision, device):
+    import torch
+
+    from lite3r.deploy.torch.pt2 import export_pt2
+    from lite3r.exporter.export import PRECISIONS
+
+    torch.manual_seed(0)
+    teacher, student = _teacher_and_student(model_name, checkpoint, student_dir, fp8=False)
+    quant = None if student_dir is None else Path(student_dir) / "quant_state.json"
+    with console.status("exporting and compiling model.pt2 (AOTInductor)"):
+        report = export_pt2(
+            student or teacher, out, frames=frames, image_size=_parse_size(size), dtype=PRECISIONS[precision],
+            quant_state=quant if quant is not None and quant.exists() else None, device=device,
+        )  # fmt: skip
     out_console.print(report.summary())
 
 
@@ -189,12 +228,6 @@ def _teacher_and_student(model_name, checkpoint, student_dir, *, fp8: bool):
         console.print(f"[yellow]No --checkpoint: {model_name} has random weights (seed 0).[/]")
     student = None if student_dir is None else load_student(teacher, student_dir, fp8=fp8)
     return teacher, student
-
-
-_student_option = click.option(
-    "--student", "student_dir", type=click.Path(file_okay=False, path_type=Path),
-    help="Folder with student.safetensors [+ quant_state.json] (from lite3r distill / lite3r-export).",
-)
 
 
 @main.command("export")
@@ -235,6 +268,8 @@ def export_command(model_name, checkpoint, student_dir, size, frames, precision,
 @_student_option
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path), help="ONNX to compare.")
 @click.option("--engine", "engine_path", type=click.Path(dir_okay=False, path_type=Path), help="TensorRT engine.")
+@click.option("--pt2", "pt2_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="AOTInductor package (lite3r build --target torch).")
 @click.option("--synthetic", default=2, show_default=True, type=click.IntRange(min=1), help="Held-out scenes.")
 @click.option("--views", default=2, show_default=True, type=click.IntRange(min=1), help="Views per scene.")
 @click.option("--size", help="View size HxW; default: the model's image size.")
@@ -244,9 +279,9 @@ def export_command(model_name, checkpoint, student_dir, size, frames, precision,
               help="Precision of the artifacts (the student is compared in it); default: the ONNX's.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
-def parity_command(from_dir, model_name, checkpoint, student_dir, onnx_path, engine_path, synthetic, views, size,
-                   teacher_gate, precision, out):
-    """Compare student, ONNX and engine against each other and the teacher; exit 1 when a gate fails."""
+def parity_command(from_dir, model_name, checkpoint, student_dir, onnx_path, engine_path, pt2_path, synthetic, views,
+                   size, teacher_gate, precision, out):
+    """Compare student, ONNX, engine and .pt2 against each other and the teacher; exit 1 when a gate fails."""
     import torch
 
     from lite3r.data.synthetic import make_scene
@@ -270,7 +305,7 @@ def parity_command(from_dir, model_name, checkpoint, student_dir, onnx_path, eng
     with console.status("running parity"):
         result = check(
             out, scenes, student=student, teacher=teacher, onnx_path=onnx_path, engine_path=engine_path,
-            precision=precision,
+            pt2_path=pt2_path, precision=precision,
             reconstruction_gate=make_teacher_gate(
                 teacher_gate, trained_teacher=has_trained_weights(model_name, checkpoint)
             ),
@@ -290,10 +325,11 @@ def parity_command(from_dir, model_name, checkpoint, student_dir, onnx_path, eng
 @click.option("--synthetic", default=4, show_default=True, type=click.IntRange(min=1),
               help="Calibration scenes: rendered when no --calib, else the first N of --calib.")
 @click.option("--frames", default="2:8:32", show_default=True, help="Engine frame range min:opt:max.")
-@click.option("--target", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnx"]), default="auto",
-              show_default=True, help="auto: TensorRT, else TensorRT-RTX, else ONNX only.")
+@click.option("--target", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnx", "torch"]), default="auto",
+              show_default=True, help="auto: TensorRT, else TensorRT-RTX, else ONNX only; torch: ONNX + model.pt2.")
 @click.option("--precision", type=click.Choice(PRECISION_NAMES),
-              help="Weights and activations of the ONNX/engine; default: bf16 for a TensorRT target, fp32 for onnx.")
+              help="Weights and activations of the ONNX/engine/model.pt2; default: bf16 for a TensorRT target, "
+                   "fp32 otherwise.")
 @click.option("--size", help="View size HxW (multiples of 14); default: the model's image size.")
 @click.option("--kh", default=0.05, show_default=True, help="SLA critical-block fraction.")
 @click.option("--kl", default=0.10, show_default=True, help="SLA negligible-block fraction.")

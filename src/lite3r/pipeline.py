@@ -1,4 +1,5 @@
-"""The whole chain behind ``lite3r-export``: teacher → SLA student → FP8 (QAT or PTQ) → ONNX → engine → parity.
+"""The whole chain behind ``lite3r-export``: teacher → SLA student → FP8 (QAT or PTQ) → ONNX → engine (or, for
+``--target torch``, an AOTInductor ``model.pt2``) → parity.
 
 Everything is checked before any work starts (frames, checkpoint, target, calibration folder, output folder,
 and that ONNX Runtime runs a small graph of the export's form), every artifact is written into a staging folder,
@@ -28,7 +29,7 @@ from lite3r.deploy._trt import FLAVOURS
 from lite3r.exporter import PRECISION_NAMES
 from lite3r.parity.gates import export_gate
 
-TARGETS = ("auto", "tensorrt", "tensorrt-rtx", "onnx")
+TARGETS = ("auto", "tensorrt", "tensorrt-rtx", "onnx", "torch")
 
 
 class ExportError(ValueError):
@@ -164,12 +165,13 @@ def export_model(
     on_stage: Callable[[str], None] | None = None,
 ) -> ExportSummary:
     """Run the chain and write ``student.safetensors``, ``quant_state.json``, ``model.onnx``, ``model.engine``
-    (+ build log, where a TensorRT is installed), ``parity.json``, ``parity.md``, ``export_summary.json`` and
-    ``record.json`` into ``out``. Calibration and parity cover the profile's ``min`` and ``opt`` frame counts;
-    ``parity_scenes`` held-out scenes at each. ``tf32``: let TensorRT use TF32 for float32 layers.
+    (+ build log, where a TensorRT is installed) or ``model.pt2`` (``target="torch"``: an AOTInductor package for
+    ``device``), ``parity.json``, ``parity.md``, ``export_summary.json`` and ``record.json`` into ``out``.
+    Calibration and parity cover the profile's ``min`` and ``opt`` frame counts; ``parity_scenes`` held-out scenes
+    at each. ``tf32``: let TensorRT use TF32 for float32 layers.
 
-    ``precision``: what the ONNX (and engine) compute in, ``"fp32"``, ``"bf16"`` or ``"fp16"``; by default
-    ``resolve_precision``'s choice for the target. Parity compares them with the student in that precision."""
+    ``precision``: what the ONNX (and engine, or package) compute in, ``"fp32"``, ``"bf16"`` or ``"fp16"``; by
+    default ``resolve_precision``'s choice for the target. Parity compares them with the student in that precision."""
     options = {k: v for k, v in locals().items() if k != "on_stage"}  # the arguments, for record.json
     import lite3r
     from lite3r.deploy.engine import parse_frames
@@ -266,6 +268,8 @@ def export_model(
             return str(report)
 
         def build():
+            if target == "torch":
+                return _build_pt2(state["teacher"], stage_dir, frame_range, state["size"], precision, dev)
             if target == "onnx":
                 return "skipped", "no TensorRT installed (or --target onnx): no engine built; the ONNX is the artifact"
             from lite3r.deploy import build_engine
@@ -285,6 +289,7 @@ def export_model(
             result = check(
                 stage_dir, scenes, student=state["student"].cpu(), teacher=state["teacher"].cpu(),
                 onnx_path=stage_dir / "model.onnx", engine_path=state.get("engine"), engine_target=target,
+                pt2_path=stage_dir / "model.pt2" if target == "torch" else None,
                 artifacts=names, precision=precision, reconstruction_gate=reconstruction_gate,
             )
             summary.parity_passed = result.passed
@@ -333,10 +338,11 @@ def recheck(folder: str | Path, out: str | Path) -> Any:
     student = load_student(teacher, folder)
     size = tuple(o["image_size"] or (teacher.family.image_size,) * 2)
     scenes, _ = held_out_scenes(frame_counts(parse_frames(o["frames"])), size, o["parity_scenes"], o["seed"])
-    engine = folder / "model.engine"
+    engine, pt2 = folder / "model.engine", folder / "model.pt2"
     return check(
         out, scenes, student=student, teacher=teacher, onnx_path=folder / "model.onnx",
         engine_path=engine if engine.is_file() else None, engine_target=o["target"],  # as built, not as here
+        pt2_path=pt2 if pt2.is_file() else None,
         artifacts=list(record["artifacts"]) + ["record.json"], precision=o.get("precision"),
         reconstruction_gate=make_teacher_gate(
             o["teacher_gate"], trained_teacher=has_trained_weights(o["model_name"], checkpoint)
@@ -346,6 +352,20 @@ def recheck(folder: str | Path, out: str | Path) -> Any:
 
 def _input_file(path: str | Path | None) -> dict[str, Any] | None:
     return None if path is None else {"path": str(path), "bytes": Path(path).stat().st_size}
+
+
+def _build_pt2(teacher, stage_dir: Path, frames, size: tuple[int, int], precision: str, device: torch.device) -> str:
+    """``model.pt2`` from the saved artifacts (float student + ``quant_state.json``), as the ONNX is built."""
+    from lite3r.deploy.torch.pt2 import export_pt2
+    from lite3r.distill.checkpoint import load_student
+    from lite3r.exporter.export import PRECISIONS
+
+    quant = stage_dir / "quant_state.json"
+    report = export_pt2(
+        load_student(teacher.cpu(), stage_dir, fp8=False), stage_dir / "model.pt2", frames=frames, image_size=size,
+        dtype=PRECISIONS[precision], quant_state=quant if quant.exists() else None, device=device,
+    )  # fmt: skip
+    return report.summary()
 
 
 def _summary_json(summary: ExportSummary) -> dict[str, Any]:

@@ -99,3 +99,40 @@ def test_bad_options_raise_before_any_work():
         sparse_linear_attention(*_inputs(), block_q=96)
     with pytest.raises(ValueError, match="backend must be one of"):
         sparse_linear_attention(*_inputs(), backend="cuda")
+
+
+def test_cuda_export_records_the_triton_kernels_for_every_frame_count():
+    """torch.export of a bf16 CUDA SLA layer with a dynamic frame count (fake CUDA tensors: no GPU needed), then
+    the op's decomposition as AOTInductor runs it: the graph holds the Triton launches with symbolic sizes, no
+    lite3r op and no assumption about the frame count (the host code never branches on the sequence length)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental import _config as fx_config
+
+    class Frames(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.core = _Core(64)
+
+        def forward(self, x):  # x [1, S, 1374, 64]: one head over S frames of VGGT-1B tokens
+            tokens = x.flatten(1, 2).unsqueeze(1)
+            return self.core(tokens, tokens * 2, tokens + 1)
+
+    model = Frames().requires_grad_(False)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        linear = model.core.proj_lin
+        linear.weight = nn.Parameter(torch.empty(64, 64, device="cuda", dtype=torch.bfloat16), requires_grad=False)
+        linear.bias = nn.Parameter(torch.empty(64, device="cuda", dtype=torch.bfloat16), requires_grad=False)
+        x = torch.empty(1, 8, 1374, 64, device="cuda", dtype=torch.bfloat16)
+        frames = torch.export.Dim("frames", min=2, max=100)
+        with fx_config.patch(backed_size_oblivious=True):
+            program = torch.export.export(model, (x,), dynamic_shapes={"x": {1: frames}}, strict=False)
+            graph = program.run_decompositions(decompose_custom_triton_ops=True).graph
+    calls = [node for node in graph.nodes if node.op == "call_function"]
+    assert not [n for n in calls if "lite3r" in str(n.target) or "assert" in str(n.target)]
+    wrapper = torch.ops.higher_order.triton_kernel_wrapper_functional
+    launches = [n.kwargs["kwargs"] for n in calls if n.target is wrapper]
+    assert len(launches) == 6  # pool, key states, classify, two marginal sums, fused forward
+    tiles = {name: value for k in launches for name, value in k.items() if name.isupper()}
+    assert tiles["CHUNK"] == 1024 and tiles["BLOCK_M"] == tiles["BLOCK_K"] == 64  # fixed tiles, masked
+    lengths = [k["seq_len"] for k in launches if "seq_len" in k]
+    assert len(lengths) == 3 and all(isinstance(n, torch.fx.Node) for n in lengths)  # symbolic, not 8 * 1374

@@ -1,4 +1,4 @@
-"""``check``: run teacher, student, ONNX model and engine on the same scenes and gate the differences.
+"""``check``: run teacher, student, ONNX model, engine and ``.pt2`` package on the same scenes and gate the differences.
 
 Built on Polygraphy: ``Comparator.run`` runs each runner on the same feeds (one at a time, so a runner that
 cannot start or run is one line in the report instead of a traceback), ``Comparator.compare_accuracy`` applies a
@@ -25,11 +25,14 @@ import torch
 
 from lite3r._io import json_ready, staged_output
 from lite3r.deploy._trt import TensorRTNotInstalledError
+from lite3r.deploy.torch.pt2 import Pt2DeviceError, pt2_precision
 from lite3r.models import ModelFamily, family_of
 from lite3r.parity import gates
 from lite3r.parity.artifacts import COMPARED, FAILED, NOT_RUN, ArtifactStatus, artifact_statuses
 from lite3r.parity.gates import RECONSTRUCTION_GATE, Gate
-from lite3r.parity.runners import PerturbedTorchRunner, TorchRunner, engine_runner, feed_dicts, onnx_runner
+from lite3r.parity.runners import (
+    PerturbedTorchRunner, Pt2Runner, TorchRunner, engine_runner, feed_dicts, onnx_runner,
+)  # fmt: skip
 
 _STATS = ("max", "mean", "median", "quantile")
 FLOAT32_NOISE = "student~fp32"  # runner name of the float32 student that measures a 16-bit precision's noise
@@ -206,8 +209,10 @@ def _mean_metrics(run_results: Any, candidate: str, reference: str, family: Mode
     return {k: float(np.mean([s[k] for s in scenes])) for k in scenes[0]}
 
 
-def _precision(student: torch.nn.Module | None, onnx_path: str | os.PathLike | None) -> str:
-    """The artifacts' precision: the ONNX file's recorded one, else the student's, else float32."""
+def _precision(
+    student: torch.nn.Module | None, onnx_path: str | os.PathLike | None, pt2_path: str | os.PathLike | None
+) -> str:
+    """The artifacts' precision: the ONNX file's recorded one, else the package's, else the student's, else float32."""
     from lite3r.exporter.export import graph_precision, precision_of
 
     recorded = None
@@ -216,6 +221,8 @@ def _precision(student: torch.nn.Module | None, onnx_path: str | os.PathLike | N
             recorded = graph_precision(onnx_path)
     if recorded:
         return recorded
+    if pt2_path is not None:
+        return pt2_precision(pt2_path)
     dtypes = {p.dtype for p in student.parameters()} if student is not None else set()
     return (precision_of(dtypes.pop()) if len(dtypes) == 1 else None) or "fp32"
 
@@ -276,6 +283,7 @@ def check(
     onnx_path: str | os.PathLike | None = None,
     engine_path: str | os.PathLike | None = None,
     engine_target: str = "tensorrt",
+    pt2_path: str | os.PathLike | None = None,
     artifacts: Iterable[str] | None = None,
     precision: str | None = None,
     export_gate: Gate | None = None,
@@ -283,15 +291,16 @@ def check(
 ) -> ParityResult:
     """Compare what is given on ``scenes`` (image tensors ``[S, 3, H, W]``) and write the reports to ``out_dir``.
 
-    Comparisons: ONNX vs student and engine vs student (``export_gate``), student vs teacher
+    Comparisons: ONNX, engine and ``.pt2`` package vs student (``export_gate``), student vs teacher
     (``reconstruction_gate`` and its metric limits), on the outputs of the models' family. ``precision``: that of
-    the ONNX model and engine, by default the ONNX file's recorded one, else the student's; the student is compared
+    the ONNX model, engine and package, by default the ONNX file's recorded one, else the package's, else the
+    student's (a package of another precision is refused before anything runs); the student is compared
     in it (a converted copy when its own differs; the caller's model is untouched), and ``export_gate`` defaults to
     ``gates.export_gate(precision)``, whose noise rule runs the student again (perturbed, or in float32 for a
     16-bit precision). A datacenter TensorRT engine runs where ``tensorrt`` imports; a TensorRT-RTX engine
     (``engine_target="tensorrt-rtx"``) has no runner: it is listed as not run, with the reason. ``artifacts``: file
-    names of the output folder to list with their status (by default the ONNX and engine given). A runner that
-    fails to start or run fails the check with one line; at least one comparison must be possible.
+    names of the output folder to list with their status (by default the ONNX, engine and package given). A runner
+    that fails to start or run fails the check with one line; at least one comparison must be possible.
     """
     from polygraphy.logger import G_LOGGER
 
@@ -299,7 +308,9 @@ def check(
 
     feeds = feed_dicts(scenes)
     notes: list[str] = []
-    precision = precision or _precision(student, onnx_path)
+    precision = precision or _precision(student, onnx_path, pt2_path)
+    if pt2_path is not None and (packaged := pt2_precision(pt2_path)) != precision:
+        raise ValueError(f"{pt2_path} computes in {packaged}; parity here runs in {precision} (pass precision=)")
     export_gate = export_gate or gates.export_gate(precision)
     if precision != "fp32" and onnx_path is not None:
         notes.append(
@@ -311,7 +322,7 @@ def check(
     runnable_engine = engine_path is not None and engine_target != "tensorrt-rtx"
     if student is not None:
         runners.append((TorchRunner(as_dtype(student, PRECISIONS[precision]), "student"), None))
-        if onnx_path is not None or runnable_engine:
+        if onnx_path is not None or runnable_engine or pt2_path is not None:
             runners += [(runner, None) for runner in _noise_runners(runners[0][0].model, student, export_gate)]
     if teacher is not None:
         runners.append((TorchRunner(teacher, "teacher"), None))
@@ -324,13 +335,15 @@ def check(
                                           "have no TensorRT-RTX runner, so it cannot run on this machine")  # fmt: skip
         else:
             runners.append((lambda: engine_runner(Path(engine_path)), engine))
+    if pt2_path is not None:
+        runners.append((Pt2Runner(pt2_path), Path(pt2_path).name))
     run_results = _run_each(runners, feeds, runs)
     names = set(run_results.keys())
-    plan = [(c, "student", export_gate) for c in ("onnx", "tensorrt") if c in names and "student" in names]
+    plan = [(c, "student", export_gate) for c in ("onnx", "tensorrt", "pt2") if c in names and "student" in names]
     if {"student", "teacher"} <= names:
         plan.append(("student", "teacher", reconstruction_gate))
     if not plan and not any(a.status == FAILED for a in runs.values()):
-        raise ValueError("parity needs a student and at least one of: teacher, onnx_path, engine_path")
+        raise ValueError("parity needs a student and at least one of: teacher, onnx_path, engine_path, pt2_path")
 
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the verdicts are reported here, not logged
         family = family_of(student if student is not None else teacher)
@@ -339,7 +352,7 @@ def check(
         if c.gate == reconstruction_gate.name:
             c.metrics = _mean_metrics(run_results, c.candidate, c.reference, family)
     for c in comparisons:
-        file = {"onnx": onnx_path, "tensorrt": engine_path}.get(c.candidate)
+        file = {"onnx": onnx_path, "tensorrt": engine_path, "pt2": pt2_path}.get(c.candidate)
         if file is not None:
             worst = max(c.outputs, key=lambda o: o.absdiff[o.stat] / (o.atol_used or o.atol))
             runs[Path(file).name] = ArtifactStatus(
@@ -383,7 +396,7 @@ def _noise_runners(student: torch.nn.Module, float32_student: torch.nn.Module, g
 
 def _run_each(runners: list[tuple[Any, str | None]], feeds: list, runs: dict[str, ArtifactStatus]) -> Any:
     """``Comparator.run`` on one runner at a time; a file whose runner cannot be made, started or run gets a
-    FAILED (or, for a missing TensorRT, NOT_RUN) status instead of ending the check."""
+    FAILED (or, for a missing TensorRT or CUDA GPU, NOT_RUN) status instead of ending the check."""
     from polygraphy.comparator import Comparator, RunResults
     from polygraphy.logger import G_LOGGER
 
@@ -394,7 +407,7 @@ def _run_each(runners: list[tuple[Any, str | None]], feeds: list, runs: dict[str
                 made = runner() if callable(runner) and not hasattr(runner, "infer") else runner
                 for name, iterations in Comparator.run([made], data_loader=feeds).items():
                     results[name] = iterations
-        except TensorRTNotInstalledError as e:
+        except (TensorRTNotInstalledError, Pt2DeviceError) as e:
             runs[file] = ArtifactStatus(file, NOT_RUN, f"cannot run on this machine: {e}")
         except Exception as e:  # onnxruntime, TensorRT and Polygraphy raise their own types; report, never crash
             if file is None:

@@ -3,7 +3,8 @@
 ``TorchRunner`` runs a lite3r model (teacher or student) that returns the official output dict; Polygraphy's
 own ``PytRunner`` expects tuple outputs on CUDA, so it does not fit. ONNX models run in ONNX Runtime (CPU)
 through ``OnnxrtRunner`` on a session from :class:`SessionFromOnnxPath`; engines through ``TrtRunner`` where
-datacenter TensorRT is installed.
+datacenter TensorRT is installed; ``.pt2`` packages through ``Pt2Runner`` (loaded with
+``torch._inductor.aoti_load_package``, no lite3r model code).
 
 ONNX Runtime before 1.32 rewrites ``DequantizeLinear -> MatMul`` into ``MatMulIntegerToFloat`` without checking
 the element type, which rejects FLOAT8E4M3FN inputs, so every lite3r session switches ONNX Runtime's Q/DQ
@@ -115,6 +116,38 @@ class PerturbedTorchRunner(TorchRunner):
     def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
         images = self._perturb(torch.from_numpy(feed_dict[INPUT_NAME]))
         return super().infer_impl({INPUT_NAME: images.numpy()})
+
+
+class Pt2Runner(BaseRunner):
+    """Runs an AOTInductor package written by ``lite3r.deploy.torch.export_pt2``; loads it on ``activate``."""
+
+    def __init__(self, path: str | os.PathLike, name: str = "pt2") -> None:
+        super().__init__(name=name)
+        self.path = path
+        self.runner = None
+
+    def activate_impl(self) -> None:
+        from lite3r.deploy.torch.pt2 import load_pt2
+
+        self.runner = load_pt2(self.path)
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        height, width = self.runner.image_size
+        return TensorMetadata().add(INPUT_NAME, np.float32, (1, None, 3, height, width))
+
+    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        images = torch.from_numpy(feed_dict[INPUT_NAME])
+        start = time.perf_counter()
+        outputs = self.runner(images)
+        if self.runner.device.type == "cuda":
+            torch.cuda.synchronize(self.runner.device)
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict(
+            (k, np.ascontiguousarray(outputs[k].float().cpu().numpy())) for k in self.runner.outputs
+        )
+
+    def deactivate_impl(self) -> None:
+        self.runner = None
 
 
 def onnx_runner(onnx_path: str | os.PathLike, name: str = "onnx") -> BaseRunner:

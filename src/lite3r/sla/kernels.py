@@ -15,7 +15,10 @@ Design (docs/sla.md has the reasoning and the numbers):
   of a key block come from a CSR transpose of the LUT).
 
 The ``@triton.jit`` functions take plain pointers, strides and integers with constexpr tile sizes, so they can
-be compiled ahead of time (TensorRT plugin). The host wrappers below own allocation and launch only.
+be compiled ahead of time (TensorRT plugin). The host wrappers below own allocation and launch only. They
+launch through ``torch.library.wrap_triton`` (a plain launch in eager mode) and never branch on the sequence
+length, so that ``torch.export`` with a dynamic frame count records the kernels with symbolic sizes
+(``lite3r::sparse_linear_attention`` is a ``triton_op``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
-from lite3r.sla.reference import FEATURE_MAPS, LINEAR_EPS, BlockMap, block_counts, block_scores
+from torch.library import wrap_triton
+
+from lite3r.sla.reference import FEATURE_MAPS, LINEAR_EPS, BlockMap, block_counts, block_scores, num_blocks
 
 
 
@@ -106,10 +111,20 @@ def key_state_kernel(
 
 
 @triton.jit
+def _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK: tl.constexpr):
+    """Lanes ``start + [0, CHUNK)`` of one row of scores as order-preserving int64 keys, and which are real."""
+    lanes = start + tl.arange(0, CHUNK)
+    valid = lanes < num_kblocks
+    scores = tl.load(SCORES + row * num_kblocks + lanes, mask=valid, other=0.0) + 0.0  # -0.0 -> +0.0
+    bits = scores.to(tl.int32, bitcast=True)
+    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64), valid, lanes  # int order == float order
+
+
+@triton.jit
 def classify_kernel(
     SCORES, CLASSES, LUT, MARGINAL,
     num_kblocks, marginal_cols, n_critical, n_negligible,
-    PADDED: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     """``reference.classify_blocks`` for one query block (row of SCORES ``[BH*nq, nk]`` fp32), without a sort.
 
@@ -117,43 +132,61 @@ def classify_kernel(
     int32 bits find the n_critical-th largest and the n_negligible-th smallest score; ties at those thresholds
     are split by index with prefix sums. Writes CLASSES (int8), the ascending critical LUT (int32) and the row
     of the 0/1 marginal matrix MARGINAL ``[BH*nq, marginal_cols]`` for the GEMMs (columns past nk only align
-    rows and are never read).
+    rows and are never read). The row is read in chunks of CHUNK key blocks, so one compiled kernel serves any
+    nk (an exported graph with a dynamic frame count); the host picks one chunk for the whole row when nk is known.
     """
     row = tl.program_id(0).to(tl.int64)
-    lanes = tl.arange(0, PADDED)
-    valid = lanes < num_kblocks
-    scores = tl.load(SCORES + row * num_kblocks + lanes, mask=valid, other=0.0) + 0.0  # -0.0 -> +0.0
-    bits = scores.to(tl.int32, bitcast=True)
-    ordered = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64)  # int order == float order
 
     # top: largest t with #(ordered >= t) >= n_critical; bottom: smallest t with #(ordered <= t) >= n_negligible.
     top_lo, top_hi = tl.full([], -2147483648, tl.int64), tl.full([], 2147483647, tl.int64)
     bottom_lo, bottom_hi = top_lo, top_hi
     for _ in range(32):
         top_mid = top_lo + (top_hi - top_lo + 1) // 2
-        above = tl.sum((valid & (ordered >= top_mid)).to(tl.int32), 0)
+        bottom_mid = bottom_lo + (bottom_hi - bottom_lo) // 2
+        above = tl.zeros([], tl.int32)
+        below = tl.zeros([], tl.int32)
+        for start in range(0, num_kblocks, CHUNK):
+            ordered, valid, _ = _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK)
+            above += tl.sum((valid & (ordered >= top_mid)).to(tl.int32), 0)
+            below += tl.sum((valid & (ordered <= bottom_mid)).to(tl.int32), 0)
         top_lo = tl.where(above >= n_critical, top_mid, top_lo)
         top_hi = tl.where(above >= n_critical, top_hi, top_mid - 1)
-        bottom_mid = bottom_lo + (bottom_hi - bottom_lo) // 2
-        below = tl.sum((valid & (ordered <= bottom_mid)).to(tl.int32), 0)
         bottom_hi = tl.where(below >= n_negligible, bottom_mid, bottom_hi)
         bottom_lo = tl.where(below >= n_negligible, bottom_lo, bottom_mid + 1)
 
-    top_ties = valid & (ordered == top_lo)
-    top_rank = tl.cumsum(top_ties.to(tl.int32), 0)  # 1-based among ties, lower index first
-    top_need = n_critical - tl.sum((valid & (ordered > top_lo)).to(tl.int32), 0)
-    critical = (valid & (ordered > top_lo)) | (top_ties & (top_rank <= top_need))
-    bottom_ties = valid & (ordered == bottom_hi)
-    bottom_rank = tl.sum(bottom_ties.to(tl.int32), 0) - tl.cumsum(bottom_ties.to(tl.int32), 0) + 1  # from the end
-    bottom_need = n_negligible - tl.sum((valid & (ordered < bottom_hi)).to(tl.int32), 0)
-    negligible = ((valid & (ordered < bottom_hi)) | (bottom_ties & (bottom_rank <= bottom_need))) & (n_negligible > 0)
+    # Ties at the thresholds: how many are needed, and (bottom ties rank from the end) how many there are.
+    top_need = n_critical + tl.zeros([], tl.int32)  # a tensor: the loop updates it (ints equal to 1 are constexprs)
+    bottom_need = n_negligible + tl.zeros([], tl.int32)
+    bottom_ties_total = tl.zeros([], tl.int32)
+    for start in range(0, num_kblocks, CHUNK):
+        ordered, valid, _ = _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK)
+        top_need -= tl.sum((valid & (ordered > top_lo)).to(tl.int32), 0)
+        bottom_need -= tl.sum((valid & (ordered < bottom_hi)).to(tl.int32), 0)
+        bottom_ties_total += tl.sum((valid & (ordered == bottom_hi)).to(tl.int32), 0)
 
-    classes = tl.where(critical, 1, tl.where(negligible, -1, 0)).to(tl.int8)
-    tl.store(CLASSES + row * num_kblocks + lanes, classes, mask=valid)
-    marginal = tl.where(critical | negligible, 0.0, 1.0).to(MARGINAL.dtype.element_ty)
-    tl.store(MARGINAL + row * marginal_cols + lanes, marginal, mask=valid)
-    position = tl.cumsum(critical.to(tl.int32), 0) - 1
-    tl.store(LUT + row * n_critical + position, lanes, mask=critical)
+    top_ties_before = tl.zeros([], tl.int32)
+    bottom_ties_before = tl.zeros([], tl.int32)
+    critical_before = tl.zeros([], tl.int32)
+    for start in range(0, num_kblocks, CHUNK):
+        ordered, valid, lanes = _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK)
+        top_ties = valid & (ordered == top_lo)
+        top_rank = top_ties_before + tl.cumsum(top_ties.to(tl.int32), 0)  # 1-based among ties, lower index first
+        critical = (valid & (ordered > top_lo)) | (top_ties & (top_rank <= top_need))
+        bottom_ties = valid & (ordered == bottom_hi)
+        # Bottom ties rank from the end.
+        bottom_rank = bottom_ties_total - bottom_ties_before - tl.cumsum(bottom_ties.to(tl.int32), 0) + 1
+        negligible = (valid & (ordered < bottom_hi)) | (bottom_ties & (bottom_rank <= bottom_need))
+        negligible &= n_negligible > 0
+
+        classes = tl.where(critical, 1, tl.where(negligible, -1, 0)).to(tl.int8)
+        tl.store(CLASSES + row * num_kblocks + lanes, classes, mask=valid)
+        marginal = tl.where(critical | negligible, 0.0, 1.0).to(MARGINAL.dtype.element_ty)
+        tl.store(MARGINAL + row * marginal_cols + lanes, marginal, mask=valid)
+        position = critical_before + tl.cumsum(critical.to(tl.int32), 0) - 1
+        tl.store(LUT + row * n_critical + position, lanes, mask=critical)
+        top_ties_before += tl.sum(top_ties.to(tl.int32), 0)
+        bottom_ties_before += tl.sum(bottom_ties.to(tl.int32), 0)
+        critical_before += tl.sum(critical.to(tl.int32), 0)
 
 
 @triton.jit
@@ -468,8 +501,8 @@ def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def pool(x: torch.Tensor, block: int) -> torch.Tensor:
     """``reference.pool_blocks`` in one pass: fp32 ``[B, H, n_blocks, D]``."""
     batch, heads, length, dim = x.shape
-    pooled = torch.empty(batch, heads, triton.cdiv(length, block), dim, device=x.device, dtype=torch.float32)
-    pool_kernel[(pooled.shape[2], batch * heads)](
+    pooled = torch.empty(batch, heads, num_blocks(length, block), dim, device=x.device, dtype=torch.float32)
+    wrap_triton(pool_kernel)[(pooled.shape[2], batch * heads)](
         x, pooled, *_strides(x), heads, length, HEAD_DIM=dim, BLOCK=block, num_warps=4
     )
     return pooled
@@ -479,47 +512,67 @@ def key_states(k: torch.Tensor, v: torch.Tensor, block_k: int, feature_map: str)
     """Per key block ``S_j`` ``[BH, nk, D*D]`` (``_state_dtype``), ``z_j`` fp32 ``[BH, nk, D]`` and the pooled
     keys fp32 ``[B, H, nk, D]``."""
     batch, heads, length, dim = k.shape
-    num_kblocks = triton.cdiv(length, block_k)
+    num_kblocks = num_blocks(length, block_k)
     device = k.device
     kv_block = torch.empty(batch * heads, num_kblocks, dim * dim, device=device, dtype=_state_dtype(k.dtype))
     k_block = torch.empty(batch * heads, num_kblocks, dim, device=device, dtype=torch.float32)
     pooled_k = torch.empty(batch, heads, num_kblocks, dim, device=device, dtype=torch.float32)
-    key_state_kernel[(num_kblocks, batch * heads)](
+    wrap_triton(key_state_kernel)[(num_kblocks, batch * heads)](
         k, v, kv_block, k_block, pooled_k, *_strides(k), *_strides(v), heads, length,
         HEAD_DIM=dim, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map), num_warps=4,
     )
     return kv_block, k_block, pooled_k
 
 
-def classify(scores: torch.Tensor, kh: float, kl: float, mask_dtype: torch.dtype) -> tuple[BlockMap, torch.Tensor]:
+def _tile(size: int | torch.SymInt, smallest: int, largest: int) -> int:
+    """A power-of-two tile for ``size`` elements in ``[smallest, largest]``; ``largest`` for a symbolic size (the
+    kernels mask their tiles, so one compiled kernel of an exported graph serves every size)."""
+    if isinstance(size, torch.SymInt):
+        return largest
+    return min(largest, max(smallest, triton.next_power_of_2(size)))
+
+
+# Key blocks per chunk of the classification kernel: a whole row up to this many (nk = 2,147 at 100 VGGT
+# frames); the chunk a symbolic nk gets (torch.export with a dynamic frame count), where one warp reads the row
+# in pieces.
+_CLASSIFY_CHUNK = 4096
+_SYMBOLIC_CLASSIFY_CHUNK = 1024
+
+
+def classify(
+    scores: torch.Tensor, kh: float, kl: float, mask_dtype: torch.dtype, chunk: int | None = None
+) -> tuple[BlockMap, torch.Tensor]:
     """``reference.classify_blocks`` in one kernel, plus the 0/1 marginal matrix ``[BH, nq, nk_padded]`` (rows
-    padded to a multiple of 64 so that the GEMMs load aligned tiles; slice ``[..., :nk]`` to use it)."""
+    padded to a multiple of 64 so that the GEMMs load aligned tiles; columns past nk are never read).
+
+    ``chunk`` (a power of two >= 16; tests) overrides how many key blocks the kernel reads at once."""
     batch, heads, num_qblocks, num_kblocks = scores.shape
     n_critical, n_negligible = block_counts(num_kblocks, kh, kl)
     device = scores.device
     classes = torch.empty(scores.shape, device=device, dtype=torch.int8)
     critical = torch.empty(batch, heads, num_qblocks, n_critical, device=device, dtype=torch.int32)
-    padded_cols = triton.cdiv(num_kblocks, 64) * 64
+    padded_cols = num_blocks(num_kblocks, 64) * 64
     marginal = torch.empty(batch * heads, num_qblocks, padded_cols, device=device, dtype=mask_dtype)
-    padded = max(16, triton.next_power_of_2(num_kblocks))
-    classify_kernel[(batch * heads * num_qblocks,)](
+    if chunk is None:
+        symbolic = isinstance(num_kblocks, torch.SymInt)
+        chunk = _SYMBOLIC_CLASSIFY_CHUNK if symbolic else _tile(num_kblocks, 16, _CLASSIFY_CHUNK)
+    wrap_triton(classify_kernel)[(batch * heads * num_qblocks,)](
         scores.contiguous(), classes, critical, marginal, num_kblocks, padded_cols, n_critical, n_negligible,
-        PADDED=padded, num_warps=max(1, padded // 1024),  # one warp: reductions without a block barrier
+        CHUNK=chunk, num_warps=max(1, chunk // 1024),  # one warp: reductions without a block barrier
     )
     return BlockMap(classes, critical), marginal
 
 
 def marginal_sum(mask: torch.Tensor, state: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    """``mask @ state`` per batch*head: ``mask`` ``[BH, rows, depth]`` (any strides), ``state`` contiguous
-    ``[BH, depth, cols]``; the result ``[BH, rows, cols]`` in ``out_dtype``."""
-    batch, rows, depth = mask.shape
-    cols = state.shape[-1]
+    """``mask @ state`` per batch*head: ``mask`` ``[BH, rows, >= depth]`` (any strides; columns past ``depth`` are
+    ignored), ``state`` contiguous ``[BH, depth, cols]``; the result ``[BH, rows, cols]`` in ``out_dtype``."""
+    batch, rows, _ = mask.shape
+    depth, cols = state.shape[1:]
     out = torch.empty(batch, rows, cols, device=state.device, dtype=out_dtype)
     widest_n = 256 if state.is_cuda else 1024  # the CPU interpreter pays per program, not per element
-    block_m, block_n, block_k = (min(size, max(16, triton.next_power_of_2(n))) for size, n in
-                                 ((64, rows), (widest_n, cols), (64, depth)))
-    grid = (triton.cdiv(rows, block_m), triton.cdiv(cols, block_n), batch)
-    marginal_sum_kernel[grid](
+    block_m, block_n, block_k = _tile(rows, 16, 64), _tile(cols, 16, widest_n), _tile(depth, 16, 64)
+    grid = (num_blocks(rows, block_m), num_blocks(cols, block_n), batch)
+    wrap_triton(marginal_sum_kernel)[grid](
         mask, state, out, *mask.stride(), rows, cols, depth,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
         # float32 states (fp16 inputs) with 64x256 tiles need 240 KB for 3 stages, over Hopper's 227 KB (seen
@@ -545,9 +598,8 @@ def precompute(
     """Block map (Triton pooling and classification, same rule as the reference) and marginal states."""
     kv_block, k_block, pooled_k = key_states(k, v, block_k, feature_map)
     blocks, marginal = classify(block_scores(pool(q, block_q), pooled_k), kh, kl, kv_block.dtype)
-    num_kblocks = kv_block.shape[1]
-    kv_state = marginal_sum(marginal[..., :num_kblocks], kv_block, kv_block.dtype)
-    k_state = marginal_sum(marginal[..., :num_kblocks], k_block, torch.float32)
+    kv_state = marginal_sum(marginal, kv_block, kv_block.dtype)
+    k_state = marginal_sum(marginal, k_block, torch.float32)
     return Precomputed(blocks, marginal, kv_state, k_state)
 
 
@@ -559,7 +611,7 @@ def launch_forward(
     batch, heads, length, dim = q.shape
     critical = pre.blocks.critical
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    forward_kernel[(triton.cdiv(length, block_q), batch * heads)](
+    wrap_triton(forward_kernel)[(num_blocks(length, block_q), batch * heads)](
         q, k, v, out, critical, pre.kv_state, pre.k_state, weight.contiguous(), bias.contiguous(),
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
@@ -585,7 +637,7 @@ def launch_backward_query(
 ) -> tuple[torch.Tensor, ...]:
     """``backward_query_kernel``: returns ``(dq, lse, delta, dM [BH, nq, D*D], dz [BH, nq, D], O_l)``."""
     batch, heads, length, dim = q.shape
-    num_qblocks = triton.cdiv(length, block_q)
+    num_qblocks = num_blocks(length, block_q)
     critical = pre.blocks.critical
     device = q.device
     dq = torch.empty(q.shape, device=device, dtype=q.dtype)
@@ -594,7 +646,7 @@ def launch_backward_query(
     delta = torch.empty(batch * heads, length, device=device, dtype=torch.float32)
     d_kv = torch.empty(batch * heads, num_qblocks, dim * dim, device=device, dtype=_state_dtype(q.dtype))
     d_k = torch.empty(batch * heads, num_qblocks, dim, device=device, dtype=torch.float32)
-    backward_query_kernel[(num_qblocks, batch * heads)](
+    wrap_triton(backward_query_kernel)[(num_qblocks, batch * heads)](
         q, k, v, out, dout, critical, pre.kv_state, pre.k_state, weight.contiguous(), bias.contiguous(),
         dq, lse, delta, d_kv, d_k, linear_out,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(linear_out),
@@ -630,7 +682,7 @@ def launch_backward_key(
     batch, heads, length, dim = q.shape
     dk = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     dv = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    backward_key_kernel[(triton.cdiv(length, block_k), batch * heads)](
+    wrap_triton(backward_key_kernel)[(num_blocks(length, block_k), batch * heads)](
         q, k, v, dout, lse, delta, *csr, d_kv, d_k,
         dk, dv,
         *_strides(q), *_strides(k), *_strides(v), *_strides(dout),

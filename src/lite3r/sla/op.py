@@ -1,9 +1,14 @@
 """``lite3r::sparse_linear_attention``: SLA as one registered PyTorch op.
 
 ``torch.compile`` and ``torch.export`` see a single node (the ONNX exporter maps it to one custom node), with a
-fake implementation for shape propagation and a registered autograd formula. The op has one output; its
-backward (``lite3r::sparse_linear_attention_backward``, also registered so compiled backward graphs trace
-it) recomputes the block map, the linear-branch states and the softmax statistics instead of saving them.
+registered autograd formula. The op has one output; its backward (``lite3r::sparse_linear_attention_backward``,
+also registered so compiled backward graphs trace it) recomputes the block map, the linear-branch states and
+the softmax statistics instead of saving them.
+
+The forward is a ``torch.library.triton_op``: its body is traceable (Triton launches through
+``torch.library.wrap_triton``, the reference's torch ops elsewhere); its fake implementation only gives the shape.
+``torch.export`` keeps the one node; ``ExportedProgram.run_decompositions(decompose_custom_triton_ops=True)``
+and Inductor replace it by the body, so an AOTInductor package compiles the kernels in and runs without lite3r.
 
 Dispatch: Triton kernels for CUDA fp16/bf16 with head dim 64 or 128, the PyTorch reference elsewhere.
 ``backend="triton"|"reference"`` forces one; with ``"auto"``, the ``LITE3R_SLA_BACKEND`` environment variable
@@ -16,6 +21,8 @@ import functools
 import os
 
 import torch
+
+from torch._library.triton import set_wrap_triton_enabled
 
 from lite3r.sla import reference
 
@@ -74,7 +81,7 @@ def _exact_dtypes(q: torch.Tensor):
     return torch.autocast(q.device.type, enabled=False)
 
 
-@torch.library.custom_op("lite3r::sparse_linear_attention", mutates_args=())
+@torch.library.triton_op("lite3r::sparse_linear_attention", mutates_args=())
 def _sparse_linear_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -98,6 +105,8 @@ def _sparse_linear_attention(
 
 @_sparse_linear_attention.register_fake
 def _(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map, backend):
+    # Shape only (triton_op would run the body): torch.export and the ONNX exporter keep the op as one node and
+    # need no more; Inductor and AOTInductor still replace the node by the body.
     return q.new_empty(q.shape)
 
 
@@ -121,7 +130,10 @@ def _sparse_linear_attention_backward(
         if resolve_backend(backend, q) == "triton":
             from lite3r.sla import kernels
 
-            return kernels.sla_backward(grad, q, k, v, weight, bias, out, kh, kl, block_q, block_k, feature_map)
+            with set_wrap_triton_enabled(False):  # plain launches, as triton_op does for the eager forward
+                return kernels.sla_backward(
+                    grad, q, k, v, weight, bias, out, kh, kl, block_q, block_k, feature_map
+                )
         # Autograd is switched off inside an op's implementation; functorch's vjp still differentiates.
         _, pullback = torch.func.vjp(_reference(kh, kl, block_q, block_k, feature_map), q, k, v, weight, bias)
         return tuple(g.contiguous() for g in pullback(grad))

@@ -8,6 +8,7 @@ CPU implementation. Memory grows with ``L * kh * L`` (critical blocks are gather
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import NamedTuple
 
 import torch
@@ -21,6 +22,7 @@ CRITICAL, MARGINAL, NEGLIGIBLE = 1, 0, -1
 LINEAR_EPS = 1e-6
 # Guards ceil/floor against float noise such as 0.1 * 30 == 3.0000000000000004.
 _ROUNDING_SLACK = 1e-9
+_MAX_DENOMINATOR = 1 << 20
 
 
 class BlockMap(NamedTuple):
@@ -46,15 +48,44 @@ def check_options(kh: float, kl: float, block_q: int, block_k: int, feature_map:
         raise ValueError(f"feature_map must be one of {FEATURE_MAPS}; got {feature_map!r}")
 
 
-def block_counts(num_key_blocks: int, kh: float, kl: float) -> tuple[int, int]:
+def block_counts(num_key_blocks: int | torch.SymInt, kh: float, kl: float) -> tuple[int, int]:
     """Number of critical and negligible key blocks per query block.
 
     ``n_critical = clamp(ceil(kh * nk), 1, nk)``: at least one block, so softmax attention is always defined.
     ``n_negligible = min(floor(kl * nk), nk - n_critical)``: rounding down keeps more marginal blocks.
+    A symbolic ``nk`` (torch.export with a dynamic frame axis) gets the same counts from integer arithmetic
+    (``count_fraction``), so that the exported graph holds one formula for every frame count.
     """
+    if isinstance(num_key_blocks, torch.SymInt):
+        kh_frac, kl_frac = count_fraction(kh), count_fraction(kl)
+        ceil_kh = (num_key_blocks * kh_frac.numerator + kh_frac.denominator - 1) // kh_frac.denominator
+        n_critical = torch.sym_min(num_key_blocks, torch.sym_max(1, ceil_kh))
+        floor_kl = num_key_blocks * kl_frac.numerator // kl_frac.denominator
+        return n_critical, torch.sym_min(num_key_blocks - n_critical, floor_kl)
     n_critical = min(num_key_blocks, max(1, math.ceil(kh * num_key_blocks - _ROUNDING_SLACK)))
     n_negligible = min(num_key_blocks - n_critical, math.floor(kl * num_key_blocks + _ROUNDING_SLACK))
     return n_critical, n_negligible
+
+
+def count_fraction(fraction: float) -> Fraction:
+    """``kh`` or ``kl`` as ``p/q`` with ``q <= 2**20`` and ``float(p/q) == fraction``.
+
+    Then ``ceil(p*nk/q)`` and ``floor(p*nk/q)`` equal the float rule of ``block_counts`` for every
+    ``nk <= 2**20``: the float product is within ``nk * 2**-52 < 1e-9`` of the exact ``p*nk/q``, which is an
+    integer or at least ``1/q >= 2**-20`` away from one, so the 1e-9 slack never changes the rounding.
+    """
+    exact = Fraction(fraction).limit_denominator(_MAX_DENOMINATOR)
+    if float(exact) != fraction:
+        raise ValueError(
+            f"SLA fraction {fraction!r} is no p/q with q <= {_MAX_DENOMINATOR}; use values such as 0.05 or 0.125 "
+            "for a model exported with a dynamic frame count"
+        )
+    return exact
+
+
+def num_blocks(length: int | torch.SymInt, block: int) -> int | torch.SymInt:
+    """``ceil(length / block)``, written as ``triton.cdiv`` writes it (one symbolic expression everywhere)."""
+    return (length + block - 1) // block
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -66,13 +97,9 @@ def pool_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     tokens only. Returns ``[B, H, ceil(L / block), D]`` in float32 (float64 for float64 inputs)."""
     dtype = _accumulation_dtype(x.dtype)
     length = x.shape[-2]
-    full = length // block
-    parts = []
-    if full:
-        parts.append(x[..., : full * block, :].unflatten(-2, (full, block)).mean(-2, dtype=dtype))
-    if length % block:
-        parts.append(x[..., full * block :, :].mean(-2, keepdim=True, dtype=dtype))
-    return torch.cat(parts, dim=-2)
+    sums = _pad_to_blocks(x, block).sum(-2, dtype=dtype)  # padding is zero
+    starts = torch.arange(sums.shape[-2], device=x.device) * block
+    return sums / (length - starts).clamp(max=block).to(dtype)[:, None]
 
 
 def block_scores(pooled_q: torch.Tensor, pooled_k: torch.Tensor) -> torch.Tensor:
@@ -95,15 +122,18 @@ def classify_blocks(scores: torch.Tensor, kh: float, kl: float) -> BlockMap:
     lowest negligible (``block_counts``), ranking in float32 with ties to the lower key-block index.
 
     Softmax is monotone, so ranking the logits ranks P without the ties that float underflow of P would create.
+    Classes come from each block's rank rather than from ``topk(n_critical)``, whose shape check would pin a
+    symbolic count (torch.export) to one value.
     """
     num_key_blocks = scores.shape[-1]
     n_critical, n_negligible = block_counts(num_key_blocks, kh, kl)
-    keys = _rank_keys(scores)
-    critical = keys.topk(n_critical, dim=-1).indices
-    classes = torch.full_like(scores, MARGINAL, dtype=torch.int8)
-    classes.scatter_(-1, critical, CRITICAL)
-    if n_negligible:
-        classes.scatter_(-1, keys.topk(n_negligible, dim=-1, largest=False).indices, NEGLIGIBLE)
+    order = _rank_keys(scores).argsort(dim=-1, descending=True)  # rank -> key block
+    positions = torch.arange(num_key_blocks, device=scores.device)
+    rank = torch.empty_like(order).scatter_(-1, order, positions.expand_as(order))  # key block -> rank
+    classes = torch.where(rank < n_critical, CRITICAL, MARGINAL)
+    classes = torch.where(rank >= num_key_blocks - n_negligible, NEGLIGIBLE, classes).to(torch.int8)
+    first = torch.arange(n_critical, device=scores.device).expand(*order.shape[:-1], n_critical)
+    critical = order.gather(-1, first)
     return BlockMap(classes, critical.sort(dim=-1).values.to(torch.int32))
 
 
@@ -114,8 +144,15 @@ def block_map(q: torch.Tensor, k: torch.Tensor, kh: float, kl: float, block_q: i
 
 def _pad_to_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     """``[B, H, L, D]`` -> ``[B, H, n_blocks, block, D]``, zero-padded at the end."""
-    n_blocks = -(-x.shape[-2] // block)
+    n_blocks = num_blocks(x.shape[-2], block)
     return F.pad(x, (0, 0, 0, n_blocks * block - x.shape[-2])).unflatten(-2, (n_blocks, block))
+
+
+def _unpad(x: torch.Tensor, length: int | torch.SymInt) -> torch.Tensor:
+    """``[B, H, n_blocks, block, D]`` -> the first ``length`` tokens ``[B, H, L, D]``, as a new tensor: a sliced
+    view would make later ops ask whether ``L == n_blocks * block`` (its contiguity), which a graph exported
+    with a dynamic frame count cannot answer once for all counts."""
+    return x.flatten(2, 3).index_select(2, torch.arange(length, device=x.device))
 
 
 def feature_map_fn(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -129,6 +166,28 @@ def feature_map_fn(x: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"feature_map must be one of {FEATURE_MAPS}; got {name!r}")
 
 
+def _critical_keys(critical: torch.Tensor, block_k: int) -> torch.Tensor:
+    """Token positions of the critical key blocks: ``[B, H, nq, n_critical]`` -> ``[B, H, nq, n_critical * block_k]``.
+
+    Built with a ``gather`` over token slots rather than by splitting a ``[..., n_critical, block_k]`` view: a
+    graph exported with a dynamic frame count may have ``n_critical == 1`` at the traced size, and reshapes or
+    broadcasts over such a dimension would pin it to 1 for every count."""
+    slots = torch.arange(critical.shape[-1] * block_k, device=critical.device)
+    block_of_slot = (slots // block_k).expand(*critical.shape[:-1], slots.shape[0])
+    return critical.long().gather(-1, block_of_slot) * block_k + slots % block_k
+
+
+def _gather_tokens(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``x [B, H, L, D]`` at ``positions [B, H, nq, T]`` (positions past L read zeros) -> ``[B, H, nq, T, D]``,
+    with one flat ``index_select`` (a fresh contiguous tensor: its view needs no shape reasoning)."""
+    batch, heads, length, dim = x.shape
+    padded = F.pad(x, (0, 0, 0, 1))  # row L is the zero every out-of-range position reads
+    head = torch.arange(batch * heads, device=x.device).view(batch, heads, 1, 1).expand_as(positions)
+    rows = head * (length + 1) + positions.clamp(max=length)
+    gathered = padded.flatten(0, 2).index_select(0, rows.flatten())
+    return gathered.view(*positions.shape, dim)
+
+
 def critical_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, critical: torch.Tensor, block_q: int, block_k: int
 ) -> torch.Tensor:
@@ -136,20 +195,12 @@ def critical_attention(
 
     Computes in the dtype of ``q``; padding keys of a short last block are masked out.
     """
-    batch, heads, length, dim = q.shape
-    keys = _pad_to_blocks(k, block_k)
-    values = _pad_to_blocks(v, block_k)
-    b = torch.arange(batch, device=q.device)[:, None, None, None]
-    h = torch.arange(heads, device=q.device)[None, :, None, None]
-    idx = critical.long()
-    # [B, H, nq, n_critical * block_k, D]: the keys each query block sees.
-    gathered_k = keys[b, h, idx].flatten(3, 4)
-    gathered_v = values[b, h, idx].flatten(3, 4)
-    key_pos = (idx[..., None] * block_k + torch.arange(block_k, device=q.device)).flatten(3)
-    scores = _pad_to_blocks(q, block_q) @ gathered_k.transpose(-1, -2) / math.sqrt(dim)
+    length, dim = q.shape[-2:]
+    key_pos = _critical_keys(critical, block_k)  # [B, H, nq, n_critical * block_k]: the keys each query block sees
+    scores = _pad_to_blocks(q, block_q) @ _gather_tokens(k, key_pos).transpose(-1, -2) / math.sqrt(dim)
     scores = scores.masked_fill((key_pos >= length)[..., None, :], float("-inf"))
-    out = torch.softmax(scores, dim=-1) @ gathered_v
-    return out.flatten(2, 3)[..., :length, :]
+    out = torch.softmax(scores, dim=-1) @ _gather_tokens(v, key_pos)
+    return _unpad(out, length)
 
 
 def linear_attention(
@@ -173,7 +224,7 @@ def linear_attention(
     phi_q = _pad_to_blocks(feature_map_fn(q, feature_map), block_q)  # [B, H, nq, BQ, D]
     numerator = phi_q @ kv_state
     denominator = (phi_q * k_state[..., None, :]).sum(-1, keepdim=True) + LINEAR_EPS
-    return (numerator / denominator).flatten(2, 3)[..., :length, :]
+    return _unpad(numerator / denominator, length)
 
 
 def sparse_linear_attention_reference(
