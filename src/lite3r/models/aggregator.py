@@ -79,12 +79,16 @@ class Aggregator(nn.Module):
         special = torch.cat((_per_frame(self.camera_token, B, S), _per_frame(self.register_token, B, S)), dim=1)
         tokens = torch.cat((special, patches), dim=1)
         P, C = tokens.shape[1:]
-        pos = patch_positions(B * S, H // self.patch_size, W // self.patch_size, self.patch_start_idx, images.device)
+        # Every frame has the same positions: one table row serves all of them (broadcast), and the global
+        # blocks' sequence is the frames' positions S times over.
+        pos = patch_positions(1, H // self.patch_size, W // self.patch_size, self.patch_start_idx, images.device)
+        head_dim = self.frame_blocks[0].attn.head_dim
+        frame_rope, global_rope = (self.rope.table(p, head_dim) for p in (pos, pos.repeat(1, S, 1)))
 
         outputs = {}
         for i, (frame_block, global_block) in enumerate(zip(self.frame_blocks, self.global_blocks)):
-            frame_tokens = run_block(self, frame_block, tokens.reshape(B * S, P, C), pos.reshape(B * S, P, 2))
-            tokens = run_block(self, global_block, frame_tokens.reshape(B, S * P, C), pos.reshape(B, S * P, 2))
+            frame_tokens = run_block(self, frame_block, tokens.reshape(B * S, P, C), frame_rope)
+            tokens = run_block(self, global_block, frame_tokens.reshape(B, S * P, C), global_rope)
             if self.keep_layers is None or i in self.keep_layers:
                 outputs[i] = torch.cat((frame_tokens.reshape(B, S, P, C), tokens.reshape(B, S, P, C)), dim=-1)
         return outputs

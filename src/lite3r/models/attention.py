@@ -8,9 +8,14 @@ the layer (``qkv``, ``proj``, ``q_norm``, ``k_norm``) stay those of the official
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from lite3r.models.layers import RopeTable
 
 
 class DenseAttentionCore(nn.Module):
@@ -50,13 +55,14 @@ class Attention(nn.Module):
         self.rope = rope
         self.core = core if core is not None else DenseAttentionCore()
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: RopeTable | None = None) -> torch.Tensor:
+        """``rope``: the rotary table of ``x``'s tokens (``self.rope.table``), needed when ``self.rope`` is set."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
-            q = self.rope(q, pos)
-            k = self.rope(k, pos)
+            q = self.rope(q, rope)
+            k = self.rope(k, rope)
         x = self.core(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))

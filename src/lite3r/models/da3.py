@@ -139,8 +139,12 @@ class DA3Backbone(nn.Module):
         x = x + resize_position_table(self.pos_embed, grid_h, grid_w, _INTERPOLATE_OFFSET)
         N, C = x.shape[1:]
         x = x.reshape(B, S, N, C)
-        view_pos = patch_positions(B * S, grid_h, grid_w, 1, images.device)
-        scene_pos = torch.cat((view_pos[:1, :1], torch.ones_like(view_pos[:1, 1:])), dim=1).expand(B * S, -1, -1)
+        # One rotary table per forward (RotaryPositionEmbedding2D): every view has the same positions (one row,
+        # broadcast); in the cross-view blocks each view's positions repeat S times.
+        view_pos = patch_positions(1, grid_h, grid_w, 1, images.device)
+        scene_pos = torch.cat((view_pos[:, :1], torch.ones_like(view_pos[:, 1:])), dim=1)
+        head_dim = self.blocks[0].attn.head_dim
+        view_rope, scene_rope = (self.rope.table(p, head_dim) for p in (view_pos, scene_pos.repeat(1, S, 1)))
 
         batch = torch.arange(B, device=images.device)[:, None]
         order = None  # views reordered reference-first, when a reference is selected
@@ -162,11 +166,11 @@ class DA3Backbone(nn.Module):
                 camera = torch.cat((reference.expand(B, 1, C), others.expand(B, S - 1, C)), dim=1)
                 x = torch.cat((camera[:, :, None], x[:, :, 1:]), dim=2)
             if self.is_cross_view(i):
-                pos = None if i < self.rope_start else scene_pos.reshape(B, S * N, 2)
-                x = run_block(self, block, x.reshape(B, S * N, C), pos).reshape(B, S, N, C)
+                rope = None if i < self.rope_start else scene_rope
+                x = run_block(self, block, x.reshape(B, S * N, C), rope).reshape(B, S, N, C)
             else:
-                pos = None if i < self.rope_start else view_pos
-                x = run_block(self, block, x.reshape(B * S, N, C), pos).reshape(B, S, N, C)
+                rope = None if i < self.rope_start else view_rope
+                x = run_block(self, block, x.reshape(B * S, N, C), rope).reshape(B, S, N, C)
                 local = x
             if i in self.out_layers:
                 out = torch.cat((local, x), dim=-1)

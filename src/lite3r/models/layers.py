@@ -7,6 +7,8 @@ whose ``core`` is the one place to swap the attention algorithm.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -59,17 +61,17 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), pos=pos))
+    def forward(self, x: torch.Tensor, rope: RopeTable | None = None) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), rope=rope))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
-def run_block(owner: nn.Module, block: Block, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
-    """``block(x, pos=pos)``, recomputed in the backward pass instead of storing its activations while
+def run_block(owner: nn.Module, block: Block, x: torch.Tensor, rope: RopeTable | None = None) -> torch.Tensor:
+    """``block(x, rope=rope)``, recomputed in the backward pass instead of storing its activations while
     ``owner.grad_checkpointing`` is on, ``owner`` is training and gradients are enabled."""
     if owner.grad_checkpointing and owner.training and torch.is_grad_enabled():
-        return checkpoint(block, x, pos, use_reentrant=False)
-    return block(x, pos=pos)
+        return checkpoint(block, x, rope, use_reentrant=False)
+    return block(x, rope=rope)
 
 
 class PatchEmbed(nn.Module):
@@ -83,32 +85,51 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+class RopeTable(NamedTuple):
+    """Cosines and sines ``[B, 1, N, D]`` (float32) of a rotary embedding's angles, for ``B`` sequences of ``N``
+    tokens and heads of ``D`` channels (``B`` is 1 where every sequence has the same positions)."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
 class RotaryPositionEmbedding2D(nn.Module):
     """Axial 2D rotary position embedding: the first half of each head's channels rotates with the token's
     row, the second half with its column.
 
-    Angles are computed from ``pos`` on every call rather than looked up in a cached table: the result is
-    bit-identical to the official table lookup in float32, and it has no data-dependent shapes, so it traces
-    and exports cleanly.
+    The model computes one :class:`RopeTable` per forward (:meth:`table`) and every block applies it
+    (:meth:`forward`). Computing the angles inside each block instead would be recomputed for every element of
+    ``q`` and ``k``: Inductor inlines cheap pointwise producers into their consumers, so the trigonometry ran
+    per head and frame in every block (profile of the H200 runtime, 2026-11-30: the three kernels with ``cos``
+    took 29 of 290 ms at 32 frames). The values are those of the official table lookup in float32: the same
+    angles, cosines and sines, cast to the activations' dtype where applied.
     """
 
     def __init__(self, frequency: float = 100.0) -> None:
         super().__init__()
         self.frequency = frequency
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[B, heads, N, D]``; ``pos``: ``[B, N, 2]`` integer (row, col)."""
-        rows, cols = x.chunk(2, dim=-1)
-        return torch.cat((self._rotate(rows, pos[..., 0]), self._rotate(cols, pos[..., 1])), dim=-1)
+    def table(self, pos: torch.Tensor, head_dim: int) -> RopeTable:
+        """``pos``: ``[B, N, 2]`` integer (row, col) positions -> the table for heads of ``head_dim`` channels."""
+        half = head_dim // 2
+        inv_freq = 1.0 / (self.frequency ** (torch.arange(0, half, 2, device=pos.device).float() / half))
+        angles = []
+        for axis in (0, 1):  # rows rotate the first half of the channels, columns the second
+            axis_angles = pos[..., axis].float()[..., None] * inv_freq
+            angles += [axis_angles, axis_angles]
+        angles = torch.cat(angles, dim=-1)[:, None]  # [B, 1, N, head_dim], broadcast over heads
+        return RopeTable(angles.cos(), angles.sin())
 
-    def _rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        dim = x.shape[-1]
-        inv_freq = 1.0 / (self.frequency ** (torch.arange(0, dim, 2, device=x.device).float() / dim))
-        angles = positions.float()[..., None] * inv_freq
-        angles = torch.cat((angles, angles), dim=-1)[:, None]  # [B, 1, N, dim], broadcast over heads
-        first, second = x.chunk(2, dim=-1)
-        rotated = torch.cat((-second, first), dim=-1)
-        return x * angles.cos().to(x.dtype) + rotated * angles.sin().to(x.dtype)
+    def forward(self, x: torch.Tensor, table: RopeTable) -> torch.Tensor:
+        """``x``: ``[B, heads, N, D]`` rotated by ``table`` (its ``B`` is ``x``'s or 1)."""
+        rows, cols = x.chunk(2, dim=-1)
+        rotated = torch.cat((*_half_turn(rows), *_half_turn(cols)), dim=-1)
+        return x * table.cos.to(x.dtype) + rotated * table.sin.to(x.dtype)
+
+
+def _half_turn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    first, second = x.chunk(2, dim=-1)
+    return -second, first
 
 
 def patch_positions(batch: int, grid_h: int, grid_w: int, num_special: int, device: torch.device) -> torch.Tensor:
