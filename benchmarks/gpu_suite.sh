@@ -13,6 +13,8 @@
 #   bash benchmarks/gpu_suite.sh teacher     # issue 12: train vggt-small (5 min), then the SLA/FP8 experiment on it
 #                                            # (about 3 min); $OUT/teacher holds the weights to install;
 #                                            # TEACHER_ARGS="--lr 1e-3 --images-per-step 32" changes the recipe
+#   TEACHER_MINUTES=9 bash benchmarks/gpu_suite.sh teacher-train   # issue 12: a longer run alone in one call;
+#   TEACHER_WEIGHTS=<its $OUT/teacher, carried> bash benchmarks/gpu_suite.sh teacher-eval   # its experiment next call
 #   bash benchmarks/gpu_suite.sh pt2         # issue 11: the VGGT-1B student as model.pt2, then SLA kernel tests
 # ModelOpt / Polygraphy are not on the GPU image: carry them as wheels in .whl (see docs/gpu.md).
 set -uo pipefail
@@ -23,6 +25,16 @@ if compgen -G ".whl/*.whl" >/dev/null && [ ! -d /tmp/site/modelopt ]; then  # pa
 fi
 [ -d /tmp/site ] && export PYTHONPATH=src:/tmp/site
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+# Files come back at most 16 MiB each: the 19.7 MB teacher weights travel as .part0/.part1, which
+# scripts/install_teacher.py (and teacher-eval) join; the card's SHA-256 checks the result.
+train_teacher() {  # work folder, minutes
+  python3 -m lite3r.cli train-teacher --minutes "$2" --no-resume ${TEACHER_ARGS:-} --out "$1" \
+    && mkdir -p "$OUT/teacher" && cp "$1/vggt-small.json" "$OUT/teacher/" \
+    && split -b 10M -d -a 1 "$1/vggt-small.safetensors" "$OUT/teacher/vggt-small.safetensors.part"
+}
+teacher_experiment() {  # work folder with vggt-small.safetensors, its card and log.jsonl
+  python3 benchmarks/bench_teacher.py --weights "$1" --train-log "$1/log.jsonl" --minutes 2.75 --out "$OUT/bench"
+}
 for part in "$@"; do
   echo "=== $part ==="
   case "$part" in
@@ -50,14 +62,16 @@ for part in "$@"; do
              | tee "$OUT/bench.log" ;;
     distill-ddp) python3 benchmarks/bench_distill_ddp.py --out "$OUT/distill_ddp.json" 2>&1 \
                    | tee "$OUT/distill_ddp.log" ;;
-    # Files come back at most 16 MiB each: the 19.7 MB weights travel as .part0/.part1, which
-    # scripts/install_teacher.py joins (and checks against the card's SHA-256).
     teacher) work=$(mktemp -d /tmp/teacher.XXXX)  # two parts on two GPUs of one machine do not collide
-             { python3 -m lite3r.cli train-teacher --minutes 5 --no-resume ${TEACHER_ARGS:-} --out "$work" \
-               && mkdir -p "$OUT/teacher" && cp "$work/vggt-small.json" "$OUT/teacher/" \
-               && split -b 10M -d -a 1 "$work/vggt-small.safetensors" "$OUT/teacher/vggt-small.safetensors.part" \
-               && python3 benchmarks/bench_teacher.py --weights "$work" --train-log "$work/log.jsonl" \
-                    --minutes 2.75 --out "$OUT/bench"; } 2>&1 | tee "$OUT/teacher.log" ;;
+             { train_teacher "$work" "${TEACHER_MINUTES:-5}" && teacher_experiment "$work"; } 2>&1 \
+               | tee "$OUT/teacher.log" ;;
+    teacher-train) work=$(mktemp -d /tmp/teacher.XXXX)
+                   train_teacher "$work" "${TEACHER_MINUTES:-9}" 2>&1 | tee "$OUT/teacher.log"
+                   cp "$work/log.jsonl" "$OUT/teacher/" ;;
+    teacher-eval) work=$(mktemp -d /tmp/teacher.XXXX)  # the weights of a teacher-train call, as it returned them
+                  cp "$TEACHER_WEIGHTS/vggt-small.json" "$TEACHER_WEIGHTS/log.jsonl" "$work/" \
+                    && cat "$TEACHER_WEIGHTS"/vggt-small.safetensors.part* > "$work/vggt-small.safetensors" \
+                    && teacher_experiment "$work" 2>&1 | tee "$OUT/teacher_eval.log" ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
 done
