@@ -278,9 +278,10 @@ def test_bf16_onnx_runs_in_onnxruntime_passes_parity_and_builds_with_tensorrt_rt
 @pytest.mark.slow
 def test_target_torch_writes_a_pt2_that_passes_parity(tmp_path):
     """`lite3r-export vggt-tiny --target torch`: model.pt2 beside model.onnx, held to the export gate against the
-    student (a CPU package in fp32, the default precision off TensorRT)."""
+    student (a CPU package in fp32, the default precision off TensorRT). One frame count: a dynamic frame axis
+    costs minutes of AOTInductor code generation on a CPU, and tests/deploy/test_pt2.py covers it."""
     out = tmp_path / "out"
-    result = _export("--target", "torch", "--size", "56x56", "--frames", "4:5:7", "--synthetic", "1",
+    result = _export("--target", "torch", "--size", "56x56", "--frames", "4:4:4", "--synthetic", "1",
                      "--out", str(out))  # fmt: skip
     assert result.exit_code == 0, result.output
     names = {p.name for p in out.iterdir()}
@@ -289,3 +290,4 @@ def test_target_torch_writes_a_pt2_that_passes_parity(tmp_path):
     report = json.loads((out / "parity.json").read_text())
     [pt2] = [c for c in report["comparisons"] if c["candidate"] == "pt2"]
     assert pt2["gate"] == "export" and pt2["passed"], pt2
+    assert {a["name"]: a["status"] for a in report["artifacts"]}["model.pt2"] == "compared"
