@@ -137,6 +137,20 @@ def test_full_size_model_without_checkpoint_is_refused(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_pt2_for_cuda_without_a_gpu_fails_before_the_model_is_built(tmp_path, monkeypatch):
+    import lite3r
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the device was checked")
+
+    monkeypatch.setattr(lite3r, "load_model", no_model)
+    out = tmp_path / "model.pt2"
+    result = CliRunner().invoke(main, ["build", "--target", "torch", "--out", str(out)])  # default --device cuda
+    assert result.exit_code != 0 and "device cuda: no CUDA GPU here" in result.output, result.output
+    assert not out.exists()
+
+
 def test_single_view_metrics_json_is_valid_json(tmp_path):
     """Pose errors of one view are undefined: they used to be written as NaN, which is not JSON."""
     out = tmp_path / "out"

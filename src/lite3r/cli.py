@@ -204,9 +204,10 @@ def build(onnx_path, out, target, frames, timing_cache, verbose, tf32, model_nam
 def _build_pt2(out, frames, model_name, checkpoint, student_dir, size, precision, device):
     import torch
 
-    from lite3r.deploy.torch.pt2 import export_pt2
+    from lite3r.deploy.torch.pt2 import export_pt2, pt2_device
     from lite3r.exporter.export import PRECISIONS
 
+    pt2_device(device)  # before the model is built
     torch.manual_seed(0)
     teacher, student = _teacher_and_student(model_name, checkpoint, student_dir, fp8=False)
     quant = None if student_dir is None else Path(student_dir) / "quant_state.json"

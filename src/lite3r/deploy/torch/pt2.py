@@ -102,11 +102,7 @@ def export_pt2(
     frame_range = parse_frames(frames) if isinstance(frames, str) else check_frames(tuple(frames))
     size = _image_size(model, family_of(model).image_size if image_size is None else image_size)
     dtype = resolve_dtype(dtype)
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise Pt2Error("device cuda: no CUDA GPU here (export for device='cpu', or run on a GPU machine)")
-    if device.type not in ("cuda", "cpu"):
-        raise Pt2Error(f"device must be cuda or cpu; got {device}")
+    device = pt2_device(device)
     if isinstance(quant_state, (str, os.PathLike)):
         from lite3r.calibration.state import read_quant_state
 
@@ -207,6 +203,16 @@ class Pt2Model:
 def load_pt2(path: str | os.PathLike, device: str | torch.device | None = None) -> Pt2Model:
     """Load a ``model.pt2`` written by :func:`export_pt2`; ``device`` defaults to the kind it was compiled for."""
     return Pt2Model(path, device)
+
+
+def pt2_device(device: str | torch.device) -> torch.device:
+    """The device a package is compiled for, checked: cuda (where a GPU is present) or cpu."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise Pt2Error("device cuda: no CUDA GPU here (export for device='cpu', or run on a GPU machine)")
+    if device.type not in ("cuda", "cpu"):
+        raise Pt2Error(f"device must be cuda or cpu; got {device}")
+    return device
 
 
 def pt2_precision(path: str | os.PathLike) -> str:
