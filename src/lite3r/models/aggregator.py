@@ -79,11 +79,9 @@ class Aggregator(nn.Module):
         special = torch.cat((_per_frame(self.camera_token, B, S), _per_frame(self.register_token, B, S)), dim=1)
         tokens = torch.cat((special, patches), dim=1)
         P, C = tokens.shape[1:]
-        # Every frame has the same positions: one table row serves all of them (broadcast), and the global
-        # blocks' sequence is the frames' positions S times over.
+        # Every frame has the same positions: one table serves the frame blocks, S copies the global ones.
         pos = patch_positions(1, H // self.patch_size, W // self.patch_size, self.patch_start_idx, images.device)
-        head_dim = self.frame_blocks[0].attn.head_dim
-        frame_rope, global_rope = (self.rope.table(p, head_dim) for p in (pos, pos.repeat(1, S, 1)))
+        frame_rope, global_rope = self.rope.view_and_scene_tables(pos, S, self.frame_blocks[0].attn.head_dim)
 
         outputs = {}
         for i, (frame_block, global_block) in enumerate(zip(self.frame_blocks, self.global_blocks)):

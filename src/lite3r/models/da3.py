@@ -144,7 +144,8 @@ class DA3Backbone(nn.Module):
         view_pos = patch_positions(1, grid_h, grid_w, 1, images.device)
         scene_pos = torch.cat((view_pos[:, :1], torch.ones_like(view_pos[:, 1:])), dim=1)
         head_dim = self.blocks[0].attn.head_dim
-        view_rope, scene_rope = (self.rope.table(p, head_dim) for p in (view_pos, scene_pos.repeat(1, S, 1)))
+        view_rope = self.rope.table(view_pos, head_dim)
+        _, scene_rope = self.rope.view_and_scene_tables(scene_pos, S, head_dim)
 
         batch = torch.arange(B, device=images.device)[:, None]
         order = None  # views reordered reference-first, when a reference is selected

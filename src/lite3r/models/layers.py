@@ -120,6 +120,13 @@ class RotaryPositionEmbedding2D(nn.Module):
         angles = torch.cat(angles, dim=-1)[:, None]  # [B, 1, N, head_dim], broadcast over heads
         return RopeTable(angles.cos(), angles.sin())
 
+    def view_and_scene_tables(self, pos: torch.Tensor, views: int, head_dim: int) -> tuple[RopeTable, RopeTable]:
+        """Tables for per-view blocks (``pos [1, N, 2]``, one row every view shares) and for cross-view blocks
+        (the ``views`` views' tokens in one sequence: the same rows ``views`` times over, repeated, not
+        recomputed)."""
+        view = self.table(pos, head_dim)
+        return view, RopeTable(*(t.repeat(1, 1, views, 1) for t in view))
+
     def forward(self, x: torch.Tensor, table: RopeTable) -> torch.Tensor:
         """``x``: ``[B, heads, N, D]`` rotated by ``table`` (its ``B`` is ``x``'s or 1)."""
         rows, cols = x.chunk(2, dim=-1)

@@ -209,10 +209,9 @@ def _mean_metrics(run_results: Any, candidate: str, reference: str, family: Mode
     return {k: float(np.mean([s[k] for s in scenes])) for k in scenes[0]}
 
 
-def _precision(
-    student: torch.nn.Module | None, onnx_path: str | os.PathLike | None, pt2_path: str | os.PathLike | None
-) -> str:
-    """The artifacts' precision: the ONNX file's recorded one, else the package's, else the student's, else float32."""
+def _precision(student: torch.nn.Module | None, onnx_path: str | os.PathLike | None, packaged: str | None) -> str:
+    """The artifacts' precision: the ONNX file's recorded one, else the package's (``packaged``), else the
+    student's, else float32."""
     from lite3r.exporter.export import graph_precision, precision_of
 
     recorded = None
@@ -221,8 +220,8 @@ def _precision(
             recorded = graph_precision(onnx_path)
     if recorded:
         return recorded
-    if pt2_path is not None:
-        return pt2_precision(pt2_path)
+    if packaged is not None:
+        return packaged
     dtypes = {p.dtype for p in student.parameters()} if student is not None else set()
     return (precision_of(dtypes.pop()) if len(dtypes) == 1 else None) or "fp32"
 
@@ -308,8 +307,9 @@ def check(
 
     feeds = feed_dicts(scenes)
     notes: list[str] = []
-    precision = precision or _precision(student, onnx_path, pt2_path)
-    if pt2_path is not None and (packaged := pt2_precision(pt2_path)) != precision:
+    packaged = None if pt2_path is None else pt2_precision(pt2_path)  # read once: it may load the package
+    precision = precision or _precision(student, onnx_path, packaged)
+    if packaged is not None and packaged != precision:
         raise ValueError(f"{pt2_path} computes in {packaged}; parity here runs in {precision} (pass precision=)")
     export_gate = export_gate or gates.export_gate(precision)
     if precision != "fp32" and onnx_path is not None:
