@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from kernel_checks import violations  # noqa: E402
 
@@ -37,6 +37,24 @@ def test_interpreter_is_active_in_the_worker(worker_output):
 
 def test_classification_kernel_equals_the_reference(worker_output):
     assert worker_output[1] == {"classify_mismatches": 0}
+
+
+def test_every_launched_kernel_compiles_for_sm90(worker_output):
+    """Each kernel signature the cases launched compiles to sm_90 PTX on this CPU, as on the GPU: a classification
+    kernel that re-typed its loop variable passed the interpreter and failed to compile on the H200 (Triton 3.6)."""
+    from triton.backends.compiler import GPUTarget
+
+    from lite3r.sla import kernels
+
+    launches = worker_output[-1]["launches"]
+    assert {launch["kernel"] for launch in launches} >= {
+        "pool_kernel", "key_state_kernel", "classify_kernel", "marginal_sum_kernel", "forward_kernel",
+        "backward_query_kernel", "backward_key_kernel",
+    }  # fmt: skip
+    for launch in launches:
+        source = triton.compiler.ASTSource(getattr(kernels, launch["kernel"]), launch["signature"], launch["constexprs"])
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=launch["options"])
+        assert f".entry {launch['kernel']}" in compiled.asm["ptx"]
 
 
 def test_kernels_write_every_output(results):

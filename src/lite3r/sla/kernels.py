@@ -140,13 +140,13 @@ def classify_kernel(
     # top: largest t with #(ordered >= t) >= n_critical; bottom: smallest t with #(ordered <= t) >= n_negligible.
     top_lo, top_hi = tl.full([], -2147483648, tl.int64), tl.full([], 2147483647, tl.int64)
     bottom_lo, bottom_hi = top_lo, top_hi
-    for _ in range(32):
+    for _step in range(32):  # not `_`: unpacked into `_` below, Triton 3.6 sees the loop variable re-typed
         top_mid = top_lo + (top_hi - top_lo + 1) // 2
         bottom_mid = bottom_lo + (bottom_hi - bottom_lo) // 2
         above = tl.zeros([], tl.int32)
         below = tl.zeros([], tl.int32)
         for start in range(0, num_kblocks, CHUNK):
-            ordered, valid, _ = _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK)
+            ordered, valid, _lanes = _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK)
             above += tl.sum((valid & (ordered >= top_mid)).to(tl.int32), 0)
             below += tl.sum((valid & (ordered <= bottom_mid)).to(tl.int32), 0)
         top_lo = tl.where(above >= n_critical, top_mid, top_lo)
@@ -159,7 +159,7 @@ def classify_kernel(
     bottom_need = n_negligible + tl.zeros([], tl.int32)
     bottom_ties_total = tl.zeros([], tl.int32)
     for start in range(0, num_kblocks, CHUNK):
-        ordered, valid, _ = _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK)
+        ordered, valid, _lanes = _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK)
         top_need -= tl.sum((valid & (ordered > top_lo)).to(tl.int32), 0)
         bottom_need -= tl.sum((valid & (ordered < bottom_hi)).to(tl.int32), 0)
         bottom_ties_total += tl.sum((valid & (ordered == bottom_hi)).to(tl.int32), 0)
