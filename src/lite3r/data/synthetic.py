@@ -2,6 +2,9 @@
 
 A scene is an open-topped room (textured floor and walls, sky above) with a few textured spheres and
 boxes standing on the floor, seen by pinhole cameras on an arc around the room's centre, looking at it.
+The four walls have hues a quarter turn apart, in the same order around every room: as in a real room, what
+a view sees behind the objects tells where it looks from (with one colour per pair of opposite walls, a
+1100-step teacher learned depth but no rotation: docs/train.md).
 Everything random comes from one seed, so a scene is reproducible bit for bit on a given machine.
 Textures are solid (functions of the 3D hit point) and shading uses fixed directional lights, so a
 surface point has the same colour in every view: the views are photo-consistent, as real multi-view
@@ -22,6 +25,7 @@ from lite3r.data.images import PATCH_SIZE
 from lite3r.geometry import invert_extrinsics, pixel_grid
 
 WALL_HEIGHT = 2.6
+WALLS = 4  # materials 1-4: the -x, +x, -z, +z walls; 0 is the floor, objects follow
 SKY_TOP = (0.55, 0.72, 0.95)
 SKY_HORIZON = (0.92, 0.95, 1.0)
 LIGHTS = ((0.35, 0.85, 0.4, 0.55), (-0.6, 0.3, -0.75, 0.3))  # direction xyz (world, y up), strength
@@ -118,7 +122,7 @@ class _Layout:
     room_half: tuple[float, float]  # half extents along x and z; floor at y = 0
     spheres: torch.Tensor  # [K, 4]: centre xyz, radius
     boxes: torch.Tensor  # [K, 2, 3]: min corner, max corner
-    colors: torch.Tensor  # [3 + K_spheres + K_boxes, 3]: floor, x walls, z walls, spheres, boxes
+    colors: torch.Tensor  # [1 + WALLS + K_spheres + K_boxes, 3]: floor, walls, spheres, boxes
     checker_sizes: torch.Tensor  # [materials]: cell size (m) of each material's checker pattern
     noise: torch.Tensor  # [1, 4, N, N, N]: luminance + colour noise volume
 
@@ -137,15 +141,20 @@ def _random_layout(rng: np.random.Generator, num_objects: int) -> _Layout:
     centre = np.stack([distance * np.cos(angle), half_size[:, 1], distance * np.sin(angle)], axis=-1)
     spheres = np.concatenate([centre[:, :1], half_size[:, :1], centre[:, 2:], half_size[:, :1]], axis=-1)
     boxes = np.stack([centre - half_size, centre + half_size], axis=1)
-    num_materials = 3 + num_objects
+    num_materials = 3 + num_objects  # drawn for floor, x walls, z walls, objects; each wall pair then splits
     hues = rng.uniform(size=num_materials)
-    colors = np.stack([_hsv_to_rgb(h, rng.uniform(0.3, 0.8), rng.uniform(0.55, 0.95)) for h in hues])
+    saturation_value = [(rng.uniform(0.3, 0.8), rng.uniform(0.55, 0.95)) for _ in hues]
+    source = np.array([0, 1, 1, 2, 2, *range(3, num_materials)])  # floor, -x, +x, -z, +z, objects
+    hues = hues[source]
+    hues[1 : 1 + WALLS] = (hues[1] + np.array([0.0, 0.5, 0.25, 0.75])) % 1  # -x, +x, -z, +z: around the room
+    colors = np.stack([_hsv_to_rgb(h, *saturation_value[i]) for h, i in zip(hues, source)])
+    checker_sizes = rng.uniform(0.15, 0.6, size=num_materials)[source]
     return _Layout(
         room_half=room_half,
         spheres=torch.tensor(spheres[:num_spheres], dtype=torch.float32),
         boxes=torch.tensor(boxes[num_spheres:], dtype=torch.float32),
         colors=torch.tensor(colors, dtype=torch.float32),
-        checker_sizes=torch.tensor(rng.uniform(0.15, 0.6, size=num_materials), dtype=torch.float32),
+        checker_sizes=torch.tensor(checker_sizes, dtype=torch.float32),
         noise=torch.tensor(rng.uniform(0, 1, size=(1, 4) + (NOISE_RESOLUTION,) * 3), dtype=torch.float32),
     )
 
@@ -204,9 +213,9 @@ def _render(
 
     hits = [_hit_room(origins, dirs, layout.room_half)]
     if len(layout.spheres):
-        hits.append(_hit_spheres(origins, dirs, layout.spheres, first_material=3))
+        hits.append(_hit_spheres(origins, dirs, layout.spheres, first_material=1 + WALLS))
     if len(layout.boxes):
-        hits.append(_hit_boxes(origins, dirs, layout.boxes, first_material=3 + len(layout.spheres)))
+        hits.append(_hit_boxes(origins, dirs, layout.boxes, first_material=1 + WALLS + len(layout.spheres)))
     t_all, normal_all, material_all = (torch.cat(parts, dim=-1) for parts in zip(*hits))
     t, nearest = t_all.min(dim=-1)
     normal = normal_all.gather(-1, nearest[..., None, None].expand(-1, -1, 3, 1)).squeeze(-1)
@@ -243,7 +252,8 @@ def _hit_room(origins: torch.Tensor, dirs: torch.Tensor, room_half: tuple[float,
     through_top = (axis == 1) & (dirs[..., 1] > 0)
     t = torch.where(through_top, torch.full_like(t, math.inf), t)
     normal = -F.one_hot(axis, 3).to(dirs.dtype) * torch.sign(dirs)  # facing into the room
-    material = torch.tensor([1, 0, 2], device=dirs.device)[axis]  # x walls, floor, z walls
+    wall = torch.tensor([1, 0, 3], device=dirs.device)[axis] + (dirs.gather(-1, axis[..., None])[..., 0] > 0).long()
+    material = torch.where(axis == 1, torch.zeros_like(wall), wall)  # floor 0; walls -x 1, +x 2, -z 3, +z 4
     return t[..., None], normal[..., None], material[..., None]
 
 
