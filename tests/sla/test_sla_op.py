@@ -136,3 +136,17 @@ def test_cuda_export_records_the_triton_kernels_for_every_frame_count():
     assert tiles["CHUNK"] == 1024 and tiles["BLOCK_M"] == tiles["BLOCK_K"] == 64  # fixed tiles, masked
     lengths = [k["seq_len"] for k in launches if "seq_len" in k]
     assert len(lengths) == 3 and all(isinstance(n, torch.fx.Node) for n in lengths)  # symbolic, not 8 * 1374
+
+
+def test_kernels_declare_no_default_arguments():
+    """Inductor, compiling a user Triton kernel inside a graph, passes None for an omitted argument with a
+    default (torch 2.11 on the H200: the forward kernel's ``range(0, n, STEP_BLOCKS)`` failed to compile)."""
+    import inspect
+
+    from lite3r.sla import kernels
+
+    jitted = {name: k.fn for name, k in vars(kernels).items() if name.endswith("_kernel") and hasattr(k, "fn")}
+    assert {"forward_kernel", "backward_query_kernel", "classify_kernel"} <= set(jitted)
+    defaults = {name: [p for p, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty]
+                for name, fn in jitted.items()}  # fmt: skip
+    assert defaults == {name: [] for name in jitted}

@@ -257,7 +257,7 @@ def forward_kernel(
     stride_ob, stride_oh, stride_ol,
     num_heads, seq_len, num_critical, sm_scale, eps,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
-    STEP_BLOCKS: tl.constexpr = 1,
+    STEP_BLOCKS: tl.constexpr,
 ):
     """One query block: online softmax over its critical key blocks (STEP_BLOCKS of them per step) +
     proj_lin(linear branch)."""
@@ -310,7 +310,7 @@ def backward_query_kernel(
     stride_lb, stride_lh, stride_ll,
     num_heads, seq_len, num_critical, sm_scale, eps,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
-    STEP_BLOCKS: tl.constexpr = 1,
+    STEP_BLOCKS: tl.constexpr,
 ):
     """One query block: dQ (sparse + linear), the softmax statistics and delta for ``backward_key_kernel``,
     dM_i / dz_i of the linear branch, and O_l (for proj_lin's weight gradient).
@@ -398,7 +398,7 @@ def backward_key_kernel(
     stride_db, stride_dh, stride_dl,
     num_heads, seq_len, sm_scale,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
-    STEP_BLOCKS: tl.constexpr = 1,
+    STEP_BLOCKS: tl.constexpr,
 ):
     """One key block: dK, dV from the query blocks that hold it critical (CSR lists, STEP_BLOCKS per step) plus
     the linear branch through ``dS_j`` (DKV_STATE ``[BH, nk, D*D]``) and ``dz_j`` (DK_STATE ``[BH, nk, D]``).
@@ -459,10 +459,13 @@ def _launch_options(head_dim: int, block_q: int) -> dict[str, int]:
     return {"num_warps": 4 if head_dim * block_q <= 64 * 64 else 8, "num_stages": 3}
 
 
+FORWARD_STEP_BLOCKS = 1  # the forward kernel was faster with one block per step (H100)
+
+
 def _step_blocks(head_dim: int, block_q: int, block_k: int) -> int:
     """Blocks per inner-loop step of the backward kernels: two 64-blocks (a 128-wide product) were faster on
     H100 for D = 64 with 64x64 blocks; with a 128-block or D = 128 that overflows shared memory (seen: 240 KB
-    for fp16, BQ = 128). The forward kernel was faster with one."""
+    for fp16, BQ = 128). Kernels declare no constexpr defaults: Inductor passes None for an omitted one."""
     return 2 if head_dim == block_q == block_k == 64 else 1
 
 
@@ -616,7 +619,7 @@ def launch_forward(
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        **_launch_options(dim, block_q),
+        STEP_BLOCKS=FORWARD_STEP_BLOCKS, **_launch_options(dim, block_q),
     )
     return out
 
