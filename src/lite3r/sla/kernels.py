@@ -261,6 +261,8 @@ def forward_kernel(
 ):
     """One query block: online softmax over its critical key blocks (STEP_BLOCKS of them per step) +
     proj_lin(linear branch)."""
+    # Inductor passes Python floats to a user kernel as fp64: cast, or fp32 loop state turns fp64.
+    sm_scale, eps = tl.cast(sm_scale, tl.float32), tl.cast(eps, tl.float32)
     qblock = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // num_heads
@@ -317,6 +319,8 @@ def backward_query_kernel(
 
     DQ is contiguous ``[B, H, L, D]``, LSE and DELTA ``[BH, L]``; DOUT's strides are stride_d*, LINEAR_OUT's stride_l*.
     """
+    # Inductor passes Python floats to a user kernel as fp64: cast, or fp32 loop state turns fp64.
+    sm_scale, eps = tl.cast(sm_scale, tl.float32), tl.cast(eps, tl.float32)
     qblock = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // num_heads
@@ -405,6 +409,7 @@ def backward_key_kernel(
 
     DK, DV are contiguous ``[B, H, L, D]``.
     """
+    sm_scale = tl.cast(sm_scale, tl.float32)  # Inductor passes Python floats as fp64
     kblock = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // num_heads
