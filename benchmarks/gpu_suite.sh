@@ -16,6 +16,7 @@
 #   TEACHER_MINUTES=9 bash benchmarks/gpu_suite.sh teacher-train   # issue 12: a longer run alone in one call;
 #   TEACHER_WEIGHTS=<its $OUT/teacher, carried> bash benchmarks/gpu_suite.sh teacher-eval   # its experiment next call
 #   bash benchmarks/gpu_suite.sh pt2         # issue 11: the VGGT-1B student as model.pt2, then SLA kernel tests
+#   bash benchmarks/gpu_suite.sh ... pack    # last: more than 8 files under $OUT become one results.tar.gz
 # ModelOpt / Polygraphy are not on the GPU image: carry them as wheels in .whl (see docs/gpu.md).
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -33,7 +34,8 @@ train_teacher() {  # work folder, minutes
     && split -b 10M -d -a 1 "$1/vggt-small.safetensors" "$OUT/teacher/vggt-small.safetensors.part"
 }
 teacher_experiment() {  # work folder with vggt-small.safetensors, its card and log.jsonl
-  python3 benchmarks/bench_teacher.py --weights "$1" --train-log "$1/log.jsonl" --minutes 2.75 --out "$OUT/bench"
+  python3 benchmarks/bench_teacher.py --weights "$1" --train-log "$1/log.jsonl" --minutes 2.75 ${TEACHER_EVAL_ARGS:-} \
+    --out "$OUT/bench"
 }
 for part in "$@"; do
   echo "=== $part ==="
@@ -72,6 +74,9 @@ for part in "$@"; do
                   cp "$TEACHER_WEIGHTS/vggt-small.json" "$TEACHER_WEIGHTS/log.jsonl" "$work/" \
                     && cat "$TEACHER_WEIGHTS"/vggt-small.safetensors.part* > "$work/vggt-small.safetensors" \
                     && teacher_experiment "$work" 2>&1 | tee "$OUT/teacher_eval.log" ;;
+    pack) n=$(find "$OUT" -type f | wc -l)  # a call returns at most 8 files: one archive instead, when more
+          if [ "$n" -gt 8 ]; then tar czf /tmp/results.tar.gz -C "$OUT" . && find "$OUT" -mindepth 1 -delete \
+            && mv /tmp/results.tar.gz "$OUT/" && echo "packed $n files into results.tar.gz"; fi ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
 done

@@ -1,12 +1,12 @@
-"""The README's main job on the shipped vggt-small teacher: it passes with the student-vs-teacher gate
-enforced, and the same gate fails for a student whose proj_lin is scrambled.
+"""The README's main job on the shipped vggt-small teacher: the student-vs-teacher gate is enforced and fails
+today on the poses (issue 12, xfail with the numbers), and the same gate fails for a student whose proj_lin is
+scrambled.
 
 Needs the trained weights (package data, installed by scripts/install_teacher.py); skipped without them.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
@@ -43,34 +43,39 @@ def demo(tmp_path_factory):
     return out, result
 
 
-def test_readme_main_job_enforces_and_passes_the_teacher_gate(demo):
+def test_readme_main_job_enforces_the_teacher_gate(demo):
     out, _ = demo
     report = json.loads((out / "parity.json").read_text())
     [gate] = [c for c in report["comparisons"] if c["gate"] == "reconstruction"]
-    assert gate["enforced"] and gate["passed"], gate
+    assert gate["enforced"], gate
+    assert gate["metrics"]["depth_abs_rel"] < 0.05  # depth survives SLA at kh 5 %; the poses (below) do not
 
 
 @pytest.mark.xfail(
-    importlib.util.find_spec("tensorrt_rtx_bindings") is None and importlib.util.find_spec("tensorrt") is None,
     strict=True,
-    reason="without a TensorRT the job exports float32 (--precision's default for --target onnx); on held-out "
-    "scene 1001 the ONNX's FP8 code flips move depth by 3.8e-3 (99.9th pct) where the student's three perturbed "
-    "runs move it by at most 0.9e-3 (atol 1e-3 + 2 x 0.9e-3), yet a fourth perturbed run (seed 3) of the student "
-    "alone moves it by 5.4e-3: three samples miss the tail of the noise (docs/deploy.md, Open; measured "
-    "2026-11-30, CPU). With a TensorRT installed ('.[test]' installs TensorRT-RTX) it exports bf16 and passes.",
+    reason="the shipped teacher (1541 steps, poses learned: 16.8 deg held-out rotation error) is read across views by "
+    "its global attention, and the SLA student at kh 5 % with proj_lin = 0 moves its poses by 27 deg rotation / "
+    "19 deg translation (gate: 2 / 5 deg); depth passes (AbsRel 0.048). 30 CPU distillation steps bring rotation "
+    "to 18 deg: the gap is real and open (issue 12; measured 2026-11-30, CPU and H200, benchmarks/RESULTS.md).",
+)
+def test_readme_main_job_passes_the_teacher_gate(demo):
+    out, _ = demo
+    report = json.loads((out / "parity.json").read_text())
+    [gate] = [c for c in report["comparisons"] if c["gate"] == "reconstruction"]
+    assert gate["passed"], gate
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the student fails the enforced teacher gate (test above), so the job exits 1; its bf16 ONNX also fails "
+    "the export gate on one scene's depth tail (99.9th pct 0.18, noise rule 2 x 0.10 + ulp on the worst scene; "
+    "measured 2026-11-30, CPU, TensorRT-RTX installed).",
 )
 def test_readme_main_job_passes(demo):
     _, result = demo
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped teacher did not learn camera poses and its global attention carries little: with proj_lin "
-    "re-initialised the student stays within the gate (depth AbsRel 0.0049, rotation 0.45 deg, translation "
-    "1.7 deg vs the teacher; measured 2026-11-30, CPU; benchmarks/RESULTS.md, issue 12). Remove this mark "
-    "with a teacher whose poses are learned.",
-)
 def test_the_same_gate_fails_for_a_scrambled_proj_lin(demo, tmp_path):
     from lite3r.data.synthetic import make_scene
     from lite3r.distill import load_student
