@@ -464,13 +464,15 @@ def _launch_options(head_dim: int, block_q: int) -> dict[str, int]:
     return {"num_warps": 4 if head_dim * block_q <= 64 * 64 else 8, "num_stages": 3}
 
 
-FORWARD_STEP_BLOCKS = 1  # the forward kernel was faster with one block per step (H100)
+# The forward kernel was faster with one block per step (H100). Passed explicitly: kernels declare no constexpr
+# defaults, since Inductor passes None for an omitted one.
+FORWARD_STEP_BLOCKS = 1
 
 
 def _step_blocks(head_dim: int, block_q: int, block_k: int) -> int:
     """Blocks per inner-loop step of the backward kernels: two 64-blocks (a 128-wide product) were faster on
     H100 for D = 64 with 64x64 blocks; with a 128-block or D = 128 that overflows shared memory (seen: 240 KB
-    for fp16, BQ = 128). Kernels declare no constexpr defaults: Inductor passes None for an omitted one."""
+    for fp16, BQ = 128)."""
     return 2 if head_dim == block_q == block_k == 64 else 1
 
 
