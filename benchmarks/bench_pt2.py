@@ -38,11 +38,18 @@ LOG: list[str] = []
 
 # Runs in a fresh interpreter: only torch, as a deployment would.
 FRESH = r"""
-import json, sys, time
+import faulthandler, json, sys, time
 import torch
+
+faulthandler.enable()  # a crash in native code still names the Python line it happened under
+
+
+def step(message):  # progress on stderr: the last line says how far a process that died got
+    print(message, file=sys.stderr, flush=True)
 
 package, folder, reps, frame_counts = sys.argv[1], sys.argv[2], int(sys.argv[3]), [int(f) for f in sys.argv[4:]]
 start = time.perf_counter()
+step("loading the package")
 model = torch._inductor.aoti_load_package(package)
 result = {"load_s": time.perf_counter() - start, "timing": {}}
 cuda = model.get_metadata()["lite3r.device"] == "cuda"
@@ -62,10 +69,12 @@ def timed(run):
 with torch.inference_mode():
     for frames in frame_counts:
         images = torch.load(f"{folder}/images_{frames}.pt").to("cuda" if cuda else "cpu")
+        step(f"{frames} frames: first call")
         outputs = model(images)
         torch.save({k: v.float().cpu() for k, v in outputs.items()}, f"{folder}/pt2_{frames}.pt")
         row = {"plain_ms": timed(lambda: model(images))}
         if cuda:  # the package inside a CUDA graph: no host in the loop (what TorchRuntime does per shape)
+            step(f"{frames} frames: CUDA graph capture")
             try:
                 static = images.clone()
                 side = torch.cuda.Stream()
@@ -225,10 +234,10 @@ def main() -> int:
             torch.save(x, f"{folder}/images_{frames}.pt")
         command = [sys.executable, "-c", FRESH, str(args.package), folder, str(args.reps), *map(str, images)]
         done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            results["fresh_process_error"] = done.stderr[-3000:]
+        if done.returncode != 0:  # negative: killed by that signal (e.g. -11, a segfault)
+            results["fresh_process_error"] = {"returncode": done.returncode, "stderr": done.stderr[-3000:]}
             save()
-            log(f"fresh process FAILED:\n{done.stderr[-3000:]}")
+            log(f"fresh process FAILED (return code {done.returncode}):\n{done.stderr[-3000:]}")
             return 1
         fresh = json.loads(done.stdout.splitlines()[-1])
         pt2_out = {f: torch.load(f"{folder}/pt2_{f}.pt") for f in images}

@@ -34,6 +34,9 @@ def _quant_state(model) -> dict:
     return {"format": "lite3r.quant_state", "version": 1, "quantizers": entries}
 
 
+CAMERA_OUTPUTS = {"pose_enc", "extrinsics", "intrinsics"}
+
+
 def _relative_errors(out, ref) -> dict[str, float]:
     return {k: ((out[k].float() - ref[k].float()).norm() / ref[k].float().norm()).item() for k in ref}
 
@@ -119,7 +122,8 @@ def test_compiled_and_graph_replay_equal_eager_on_cuda(fp8, model):
         # tiny random camera head turns one such flip into a few % of pose_enc (seen on H200: 29 % before the
         # compiled blocks emulated eager's bf16 rounding). Dense outputs stay at bf16 noise.
         pose_limit = 1e-1 if fp8 else 2e-2
-        assert errors.pop("pose_enc") < pose_limit and max(errors.values()) < 2e-2, (frames, errors)
+        camera = {k: errors.pop(k) for k in CAMERA_OUTPUTS & set(errors)}  # VGGT: pose_enc; DA3: extrinsics, intrinsics
+        assert max(camera.values()) < pose_limit and max(errors.values()) < 2e-2, (frames, camera, errors)
         again = graphed(x)
         assert max(_relative_errors(again, out).values()) < 1e-3, frames
         for name in again:
