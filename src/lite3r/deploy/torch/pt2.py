@@ -36,10 +36,6 @@ FORMAT = "lite3r.pt2/1"
 _META_FORMAT, _META_FRAMES, _META_SIZE = "lite3r.format", "lite3r.frames", "lite3r.image_size"
 _META_DTYPE, _META_DEVICE, _META_OUTPUTS = "lite3r.dtype", "lite3r.device", "lite3r.outputs"
 _PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # the exporter's names
-# Weights as a separate blob inside the package, not inside (or appended to) the shared library: VGGT-1B's 2.4 GB
-# of bf16 weights made AOTInductor append them to the .so and mmap it at load, and that package segfaulted in
-# aoti_load_package on the H200 (torch 2.11, 2026-11-30). Python and the C++ package loader both read the blob.
-_PACKAGE_OPTIONS = {"aot_inductor.package_constants_on_disk_format": "binary_blob"}
 
 
 class Pt2Error(ValueError):
@@ -130,7 +126,7 @@ def export_pt2(
             torch._inductor.aoti_compile_and_package(
                 program,
                 package_path=str(staged),
-                inductor_configs={**_INDUCTOR_OPTIONS, **_PACKAGE_OPTIONS, "aot_inductor.metadata": metadata},
+                inductor_configs={**_INDUCTOR_OPTIONS, "aot_inductor.metadata": metadata},
             )
         compiled = time.perf_counter()
         if check:
