@@ -66,7 +66,7 @@ class Toy(nn.Module):
 class BlockSparseCore(nn.Module):
     """What an untrained SLA core must compute: softmax attention over the critical blocks only."""
 
-    def forward(self, q, k, v):
+    def forward(self, q, k, v, frames=None):
         return critical_attention(q, k, v, block_map(q, k, 0.05, 0.10, 64, 64).critical, 64, 64)
 
 
@@ -133,7 +133,7 @@ def test_teacher_untouched_and_sharing_no_storage(teacher):
 
 
 def test_untrained_student_is_block_sparse_attention(teacher):
-    student = convert_to_sla(teacher)
+    student = convert_to_sla(teacher, dense_tokens=0)
     expected = copy.deepcopy(teacher)
     for block in expected.aggregator.global_blocks:
         block.attn.core = BlockSparseCore()
@@ -141,6 +141,37 @@ def test_untrained_student_is_block_sparse_attention(teacher):
     with torch.no_grad():
         torch.testing.assert_close(student(images), expected(images))
         assert not torch.allclose(student(images), teacher(images), atol=1e-3)
+
+
+def test_dense_tokens_attend_exactly_and_leave_every_other_row_to_sla():
+    """The first ``dense_tokens`` of every frame (VGGT's camera + registers) get exact attention over all frames'
+    keys; the other rows are the plain SLA core's, bit for bit; without ``frames`` the sequence is one frame."""
+    torch.manual_seed(0)
+    plain, core = SparseLinearAttention(32, kh=0.2), SparseLinearAttention(32, kh=0.2, dense_tokens=3)
+    torch.nn.init.normal_(plain.proj_lin.weight, std=0.1)
+    core.load_state_dict(plain.state_dict())
+    q, k, v = (torch.randn(2, 2, 4 * 50, 32) for _ in range(3))  # 4 frames of 50 tokens
+    exact, sla = torch.nn.functional.scaled_dot_product_attention(q, k, v), plain(q, k, v)
+    for frames in (4, None):
+        dense = torch.arange(200) % (50 if frames else 200) < 3
+        out = core(q, k, v, frames=frames)
+        torch.testing.assert_close(out[:, :, dense], exact[:, :, dense])
+        assert torch.equal(out[:, :, ~dense], sla[:, :, ~dense])
+        assert not torch.allclose(sla[:, :, dense], exact[:, :, dense], atol=1e-3)  # the rows did change
+    assert "dense_tokens=3" in repr(core)
+    with pytest.raises(ValueError, match="dense_tokens must be an integer >= 0"):
+        SparseLinearAttention(32, dense_tokens=-1)
+
+
+def test_dense_tokens_default_to_the_family_summary_tokens():
+    torch.manual_seed(0)
+    vggt = lite3r.load_model("vggt-tiny")
+    assert {m.core.dense_tokens for m in convert_to_sla(vggt).modules() if isinstance(m, Attention)
+            and isinstance(m.core, SparseLinearAttention)} == {vggt.aggregator.patch_start_idx}  # fmt: skip
+    assert all(m.dense_tokens == 0 for m in convert_to_sla(vggt, dense_tokens=0).modules()
+               if isinstance(m, SparseLinearAttention))  # fmt: skip
+    da3 = convert_to_sla(lite3r.load_model("da3-tiny"))
+    assert all(m.dense_tokens == 0 for m in da3.modules() if isinstance(m, SparseLinearAttention))
 
 
 def test_every_proj_lin_gets_a_gradient(teacher):

@@ -97,7 +97,7 @@ def save_student(
     cores = [m for m in student.modules() if isinstance(m, SparseLinearAttention)]
     if not cores:
         raise StudentFileError("the model has no SLA layer (build the student with lite3r.convert_to_sla)")
-    options = cores[0].options
+    options = {**cores[0].options, "dense_tokens": cores[0].dense_tokens}
     tensors = {n: t.contiguous() for n, t in (trainable_state(student) if proj_lin is None else proj_lin).items()}
     atomic_write_bytes(out_dir / PROJ_LIN, save(tensors, metadata={"sla_options": json.dumps(options)}))
     written = [out_dir / PROJ_LIN]
@@ -131,7 +131,8 @@ def load_student(teacher: nn.Module, out_dir: str | os.PathLike, *, fp8: bool = 
     if not path.is_file():
         raise StudentFileError(f"no distilled student in {out_dir} (missing {PROJ_LIN} and {QUANT_STATE})")
     with safe_open(path, framework="pt") as f:
-        options = json.loads(f.metadata()["sla_options"])
+        # A file written before dense_tokens existed holds a plain SLA student: it keeps 0, not the new default.
+        options = {"dense_tokens": 0, **json.loads(f.metadata()["sla_options"])}
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
     try:
         check_finite(tensors, path)

@@ -41,6 +41,9 @@ class ModelFamily:
     pose_encoding: Callable[[Outputs, tuple[int, int]], torch.Tensor]
     depth_channel: bool  # depth is [..., H, W, 1] (VGGT) rather than [..., H, W] (DA3)
     points: str | None = None  # key of a predicted world-point map ([..., H, W, 3]), if the family has one
+    # Tokens at the start of every frame that gather the scene (VGGT: camera + registers); the SLA student attends
+    # them densely (SparseLinearAttention.dense_tokens). DA3 keeps 0 until a trained DA3 shows the same pose loss.
+    summary_tokens: int = 0
     official_settings: Mapping[str, Any] = field(default_factory=dict)  # attribute path -> value (see below)
 
     def __post_init__(self) -> None:

@@ -86,7 +86,7 @@ class Aggregator(nn.Module):
         outputs = {}
         for i, (frame_block, global_block) in enumerate(zip(self.frame_blocks, self.global_blocks)):
             frame_tokens = run_block(self, frame_block, tokens.reshape(B * S, P, C), frame_rope)
-            tokens = run_block(self, global_block, frame_tokens.reshape(B, S * P, C), global_rope)
+            tokens = run_block(self, global_block, frame_tokens.reshape(B, S * P, C), global_rope, frames=S)
             if self.keep_layers is None or i in self.keep_layers:
                 outputs[i] = torch.cat((frame_tokens.reshape(B, S, P, C), tokens.reshape(B, S, P, C)), dim=-1)
         return outputs

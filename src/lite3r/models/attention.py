@@ -21,11 +21,13 @@ if TYPE_CHECKING:
 class DenseAttentionCore(nn.Module):
     """Exact softmax attention through ``scaled_dot_product_attention``.
 
-    Contract for every core: ``forward(q, k, v)`` with ``q, k, v`` of shape ``[B, H, L, D]`` returns
-    ``[B, H, L, D]`` in the dtype of ``q``; the softmax scale is ``1/sqrt(D)``.
+    Contract for every core: ``forward(q, k, v, frames=None)`` with ``q, k, v`` of shape ``[B, H, L, D]`` returns
+    ``[B, H, L, D]`` in the dtype of ``q``; the softmax scale is ``1/sqrt(D)``. ``frames``: in a cross-view layer,
+    how many frames of equal length the L tokens hold (frame after frame); None where the sequence is one frame.
+    Dense attention needs no layout and ignores it.
     """
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: int | None = None) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v)
 
 
@@ -55,8 +57,9 @@ class Attention(nn.Module):
         self.rope = rope
         self.core = core if core is not None else DenseAttentionCore()
 
-    def forward(self, x: torch.Tensor, rope: RopeTable | None = None) -> torch.Tensor:
-        """``rope``: the rotary table of ``x``'s tokens (``self.rope.table``), needed when ``self.rope`` is set."""
+    def forward(self, x: torch.Tensor, rope: RopeTable | None = None, frames: int | None = None) -> torch.Tensor:
+        """``rope``: the rotary table of ``x``'s tokens (``self.rope.table``), needed when ``self.rope`` is set;
+        ``frames``: the frame count of a cross-view layer's tokens, for the core (see DenseAttentionCore)."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -64,5 +67,5 @@ class Attention(nn.Module):
         if self.rope is not None:
             q = self.rope(q, rope)
             k = self.rope(k, rope)
-        x = self.core(q, k, v)
+        x = self.core(q, k, v, frames=frames)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))

@@ -168,7 +168,7 @@ class DA3Backbone(nn.Module):
                 x = torch.cat((camera[:, :, None], x[:, :, 1:]), dim=2)
             if self.is_cross_view(i):
                 rope = None if i < self.rope_start else scene_rope
-                x = run_block(self, block, x.reshape(B, S * N, C), rope).reshape(B, S, N, C)
+                x = run_block(self, block, x.reshape(B, S * N, C), rope, frames=S).reshape(B, S, N, C)
             else:
                 rope = None if i < self.rope_start else view_rope
                 x = run_block(self, block, x.reshape(B * S, N, C), rope).reshape(B, S, N, C)

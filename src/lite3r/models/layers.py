@@ -61,17 +61,19 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
-    def forward(self, x: torch.Tensor, rope: RopeTable | None = None) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), rope=rope))
+    def forward(self, x: torch.Tensor, rope: RopeTable | None = None, frames: int | None = None) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), rope=rope, frames=frames))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
-def run_block(owner: nn.Module, block: Block, x: torch.Tensor, rope: RopeTable | None = None) -> torch.Tensor:
-    """``block(x, rope=rope)``, recomputed in the backward pass instead of storing its activations while
-    ``owner.grad_checkpointing`` is on, ``owner`` is training and gradients are enabled."""
+def run_block(
+    owner: nn.Module, block: Block, x: torch.Tensor, rope: RopeTable | None = None, frames: int | None = None
+) -> torch.Tensor:
+    """``block(x, rope=rope, frames=frames)``, recomputed in the backward pass instead of storing its activations
+    while ``owner.grad_checkpointing`` is on, ``owner`` is training and gradients are enabled."""
     if owner.grad_checkpointing and owner.training and torch.is_grad_enabled():
-        return checkpoint(block, x, rope, use_reentrant=False)
-    return block(x, rope=rope)
+        return checkpoint(block, x, rope, frames, use_reentrant=False)
+    return block(x, rope=rope, frames=frames)
 
 
 class PatchEmbed(nn.Module):

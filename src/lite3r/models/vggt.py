@@ -81,6 +81,7 @@ def vggt_family(config: VGGTConfig) -> ModelFamily:
         pose_encoding=lambda outputs, size: outputs["pose_enc"],
         depth_channel=True,
         points="world_points",
+        summary_tokens=1 + config.num_register_tokens,  # camera + registers open every frame (the aggregator's order)
         official_settings={"aggregator.keep_layers": None},  # the official aggregator keeps every layer output
     )
 

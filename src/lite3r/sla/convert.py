@@ -25,6 +25,7 @@ def convert_to_sla(
     block_k: int = 64,
     feature_map: str = "softmax",
     backend: str = "auto",
+    dense_tokens: int | None = None,
 ) -> nn.Module:
     """Return a deep copy of ``model`` whose selected ``Attention`` layers use a ``SparseLinearAttention`` core.
 
@@ -33,11 +34,14 @@ def convert_to_sla(
     model's family says which, ``model.family.sla_layers``), or a callable ``(qualified_name, module) -> bool``
     over the model's ``Attention`` modules. The teacher is left
     untouched and shares no storage with the student; in the student only the new ``proj_lin`` parameters
-    require gradients. ``proj_lin`` takes the device and dtype of each layer's ``qkv`` weight.
+    require gradients. ``proj_lin`` takes the device and dtype of each layer's ``qkv`` weight. ``dense_tokens``
+    (see ``SparseLinearAttention``): default the family's ``summary_tokens`` (VGGT: 5); 0 for plain SLA.
     """
     options = dict(kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map, backend=backend)
     check_options(**options)
     keep = layers if callable(layers) else family_of(model).sla_filter(layers)
+    if dense_tokens is None:  # a model that is not a lite3r model (a callable picks its layers) has no summary tokens
+        dense_tokens = getattr(getattr(model, "family", None), "summary_tokens", 0)
     student = copy.deepcopy(model)
     student.requires_grad_(False)
     chosen = [(name, m) for name, m in student.named_modules() if isinstance(m, Attention) and keep(name, m)]
@@ -48,6 +52,7 @@ def convert_to_sla(
         if isinstance(attn.core, SparseLinearAttention):
             raise ValueError(f"{name} already uses SparseLinearAttention; convert the dense teacher instead")
         attn.core = SparseLinearAttention(
-            attn.head_dim, **options, device=attn.qkv.weight.device, dtype=attn.qkv.weight.dtype
+            attn.head_dim, **options, dense_tokens=dense_tokens, device=attn.qkv.weight.device,
+            dtype=attn.qkv.weight.dtype,
         )
     return student

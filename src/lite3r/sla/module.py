@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lite3r.sla.op import check_options, sparse_linear_attention
@@ -13,6 +14,12 @@ class SparseLinearAttention(nn.Module):
 
     ``proj_lin`` is one ``nn.Linear(D, D)`` shared by all heads (as in thu-ml/SLA), zero-initialised so that an
     untrained core is exactly block-sparse attention; it is the only parameter distillation trains.
+
+    ``dense_tokens``: the first ``dense_tokens`` tokens of every frame (VGGT's camera and register tokens) attend
+    exactly over all keys; their SLA rows are replaced. A frame's camera token must gather every other view to
+    predict poses, and a few critical blocks cannot carry that (trained vggt-small, kh 5 %, 16 views: rotation error
+    against the teacher 26.9 -> 11.8 deg for 2 % of the rows; ``benchmarks/RESULTS.md``). Plain tensor ops around
+    the SLA op, so the ONNX graph, the engine and the ``.pt2`` carry them without a new kernel.
     """
 
     def __init__(
@@ -25,6 +32,7 @@ class SparseLinearAttention(nn.Module):
         block_k: int = 64,
         feature_map: str = "softmax",
         backend: str = "auto",
+        dense_tokens: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -34,6 +42,9 @@ class SparseLinearAttention(nn.Module):
         self.block_q, self.block_k = block_q, block_k
         self.feature_map = feature_map
         self.backend = backend
+        if not isinstance(dense_tokens, int) or dense_tokens < 0:
+            raise ValueError(f"dense_tokens must be an integer >= 0, got {dense_tokens!r}")
+        self.dense_tokens = dense_tokens
         self.proj_lin = nn.Linear(head_dim, head_dim, device=device, dtype=dtype)
         nn.init.zeros_(self.proj_lin.weight)
         nn.init.zeros_(self.proj_lin.bias)
@@ -44,10 +55,24 @@ class SparseLinearAttention(nn.Module):
         ``backend`` only picks the implementation."""
         return dict(kh=self.kh, kl=self.kl, block_q=self.block_q, block_k=self.block_k, feature_map=self.feature_map)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return sparse_linear_attention(
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+        out = sparse_linear_attention(
             q, k, v, self.proj_lin.weight, self.proj_lin.bias, **self.options, backend=self.backend
         )
+        if not self.dense_tokens:
+            return out
+        return dense_frame_rows(out, q, k, v, self.dense_tokens, 1 if frames is None else frames)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in (*self.options.items(), ("backend", self.backend)))
+        extra = (("backend", self.backend), ("dense_tokens", self.dense_tokens))
+        return ", ".join(f"{k}={v!r}" for k, v in (*self.options.items(), *extra))
+
+
+def dense_frame_rows(
+    out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, count: int, frames: int
+) -> torch.Tensor:
+    """``out`` with the rows of the first ``count`` tokens of each of ``frames`` equal-length frames replaced by
+    exact softmax attention of those queries over all keys."""
+    rows = q.unflatten(2, (frames, -1))[:, :, :, :count].flatten(2, 3)
+    exact = F.scaled_dot_product_attention(rows, k, v).unflatten(2, (frames, count))
+    return torch.cat((exact, out.unflatten(2, (frames, -1))[:, :, :, count:]), dim=3).flatten(2, 3)
