@@ -78,14 +78,22 @@ except Exception as e:
 
 
 @pytest.mark.slow
-def test_fp8_export_runs_on_the_oldest_onnxruntime(floor_python, fp8_export, tmp_path):
+def test_fp8_export_runs_on_the_oldest_onnxruntime(floor_python, fp8_export, fp8_student, tmp_path):
+    """The oldest onnxruntime reproduces the PyTorch FP8 student; the current one agrees with it except on
+    pose_enc. Seen 2026-11-30 (onnxruntime 1.32 vs 1.20, CPU): 1.32's LayerNormalization differs from PyTorch's by
+    ~2e-6, which moves a few FP8 codes, and the random tiny camera head turns that into 0.033 of pose_enc (the
+    export gate's noise rule covers it); 1.20 matches PyTorch to 1e-7."""
     from lite3r.parity.runners import SessionFromOnnxPath
 
     said = floor_python(_RUN_EXPORT, str(fp8_export.path), str(tmp_path / "o.npz"))
     old = np.load(tmp_path / "o.npz")
     images = np.random.default_rng(0).random((1, 3, 3, 112, 112), dtype=np.float32)
+    with torch.no_grad():
+        student = fp8_student[0].eval()(torch.from_numpy(images))
     current = SessionFromOnnxPath(fp8_export.path)().run(None, {"images": images})
-    for i, expected in enumerate(current):
-        np.testing.assert_allclose(old[f"arr_{i}"], expected, rtol=1e-4, atol=1e-5)
+    for i, name in enumerate(fp8_student[0].family.outputs):
+        np.testing.assert_allclose(old[f"arr_{i}"], student[name].numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+        if name != "pose_enc":
+            np.testing.assert_allclose(old[f"arr_{i}"], current[i], rtol=1e-4, atol=1e-5, err_msg=name)
     # why lite3r's sessions switch the Q/DQ rewrites off: a plain session of this onnxruntime mis-fuses FP8
     assert "MatMulIntegerToFloat" in said or "plain session: loads" in said
