@@ -1,0 +1,111 @@
+"""Which AOTInductor packages load in a fresh process on this machine? (issue 11: the VGGT-1B student's 2.3 GB
+``.pt2`` and the 25 MiB ``vggt-small`` one both segfault inside ``aoti_load_package`` on the H200, torch 2.11,
+2026-11-30, so the package size is not the cause.)
+
+    python3 scripts/pt2_load_probe.py --device cuda          # every case, about a minute each
+    python3 scripts/pt2_load_probe.py --device cpu --cases mlp
+
+Cases, smallest first: ``mlp`` (two linears), ``triton`` (the same plus a user Triton kernel through a
+``torch.library.triton_op``, as the SLA op is), ``triton-dynamic`` (that, with a dynamic batch axis, as the frame
+axis is). Each is exported, compiled to a package and loaded in a fresh process that imports only torch; its
+return code (negative: killed by that signal) and output error against eager are printed, one JSON line per case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+FRESH = r"""
+import faulthandler, json, sys
+import torch
+faulthandler.enable()
+model = torch._inductor.aoti_load_package(sys.argv[1])
+x, expected = torch.load(sys.argv[2])
+print(json.dumps({"max_abs_error": (model(x) - expected).abs().max().item()}))
+"""
+CASES = ("mlp", "triton", "triton-dynamic")
+
+
+def _scaled_add():
+    """A user Triton kernel behind a triton_op: y = x + 2 * x, the smallest thing of the SLA op's kind."""
+    import triton
+    import triton.language as tl
+    from torch.library import triton_op, wrap_triton
+
+    @triton.jit
+    def kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < n
+        x = tl.load(x_ptr + offsets, mask=mask)
+        tl.store(y_ptr + offsets, x + 2 * x, mask=mask)
+
+    @triton_op("lite3r_probe::scaled_add", mutates_args=())
+    def scaled_add(x: torch.Tensor) -> torch.Tensor:
+        y = torch.empty_like(x)
+        n = x.numel()
+        wrap_triton(kernel)[(triton.cdiv(n, 256),)](x, y, n, BLOCK=256)
+        return y
+
+    return scaled_add
+
+
+class Probe(torch.nn.Module):
+    def __init__(self, op=None):
+        super().__init__()
+        self.first, self.second, self.op = torch.nn.Linear(256, 256), torch.nn.Linear(256, 256), op
+
+    def forward(self, x):
+        x = self.first(x)
+        if self.op is not None:
+            x = self.op(x.contiguous())
+        return self.second(x)
+
+
+def run_case(case: str, device: str) -> dict:
+    model = Probe(_scaled_add() if case.startswith("triton") else None).to(device).eval()
+    x = torch.randn(4, 256, device=device)
+    with torch.no_grad():
+        expected = model(x)
+    dynamic = {"x": {0: torch.export.Dim("batch", min=2, max=64)}} if case.endswith("dynamic") else None
+    with tempfile.TemporaryDirectory() as folder:
+        package, data = Path(folder) / "probe.pt2", Path(folder) / "io.pt"
+        start = time.perf_counter()
+        program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
+        torch._inductor.aoti_compile_and_package(program, package_path=str(package))
+        compile_s = time.perf_counter() - start
+        torch.save((x, expected), data)
+        done = subprocess.run([sys.executable, "-c", FRESH, str(package), str(data)], capture_output=True, text=True)
+        return {
+            "case": case,
+            "device": device,
+            "package_bytes": package.stat().st_size,
+            "compile_s": round(compile_s, 1),
+            "returncode": done.returncode,
+            "fresh": json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else done.stderr[-800:],
+            "torch": torch.__version__,
+        }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    args = parser.parse_args()
+    failed = 0
+    for case in args.cases:
+        result = run_case(case, args.device)
+        failed += result["returncode"] != 0
+        print(json.dumps(result), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
