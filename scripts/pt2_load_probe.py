@@ -3,12 +3,15 @@
 2026-11-30, so the package size is not the cause.)
 
     python3 scripts/pt2_load_probe.py --device cuda          # every case, about a minute each
+    python3 scripts/pt2_load_probe.py --device cuda --cases mlp --loads fresh-cuda-init in-process
     python3 scripts/pt2_load_probe.py --device cpu --cases mlp
 
 Cases, smallest first: ``mlp`` (two linears), ``triton`` (the same plus a user Triton kernel through a
 ``torch.library.triton_op``, as the SLA op is), ``triton-dynamic`` (that, with a dynamic batch axis, as the frame
-axis is). Each is exported, compiled to a package and loaded in a fresh process that imports only torch; its
-return code (negative: killed by that signal) and output error against eager are printed, one JSON line per case.
+axis is). Each is exported, compiled to a package and loaded in each way of ``--loads``: ``fresh`` (a new process
+that imports only torch, as a deployment does), ``fresh-cuda-init`` (the same, CUDA initialised before the load)
+and ``in-process`` (the compiling process; last, since a crash there ends the probe). The return code (negative:
+killed by that signal) and output error against eager are printed, one JSON line per case and load.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ FRESH = r"""
 import faulthandler, json, sys
 import torch
 faulthandler.enable()
+if sys.argv[3] == "fresh-cuda-init":
+    torch.cuda.init()
 model = torch._inductor.aoti_load_package(sys.argv[1])
 x, expected = torch.load(sys.argv[2])
 print(json.dumps({"max_abs_error": (model(x) - expected).abs().max().item()}))
 """
 CASES = ("mlp", "triton", "triton-dynamic")
+LOADS = ("fresh", "fresh-cuda-init", "in-process")
 
 
 def _scaled_add():
@@ -69,7 +75,7 @@ class Probe(torch.nn.Module):
         return self.second(x)
 
 
-def run_case(case: str, device: str) -> dict:
+def run_case(case: str, device: str, loads: list[str]) -> list[dict]:
     model = Probe(_scaled_add() if case.startswith("triton") else None).to(device).eval()
     x = torch.randn(4, 256, device=device)
     with torch.no_grad():
@@ -80,30 +86,34 @@ def run_case(case: str, device: str) -> dict:
         start = time.perf_counter()
         program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
         torch._inductor.aoti_compile_and_package(program, package_path=str(package))
-        compile_s = time.perf_counter() - start
+        built = {"case": case, "device": device, "package_bytes": package.stat().st_size,
+                 "compile_s": round(time.perf_counter() - start, 1), "torch": torch.__version__}  # fmt: skip
         torch.save((x, expected), data)
-        done = subprocess.run([sys.executable, "-c", FRESH, str(package), str(data)], capture_output=True, text=True)
-        return {
-            "case": case,
-            "device": device,
-            "package_bytes": package.stat().st_size,
-            "compile_s": round(compile_s, 1),
-            "returncode": done.returncode,
-            "fresh": json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else done.stderr[-800:],
-            "torch": torch.__version__,
-        }
+        results = []
+        for load in sorted(loads, key=LOADS.index):  # in-process last
+            if load == "in-process":
+                print(json.dumps(built | {"load": load, "started": True}), flush=True)  # a crash still says where
+                error = (torch._inductor.aoti_load_package(str(package))(x) - expected).abs().max().item()
+                results.append(built | {"load": load, "returncode": 0, "result": {"max_abs_error": error}})
+                continue
+            command = [sys.executable, "-c", FRESH, str(package), str(data), load]
+            done = subprocess.run(command, capture_output=True, text=True)
+            outcome = json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else done.stderr[-800:]
+            results.append(built | {"load": load, "returncode": done.returncode, "result": outcome})
+        return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--loads", nargs="+", choices=LOADS, default=["fresh"])
     args = parser.parse_args()
     failed = 0
     for case in args.cases:
-        result = run_case(case, args.device)
-        failed += result["returncode"] != 0
-        print(json.dumps(result), flush=True)
+        for result in run_case(case, args.device, args.loads):
+            failed += result["returncode"] != 0
+            print(json.dumps(result), flush=True)
     return 1 if failed else 0
 
 
