@@ -25,6 +25,9 @@ def one_line_errors(fn):
         try:
             with _terminate_like_interrupt():
                 return fn(*args, **kwargs)
+        except Stopped as e:
+            print(f"\nstopped by {signal.Signals(e.signum).name}", file=sys.stderr)
+            raise SystemExit(128 + e.signum) from None
         except (ValueError, OSError, NotImplementedError, DeployError) as e:
             if os.environ.get("LITE3R_DEBUG"):
                 raise
@@ -46,9 +49,17 @@ class _terminate_like_interrupt:
             signal.signal(sig, handler)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM / SIGHUP, raised where the program is, like Ctrl-C: code that keeps partial results on an
+    interrupt (``lite3r bench``) keeps them for these too; the command then exits with 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def _exit_on_signal(signum, frame):
-    print(f"\nstopped by {signal.Signals(signum).name}", file=sys.stderr)
-    raise SystemExit(128 + signum)
+    raise Stopped(signum)
 
 
 def quiet_third_party() -> None:

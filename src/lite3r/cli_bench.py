@@ -82,7 +82,7 @@ def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, varia
     over frame counts; writes bench.json, bench.md and plots."""
     quiet_third_party()
     from lite3r._io import check_writable_dir
-    from lite3r.bench import BenchConfig, run_bench, write_report
+    from lite3r.bench import BenchConfig, BenchInterrupted, run_bench
     from lite3r.bench.variants import VARIANTS
     from lite3r.deploy.torch import RuntimeOptions
 
@@ -114,14 +114,31 @@ def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, varia
             line = json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in cell.items()})
             bar.console.print(line, soft_wrap=True, highlight=False, markup=False)
 
-        result = run_bench(config, on_progress=on_progress, on_cell=on_cell, command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+        command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        try:
+            result = run_bench(config, on_progress=on_progress, on_cell=on_cell, command=command)
+        except BenchInterrupted as stop:
+            interrupted = stop
+        else:
+            interrupted = None
+    if interrupted is not None:  # what was measured is written, then the interrupt goes on
+        _write(interrupted.result, out)
+        measured = sum(c["status"] == "ok" for c in interrupted.result.cells)
+        console.print(f"[yellow]interrupted: {measured} of {len(interrupted.result.cells)} cells measured[/]")
+        raise interrupted.__cause__ or interrupted
+    _write(result, out)
+    if result.errors:
+        console.print(f"[red]{len(result.errors)} cell(s) failed: {result.errors[0]['reason']}[/]")
+        sys.exit(1)
+
+
+def _write(result, out: Path) -> None:
+    from lite3r.bench import write_report
+
     written = write_report(result, out)
     out_console.print(_summary(result))
     for path in written:
         out_console.print(f"wrote {path}")
-    if result.errors:
-        console.print(f"[red]{len(result.errors)} cell(s) failed: {result.errors[0]['reason']}[/]")
-        sys.exit(1)
 
 
 def _summary(result) -> Table:

@@ -4,6 +4,10 @@ variants."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -88,6 +92,29 @@ def test_out_of_memory_is_recorded_and_the_grid_goes_on(monkeypatch):
     oom = next(c for c in result.cells if c["status"] == "oom")
     assert "out of memory" in oom["reason"]
     assert seen[-1] == (6, 6) and not result.errors
+
+
+def test_sigterm_mid_grid_writes_the_cells_measured_so_far(tmp_path):
+    """A GPU run stopped by its time limit (SIGTERM) keeps a report: the measured cells, the rest "not run"."""
+    out = tmp_path / "bench"
+    command = [sys.executable, "-m", "lite3r.cli", "bench", "--smoke", "--variants", "teacher-fast,student-bf16",
+               "--accuracy-scenes", "0", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = next(line for line in run.stderr if line.startswith('{"variant"'))  # one cell measured (stderr: the
+        run.send_signal(signal.SIGTERM)  # progress console's; stdout keeps the summary table)
+        _, err = run.communicate(timeout=300)
+    finally:
+        run.kill()
+    assert run.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
+    record = json.loads((out / "bench.json").read_text())
+    assert record["meta"]["interrupted"] is True
+    status = [(c["variant"], c["frames"], c["status"]) for c in record["cells"]]
+    assert len(status) == 4 and status[0] == ("teacher-fast", 2, "ok") and json.loads(first)["status"] == "ok"
+    assert status[-1] == ("student-bf16", 4, "not run")
+    assert record["cells"][-1]["reason"] == "interrupted before this cell ran"
+    assert "Interrupted" in (out / "bench.md").read_text() and (out / "latency.png").exists()
 
 
 def test_bad_bench_options_fail_before_any_work(tmp_path):

@@ -7,6 +7,7 @@ from lite3r._lazy import lazy_exports
 _EXPORTS = {
     "BenchConfig": "lite3r.bench.run",
     "BenchResult": "lite3r.bench.run",
+    "BenchInterrupted": "lite3r.bench.run",
     "run_bench": "lite3r.bench.run",
     "write_report": "lite3r.bench.report",
     "VARIANTS": "lite3r.bench.variants",

@@ -73,6 +73,8 @@ def markdown(result: BenchResult) -> str:
         f"- Date: {meta['date']}. Device: {meta['device']}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + f". git {meta['git'] or 'unknown'}.",
         f"- Command: `{meta['command']}`",
+        *([f"- **Interrupted** after {sum(c['status'] == 'ok' for c in result.cells)} of {len(result.cells)} cells: "
+           "the others are \"not run\"."] if meta.get("interrupted") else []),
         f"- Model: {meta['config']['model']}, batch 1, {meta['config']['reps']} timed runs per cell "
         + (f"([n runs] where {meta['config']['max_cell_seconds']} s per cell allowed fewer) "
            if meta["config"]["max_cell_seconds"] else "")

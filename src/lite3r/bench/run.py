@@ -5,6 +5,9 @@ freed before the next), then for each grid cell one untimed first call (compilat
 seconds are the cell's setup), ``warmup`` more untimed calls and ``reps`` timed calls, with the peak memory
 of the whole cell. Out-of-memory is recorded as such and the grid goes on (larger frame counts of the same
 variant and size are skipped). Students are then scored against the float32 teacher on synthetic scenes.
+An interrupt (Ctrl-C, or SIGTERM through the CLI) ends the grid with :class:`BenchInterrupted`, which carries
+the result so far: the measured cells, and every other cell as "not run" (a long GPU run that hits its time
+limit still leaves a report).
 """
 
 from __future__ import annotations
@@ -88,7 +91,16 @@ class BenchResult:
         return [c for c in self.cells if c["status"] == "error"]
 
 
+class BenchInterrupted(KeyboardInterrupt):
+    """The grid was interrupted; ``result`` holds what was measured before (``meta["interrupted"]`` is true)."""
+
+    def __init__(self, result: BenchResult) -> None:
+        super().__init__("lite3r bench interrupted")
+        self.result = result
+
+
 Progress = Callable[[int, int, str], None]
+INTERRUPTED = "interrupted before this cell ran"
 
 
 def run_bench(
@@ -114,19 +126,50 @@ def run_bench(
     cells: list[dict[str, Any]] = []
     variants: dict[str, dict[str, Any]] = {}
     total = len(config.variants) * sum(len(frames) for _, frames in config.grid)
-    for name in config.variants:
-        progress(len(cells), total, f"{name}: building")
+    try:
+        for name in config.variants:
+            _run_variant(name, config, ctx, scenes, reference, device, variants, cells, total, progress, on_cell)
+    except KeyboardInterrupt as e:
+        done = {(c["variant"], c["height"], c["width"], c["frames"]) for c in cells}
+        for name in config.variants:
+            variants.setdefault(name, {"status": "not run", "reason": INTERRUPTED})
+            cells += [_cell(name, size, frames, "not run", reason=INTERRUPTED)
+                      for size, frames in _cells(config) if (name, *size, frames) not in done]  # fmt: skip
         measure.reset_memory(device)
-        record = variants[name] = {"status": "ok"}
-        try:
-            built, record["build_s"] = measure.timed_seconds(lambda: build(name, ctx), device)
-            record["notes"] = built.notes
-        except (NotRunnable, torch.OutOfMemoryError) as e:
-            status = "oom" if isinstance(e, torch.OutOfMemoryError) else "not run"
-            record |= {"status": status, "reason": _one_line(e)}
-            cells += [_cell(name, size, frames, status, reason=record["reason"]) for size, frames in _cells(config)]
-            progress(len(cells), total, f"{name}: {status}")
-            continue
+        meta = _meta(config, device, command) | {"interrupted": True}
+        raise BenchInterrupted(BenchResult(meta, variants, cells)) from e
+    progress(total, total, "done")
+    meta = _meta(config, device, command)
+    return BenchResult(meta, variants, cells)
+
+
+def _run_variant(
+    name: str,
+    config: BenchConfig,
+    ctx: Context,
+    scenes: list[Any],
+    reference: Any,
+    device: torch.device,
+    variants: dict[str, dict[str, Any]],
+    cells: list[dict[str, Any]],
+    total: int,
+    progress: Progress,
+    on_cell: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Build one variant, measure its cells (appended to ``cells`` as they finish), score it, free it."""
+    progress(len(cells), total, f"{name}: building")
+    measure.reset_memory(device)
+    record = variants[name] = {"status": "ok"}
+    try:
+        built, record["build_s"] = measure.timed_seconds(lambda: build(name, ctx), device)
+        record["notes"] = built.notes
+    except (NotRunnable, torch.OutOfMemoryError) as e:
+        status = "oom" if isinstance(e, torch.OutOfMemoryError) else "not run"
+        record |= {"status": status, "reason": _one_line(e)}
+        cells += [_cell(name, size, frames, status, reason=record["reason"]) for size, frames in _cells(config)]
+        progress(len(cells), total, f"{name}: {status}")
+        return
+    try:
         for (height, width), frame_counts in config.grid:
             ran_out_at = None
             for frames in frame_counts:
@@ -141,13 +184,11 @@ def run_bench(
                 if on_cell is not None:
                     on_cell(cell)
         if scenes and any(c["status"] == "ok" for c in cells if c["variant"] == name):
-            record["accuracy"] = _accuracy(built, scenes, reference, device, teacher.family)
+            record["accuracy"] = _accuracy(built, scenes, reference, device, ctx.teacher.family)
+    finally:
         built.release()
         del built
         measure.reset_memory(device)
-    progress(total, total, "done")
-    meta = _meta(config, device, command)
-    return BenchResult(meta, variants, cells)
 
 
 def _context(config: BenchConfig, teacher: torch.nn.Module, device: torch.device) -> Context:
