@@ -137,32 +137,41 @@ def main() -> None:
         curves[f"{run} kh={kh}"] = {"loss": [r["loss"] for r in result.history], "held_out": curve.points}
         score(run, kh, result.student, steps=steps, train_s=round(seconds, 1))
 
+    def report(complete: bool) -> dict:
+        """bench_teacher.{json,md} with the rows so far: rewritten after every variant, so that a run stopped by
+        its time limit still leaves its numbers (``complete`` false)."""
+        summary = summarize([r for r in rows if "error" not in r], args.kh) | {
+            "identity_cameras_rotation_error_deg": identity_rotation_error(held_out)
+        }
+        result = {
+            "args": vars(args),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"),
+            "weights": weights_description(args),
+            "distill_steps": steps,
+            "probe_step_s": step_s,
+            "complete": complete,
+            "rows": rows,
+            "summary": summary,
+            "curves": curves,
+            "teacher_training": training_log(args.train_log),
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+        (out / "bench_teacher.json").write_text(json.dumps(json_ready(result), indent=1, allow_nan=False) + "\n")
+        (out / "bench_teacher.md").write_text(markdown(result))
+        return result
+
+    print(f"distillation: {steps} steps per run", flush=True)
     for kh in [*args.kh, *args.gate_kh]:
         student = lite3r.convert_to_sla(teacher, layers="global", kh=kh, kl=min(0.10, 1 - kh))
         attempt("sla", kh, lambda: score("sla", kh, student))
         attempt("sla+fp8-ptq", kh, lambda: score("sla+fp8-ptq", kh, calibrate_fp8(copy.deepcopy(student), data)))
         for run in RUNS if kh in args.kh else ():
             attempt(run, kh, lambda: distilled(run, kh, student))
+        report(complete=False)
 
-    summary = summarize([r for r in rows if "error" not in r], args.kh) | {
-        "identity_cameras_rotation_error_deg": identity_rotation_error(held_out)
-    }
-    result = {
-        "args": vars(args),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "weights": weights_description(args),
-        "distill_steps": steps,
-        "probe_step_s": step_s,
-        "rows": rows,
-        "summary": summary,
-        "curves": curves,
-        "teacher_training": training_log(args.train_log),
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    (out / "bench_teacher.json").write_text(json.dumps(json_ready(result), indent=1, allow_nan=False) + "\n")
-    (out / "bench_teacher.md").write_text(markdown(result))
+    result = report(complete=True)
     plot_curves(out / "curves.png", curves, args.train_log)
     contact_sheet(out / "contact_sheet.png", held_out[0], teacher_pred[0])
     print()
@@ -268,7 +277,8 @@ def markdown(result: dict) -> str:
         f"{result['device']}, torch {result['torch']}, {result['date']}; teacher {a['model']} "
         f"({card.get('steps', '?')} training steps, {card.get('device', '?')}); {a['held_out']} held-out scenes "
         f"of {a['views']} views {a['size']}x{a['size']}; {result['distill_steps']} distillation steps per run "
-        f"on {a['distill_scenes']} scenes; {result['wall_s']:.0f} s",
+        f"on {a['distill_scenes']} scenes; {result['wall_s']:.0f} s"
+        + ("" if result["complete"] else " (**incomplete**: the run stopped before its last variant)"),
         "",
         "| variant | kh | AbsRel | δ<1.25 | rot ° | transl ° | vs teacher: AbsRel | rot ° | transl ° | gate |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
