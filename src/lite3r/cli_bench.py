@@ -66,6 +66,8 @@ def _grid(sizes: tuple[str, ...], frames: tuple[int, ...], default_size: tuple[i
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True)
 @click.option("--sdpa", type=click.Choice(["cudnn", "flash", "default"]), default="cudnn", show_default=True,
               help="Preferred dense-attention backend of the runtime variants.")
+@click.option("--dense-below", default=0, show_default=True, type=click.IntRange(min=0), metavar="TOKENS",
+              help="Students' SLA layers take exact attention on sequences shorter than this (0: never).")
 @click.option("--accuracy-scenes", default=2, show_default=True, type=click.IntRange(min=0),
               help="Synthetic scenes the variants are scored on against the float32 teacher (0: none).")
 @click.option("--accuracy-frames", default=8, show_default=True, type=click.IntRange(min=1))
@@ -76,7 +78,7 @@ def _grid(sizes: tuple[str, ...], frames: tuple[int, ...], default_size: tuple[i
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
 def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, variants, reps, warmup, max_cell_seconds,
-                  kh, kl, dtype, heads_dtype, compile_blocks, cuda_graphs, sdpa, accuracy_scenes, accuracy_frames,
+                  kh, kl, dtype, heads_dtype, compile_blocks, cuda_graphs, sdpa, dense_below, accuracy_scenes, accuracy_frames,
                   device, seed, smoke, out):
     """Latency, peak memory and accuracy of the teacher (official usage, fast runtime) and its SLA students
     over frame counts; writes bench.json, bench.md and plots."""
@@ -97,7 +99,7 @@ def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, varia
     else:
         counts = _counts(frames, "--frames")
         runtime = RuntimeOptions(dtype=dtype, heads_dtype=heads_dtype, compile=compile_blocks,
-                                 cuda_graphs=cuda_graphs, sdpa=sdpa)  # fmt: skip
+                                 cuda_graphs=cuda_graphs, sdpa=sdpa, dense_below=dense_below)  # fmt: skip
         config = BenchConfig(
             model=model_name, grid=_grid(sizes, counts, (518, 518)), reps=reps, warmup=warmup, device=device,
             max_cell_seconds=max_cell_seconds,

@@ -88,6 +88,23 @@ def test_cpu_runtime_is_the_16bit_model(heads):
     assert (3, 3, 56, 56) not in runtime.setup and (1, 3, 3, 56, 56) in runtime.setup
 
 
+def test_runtime_dense_below_makes_the_student_its_teacher_on_short_sequences():
+    """With every sequence below ``dense_below`` the student's SLA layers attend exactly: the student's output is
+    its teacher's (same 16-bit runtime), although its proj_lin is not zero."""
+    torch.manual_seed(0)
+    teacher = lite3r.load_model("vggt-tiny", embed_dim=128, num_heads=2)
+    student = lite3r.convert_to_sla(teacher, layers="global", kh=0.2, kl=0.2)
+    for core in (m for m in student.modules() if hasattr(m, "proj_lin")):
+        torch.nn.init.normal_(core.proj_lin.weight, std=0.05)
+    images = torch.rand(3, 3, 112, 112)  # 3 frames of 64 patches + 5 summary tokens: 207 tokens, 4 key blocks
+    options = dict(compile=False, cuda_graphs=False, dtype="float32")
+    expected = TorchRuntime.build(teacher, RuntimeOptions(**options), device="cpu")(images)
+    below = TorchRuntime.build(student, RuntimeOptions(**options, dense_below=208), device="cpu")(images)
+    assert all(torch.equal(below[k], expected[k]) for k in expected)
+    at = TorchRuntime.build(student, RuntimeOptions(**options, dense_below=207), device="cpu")(images)
+    assert (at["pose_enc"] - expected["pose_enc"]).abs().max() > 1e-3  # at 207 tokens: SLA (and its proj_lin)
+
+
 def test_bad_runtime_options_are_one_clear_error():
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         TorchRuntime.build(_student(), RuntimeOptions(compile=False), device="cpu")
@@ -99,6 +116,8 @@ def test_bad_runtime_options_are_one_clear_error():
         RuntimeOptions(sdpa="fastest")
     with pytest.raises(ValueError, match="dtype must be one of"):
         RuntimeOptions(dtype="int8")
+    with pytest.raises(ValueError, match="dense_below must be a token count >= 0"):
+        RuntimeOptions(dense_below=-5)
 
 
 @pytest.mark.gpu

@@ -163,6 +163,21 @@ def test_dense_tokens_attend_exactly_and_leave_every_other_row_to_sla():
         SparseLinearAttention(32, dense_tokens=-1)
 
 
+def test_dense_below_gives_exact_attention_to_short_sequences_only():
+    torch.manual_seed(0)
+    core = SparseLinearAttention(32, kh=0.2, dense_tokens=3)
+    torch.nn.init.normal_(core.proj_lin.weight, std=0.1)
+    q, k, v = (torch.randn(1, 2, 200, 32) for _ in range(3))
+    sla = core(q, k, v, frames=4)
+    core.dense_below = 201
+    assert torch.equal(core(q, k, v, frames=4), torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    core.dense_below = 200  # not shorter: SLA
+    assert torch.equal(core(q, k, v, frames=4), sla) and "dense_below=200" in repr(core)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="dense_below must be a token count >= 0"):
+            SparseLinearAttention(32, dense_below=bad)
+
+
 def test_dense_tokens_default_to_the_family_summary_tokens():
     torch.manual_seed(0)
     vggt = lite3r.load_model("vggt-tiny")

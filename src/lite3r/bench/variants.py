@@ -24,6 +24,7 @@ from torch import nn
 
 from lite3r.deploy.torch import RuntimeOptions, TorchRuntime
 from lite3r.models import family_of
+from lite3r.sla.module import SparseLinearAttention
 
 VARIANTS = ("teacher-official", "teacher-fast", "student-bf16", "student-fp8", "pt2")
 TEACHERS = ("teacher-official", "teacher-fast")
@@ -96,6 +97,8 @@ def _runtime(model: nn.Module, ctx: Context, quant_state: dict[str, Any] | None 
     notes = (f"{options.dtype} weights (heads {options.heads_dtype or options.dtype}), "
              f"compile {'on' if options.compile else 'off'}, CUDA graphs {'on' if options.cuda_graphs else 'off'}, "
              f"SDPA {options.sdpa}")  # fmt: skip
+    if options.dense_below and any(isinstance(m, SparseLinearAttention) for m in runtime.model.modules()):
+        notes += f", exact attention below {options.dense_below} tokens"
 
     def setup(shape: tuple[int, ...]) -> dict[str, float]:
         done = runtime.setup.get(shape)

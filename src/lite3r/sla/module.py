@@ -20,6 +20,12 @@ class SparseLinearAttention(nn.Module):
     predict poses, and a few critical blocks cannot carry that (trained vggt-small, kh 5 %, 16 views: rotation error
     against the teacher 26.9 -> 11.8 deg for 2 % of the rows; ``benchmarks/RESULTS.md``). Plain tensor ops around
     the SLA op, so the ONNX graph, the engine and the ``.pt2`` carry them without a new kernel.
+
+    ``dense_below``: sequences shorter than this many tokens take exact attention instead (0: never). Below a
+    few thousand tokens dense flash attention is cheaper than SLA's block map, states and kernels (VGGT-1B on the
+    H200: the student is 5 % slower than the dense model at 2 frames of 518², 1.35x faster at 8;
+    docs/runtime.md). A deployment setting (``RuntimeOptions.dense_below``), not saved with a student and off in
+    training and in the exported graphs.
     """
 
     def __init__(
@@ -33,6 +39,7 @@ class SparseLinearAttention(nn.Module):
         feature_map: str = "softmax",
         backend: str = "auto",
         dense_tokens: int = 0,
+        dense_below: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -45,6 +52,7 @@ class SparseLinearAttention(nn.Module):
         if not isinstance(dense_tokens, int) or dense_tokens < 0:
             raise ValueError(f"dense_tokens must be an integer >= 0, got {dense_tokens!r}")
         self.dense_tokens = dense_tokens
+        self.dense_below = check_dense_below(dense_below)
         self.proj_lin = nn.Linear(head_dim, head_dim, device=device, dtype=dtype)
         nn.init.zeros_(self.proj_lin.weight)
         nn.init.zeros_(self.proj_lin.bias)
@@ -56,6 +64,8 @@ class SparseLinearAttention(nn.Module):
         return dict(kh=self.kh, kl=self.kl, block_q=self.block_q, block_k=self.block_k, feature_map=self.feature_map)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+        if self.dense_below and q.shape[2] < self.dense_below:  # off (0): no comparison, exported graphs never branch
+            return F.scaled_dot_product_attention(q, k, v)
         out = sparse_linear_attention(
             q, k, v, self.proj_lin.weight, self.proj_lin.bias, **self.options, backend=self.backend
         )
@@ -64,8 +74,14 @@ class SparseLinearAttention(nn.Module):
         return dense_frame_rows(out, q, k, v, self.dense_tokens, 1 if frames is None else frames)
 
     def extra_repr(self) -> str:
-        extra = (("backend", self.backend), ("dense_tokens", self.dense_tokens))
+        extra = (("backend", self.backend), ("dense_tokens", self.dense_tokens), ("dense_below", self.dense_below))
         return ", ".join(f"{k}={v!r}" for k, v in (*self.options.items(), *extra))
+
+
+def check_dense_below(tokens: int) -> int:
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise ValueError(f"dense_below must be a token count >= 0 (0: never dense), got {tokens!r}")
+    return tokens
 
 
 def dense_frame_rows(

@@ -27,6 +27,7 @@ from lite3r._timing import timed_seconds
 from lite3r.deploy.torch.prepare import prepare_model, resolve_dtype
 from lite3r.models.heads import DPTHead
 from lite3r.models.layers import Block
+from lite3r.sla.module import SparseLinearAttention, check_dense_below
 
 SDPA_BACKENDS = {
     "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
@@ -50,8 +51,10 @@ class RuntimeOptions:
     cuda_graphs: bool = True
     frames: str | None = None
     sdpa: str = "cudnn"
+    dense_below: int = 0  # SLA layers take exact attention below this many tokens (SparseLinearAttention)
 
     def __post_init__(self) -> None:
+        check_dense_below(self.dense_below)
         resolve_dtype(self.dtype)
         if self.heads_dtype is not None:
             resolve_dtype(self.heads_dtype)
@@ -113,6 +116,8 @@ class TorchRuntime:
         if options.compile:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, _DYNAMO_CACHE_SIZE)
         for module in model.modules():
+            if isinstance(module, SparseLinearAttention):
+                module.dense_below = options.dense_below
             if options.compile and isinstance(module, Block):
                 module.compile(options=_INDUCTOR_OPTIONS)
             if options.compile and options.compile_heads and isinstance(module, DPTHead):
