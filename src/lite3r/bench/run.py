@@ -123,72 +123,76 @@ def run_bench(
     scenes = _accuracy_scenes(config)
     reference = _float32_reference(teacher, scenes, device)
 
-    cells: list[dict[str, Any]] = []
-    variants: dict[str, dict[str, Any]] = {}
-    total = len(config.variants) * sum(len(frames) for _, frames in config.grid)
+    grid = _GridRun(config, ctx, scenes, reference, device, progress, on_cell)
     try:
         for name in config.variants:
-            _run_variant(name, config, ctx, scenes, reference, device, variants, cells, total, progress, on_cell)
+            grid.run_variant(name)
     except KeyboardInterrupt as e:
-        done = {(c["variant"], c["height"], c["width"], c["frames"]) for c in cells}
+        done = {(c["variant"], c["height"], c["width"], c["frames"]) for c in grid.cells}
         for name in config.variants:
-            variants.setdefault(name, {"status": "not run", "reason": INTERRUPTED})
-            cells += [_cell(name, size, frames, "not run", reason=INTERRUPTED)
-                      for size, frames in _cells(config) if (name, *size, frames) not in done]  # fmt: skip
+            grid.variants.setdefault(name, {"status": "not run", "reason": INTERRUPTED})
+            grid.cells += [_cell(name, size, frames, "not run", reason=INTERRUPTED)
+                           for size, frames in _cells(config) if (name, *size, frames) not in done]  # fmt: skip
         measure.reset_memory(device)
         meta = _meta(config, device, command) | {"interrupted": True}
-        raise BenchInterrupted(BenchResult(meta, variants, cells)) from e
-    progress(total, total, "done")
-    meta = _meta(config, device, command)
-    return BenchResult(meta, variants, cells)
+        raise BenchInterrupted(BenchResult(meta, grid.variants, grid.cells)) from e
+    progress(grid.total, grid.total, "done")
+    return BenchResult(_meta(config, device, command), grid.variants, grid.cells)
 
 
-def _run_variant(
-    name: str,
-    config: BenchConfig,
-    ctx: Context,
-    scenes: list[Any],
-    reference: Any,
-    device: torch.device,
-    variants: dict[str, dict[str, Any]],
-    cells: list[dict[str, Any]],
-    total: int,
-    progress: Progress,
-    on_cell: Callable[[dict[str, Any]], None] | None,
-) -> None:
-    """Build one variant, measure its cells (appended to ``cells`` as they finish), score it, free it."""
-    progress(len(cells), total, f"{name}: building")
-    measure.reset_memory(device)
-    record = variants[name] = {"status": "ok"}
-    try:
-        built, record["build_s"] = measure.timed_seconds(lambda: build(name, ctx), device)
-        record["notes"] = built.notes
-    except (NotRunnable, torch.OutOfMemoryError) as e:
-        status = "oom" if isinstance(e, torch.OutOfMemoryError) else "not run"
-        record |= {"status": status, "reason": _one_line(e)}
-        cells += [_cell(name, size, frames, status, reason=record["reason"]) for size, frames in _cells(config)]
-        progress(len(cells), total, f"{name}: {status}")
-        return
-    try:
-        for (height, width), frame_counts in config.grid:
-            ran_out_at = None
-            for frames in frame_counts:
-                progress(len(cells), total, f"{name}: {frames} frames of {height}x{width}")
-                if ran_out_at is not None:
-                    cells.append(_cell(name, (height, width), frames, "skipped",
-                                       reason=f"ran out of memory at {ran_out_at} frames"))  # fmt: skip
-                    continue
-                cell = _measure_cell(name, built, config, (height, width), frames, device)
-                ran_out_at = frames if cell["status"] == "oom" else None
-                cells.append(cell)
-                if on_cell is not None:
-                    on_cell(cell)
-        if scenes and any(c["status"] == "ok" for c in cells if c["variant"] == name):
-            record["accuracy"] = _accuracy(built, scenes, reference, device, ctx.teacher.family)
-    finally:
-        built.release()
-        del built
+@dataclass
+class _GridRun:
+    """The grid's state while it runs: cells and variant records grow as each variant is measured."""
+
+    config: BenchConfig
+    ctx: Context
+    scenes: list[Any]
+    reference: Any
+    device: torch.device
+    progress: Progress
+    on_cell: Callable[[dict[str, Any]], None] | None
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return len(self.config.variants) * sum(len(frames) for _, frames in self.config.grid)
+
+    def run_variant(self, name: str) -> None:
+        """Build one variant, measure its cells (each appended as it finishes), score it, free it."""
+        config, device, cells = self.config, self.device, self.cells
+        self.progress(len(cells), self.total, f"{name}: building")
         measure.reset_memory(device)
+        record = self.variants[name] = {"status": "ok"}
+        try:
+            built, record["build_s"] = measure.timed_seconds(lambda: build(name, self.ctx), device)
+            record["notes"] = built.notes
+        except (NotRunnable, torch.OutOfMemoryError) as e:
+            status = "oom" if isinstance(e, torch.OutOfMemoryError) else "not run"
+            record |= {"status": status, "reason": _one_line(e)}
+            cells += [_cell(name, size, frames, status, reason=record["reason"]) for size, frames in _cells(config)]
+            self.progress(len(cells), self.total, f"{name}: {status}")
+            return
+        try:
+            for (height, width), frame_counts in config.grid:
+                ran_out_at = None
+                for frames in frame_counts:
+                    self.progress(len(cells), self.total, f"{name}: {frames} frames of {height}x{width}")
+                    if ran_out_at is not None:
+                        cells.append(_cell(name, (height, width), frames, "skipped",
+                                           reason=f"ran out of memory at {ran_out_at} frames"))  # fmt: skip
+                        continue
+                    cell = _measure_cell(name, built, config, (height, width), frames, device)
+                    ran_out_at = frames if cell["status"] == "oom" else None
+                    cells.append(cell)
+                    if self.on_cell is not None:
+                        self.on_cell(cell)
+            if self.scenes and any(c["status"] == "ok" for c in cells if c["variant"] == name):
+                record["accuracy"] = _accuracy(built, self.scenes, self.reference, device, self.ctx.teacher.family)
+        finally:
+            built.release()
+            del built
+            measure.reset_memory(device)
 
 
 def _context(config: BenchConfig, teacher: torch.nn.Module, device: torch.device) -> Context:
