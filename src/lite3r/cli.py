@@ -386,13 +386,14 @@ def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, fr
 
 
 def _attach_commands() -> None:
-    from lite3r.cli_bench import bench_command
+    from lite3r.cli_bench import bench_command, bench_report_command
     from lite3r.cli_teacher import train_teacher_command
     from lite3r.cli_train import calibrate_command, distill_command
 
     main.add_command(distill_command, "distill")
     main.add_command(calibrate_command, "calibrate")
     main.add_command(bench_command, "bench")
+    main.add_command(bench_report_command, "bench-report")
     main.add_command(train_teacher_command, "train-teacher")
 
 

@@ -134,6 +134,20 @@ def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, varia
         sys.exit(1)
 
 
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
+@one_line_errors
+def bench_report_command(runs, out):
+    """One report (bench.json, bench.md, plots) from the bench.json files (or their folders) of several
+    `lite3r bench` runs of one model on one device; a cell measured twice keeps the later run's numbers."""
+    from lite3r._io import check_writable_dir
+    from lite3r.bench.report import merge_results, read_result
+
+    check_writable_dir(out)
+    _write(merge_results([read_result(path) for path in runs]), out)
+
+
 def _write(result, out: Path) -> None:
     from lite3r.bench import write_report
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lite3r.bench import BenchConfig, run_bench
+from lite3r.bench import BenchConfig, run_bench, write_report
 from lite3r.bench import variants as variants_module
 from lite3r.cli import main
 
@@ -115,6 +115,40 @@ def test_sigterm_mid_grid_writes_the_cells_measured_so_far(tmp_path):
     assert status[-1] == ("student-bf16", 4, "not run")
     assert record["cells"][-1]["reason"] == "interrupted before this cell ran"
     assert "Interrupted" in (out / "bench.md").read_text() and (out / "latency.png").exists()
+
+
+def test_bench_report_merges_runs_into_one_grid(tmp_path):
+    """A grid measured over several calls becomes one report: the union of cells, the later run's numbers where
+    both measured a cell, each cell naming its run; other models or devices are refused in one line."""
+    quick = dict(reps=1, warmup=0, accuracy_scenes=0)
+    first = run_bench(BenchConfig.smoke(variants=("teacher-fast",), grid=(((28, 28), (2,)),), **quick))
+    second = run_bench(BenchConfig.smoke(variants=("teacher-fast", "student-bf16"), grid=(((28, 28), (2, 3)),),
+                                         **quick))  # fmt: skip
+    write_report(first, tmp_path / "a")
+    write_report(second, tmp_path / "b")
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(main, ["bench-report", str(tmp_path / "a"), str(tmp_path / "b" / "bench.json"),
+                                       "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "bench.json").read_text())
+    runs = {(c["variant"], c["frames"]): (c["status"], c["run"]) for c in record["cells"]}
+    assert runs == {("teacher-fast", 2): ("ok", 1), ("teacher-fast", 3): ("ok", 1),
+                    ("student-bf16", 2): ("ok", 1), ("student-bf16", 3): ("ok", 1)}  # fmt: skip
+    merged_median = next(c["median_ms"] for c in record["cells"] if c["variant"] == "teacher-fast" and c["frames"] == 2)
+    assert merged_median == next(c["median_ms"] for c in second.cells if c["frames"] == 2)
+    assert record["meta"]["config"]["grid"] == [[[28, 28], [2, 3]]] and len(record["meta"]["runs"]) == 2
+    assert "Merged from 2 runs" in (out / "bench.md").read_text() and (out / "speedup.png").exists()
+
+    other = run_bench(BenchConfig.smoke(model="da3-tiny", variants=("teacher-fast",), grid=(((28, 28), (2,)),),
+                                        **quick))  # fmt: skip
+    write_report(other, tmp_path / "da3")
+    result = CliRunner().invoke(main, ["bench-report", str(tmp_path / "a"), str(tmp_path / "da3"), "--out",
+                                       str(tmp_path / "bad")])  # fmt: skip
+    assert result.exit_code == 1 and "runs of different models cannot share one table" in result.output
+    (tmp_path / "junk.json").write_text("{}")
+    result = CliRunner().invoke(main, ["bench-report", str(tmp_path / "junk.json"), "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 1 and "is not a lite3r bench.json" in result.output
+    assert not (tmp_path / "bad").exists()
 
 
 def test_bad_bench_options_fail_before_any_work(tmp_path):

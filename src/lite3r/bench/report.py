@@ -1,5 +1,8 @@
 """What ``lite3r bench`` writes: ``bench.json`` (everything), ``bench.md`` (tables with speedups against both
 teacher variants), and three plots (latency and peak memory against frames, log scales; speedup against frames).
+
+:func:`merge_results` joins the ``bench.json`` of several runs of one model on one device (a full grid on a
+machine lent in 10-minute calls is several runs) into one report, each cell naming the run it came from.
 """
 
 from __future__ import annotations
@@ -26,6 +29,52 @@ def write_report(result: BenchResult, out: str | Path) -> list[Path]:
         _plots(result, stage)
         names = sorted(p.name for p in stage.iterdir())
     return [Path(out) / name for name in names]
+
+
+def read_result(path: str | Path) -> BenchResult:
+    """A ``bench.json`` (or the folder holding one) as written by :func:`write_report`."""
+    path = Path(path)
+    path = path / "bench.json" if path.is_dir() else path
+    try:
+        record = json.loads(path.read_text())
+        return BenchResult(record["meta"], record["variants"], record["cells"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a lite3r bench.json ({type(e).__name__}: {e})") from None
+
+
+def merge_results(results: list[BenchResult]) -> BenchResult:
+    """One result from runs of the same model on the same device: the union of their grids; where two runs
+    measured the same cell, the later run's measurement wins over anything, and a measurement over a cell that
+    did not run. Every cell gets ``run`` (its run's index in ``meta["runs"]``)."""
+    if not results:
+        raise ValueError("nothing to merge")
+    for name in ("device",):
+        values = {r.meta[name] for r in results}
+        if len(values) > 1:
+            raise ValueError(f"runs on different devices cannot share one table: {', '.join(sorted(values))}")
+    models = {r.meta["config"]["model"] for r in results}
+    if len(models) > 1:
+        raise ValueError(f"runs of different models cannot share one table: {', '.join(sorted(models))}")
+    cells: dict[tuple[str, int, int, int], dict[str, Any]] = {}
+    variants: dict[str, dict[str, Any]] = {}
+    sizes: dict[tuple[int, int], set[int]] = {}
+    for index, result in enumerate(results):
+        for cell in result.cells:
+            key = _key(cell)
+            if cell["status"] == "ok" or key not in cells or cells[key]["status"] != "ok":
+                cells[key] = {**cell, "run": index}
+        for name, record in result.variants.items():
+            if record.get("status") == "ok" or variants.get(name, {}).get("status") != "ok":
+                variants[name] = record
+        for (height, width), frames in result.meta["config"]["grid"]:
+            sizes.setdefault((height, width), set()).update(frames)
+    first = results[0].meta
+    runs = [{k: r.meta.get(k) for k in ("date", "command", "git", "versions", "interrupted")} for r in results]
+    config = {**first["config"], "grid": [[list(size), sorted(frames)] for size, frames in sizes.items()]}
+    meta = {k: v for k, v in first.items() if k != "interrupted"} | {"config": config, "runs": runs}
+    order = {name: i for i, name in enumerate(variants)}
+    ordered = sorted(cells.values(), key=lambda c: (order[c["variant"]], c["height"], c["width"], c["frames"]))
+    return BenchResult(meta, variants, ordered)
 
 
 def speedups(result: BenchResult) -> dict[tuple[str, int, int, int], dict[str, float]]:
@@ -72,7 +121,10 @@ def markdown(result: BenchResult) -> str:
         "",
         f"- Date: {meta['date']}. Device: {meta['device']}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + f". git {meta['git'] or 'unknown'}.",
-        f"- Command: `{meta['command']}`",
+        *([f"- Command: `{meta['command']}`"] if "runs" not in meta else
+          [f"- Merged from {len(meta['runs'])} runs (cells name theirs in bench.json): "
+           + "; ".join(f"run {i}: {run['date']}, git {run['git'] or 'unknown'}, `{run['command']}`"
+                       for i, run in enumerate(meta["runs"]))]),
         *([f"- **Interrupted** after {sum(c['status'] == 'ok' for c in result.cells)} of {len(result.cells)} cells: "
            "the others are \"not run\"."] if meta.get("interrupted") else []),
         f"- Model: {meta['config']['model']}, batch 1, {meta['config']['reps']} timed runs per cell "
