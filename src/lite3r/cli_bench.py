@@ -78,8 +78,8 @@ def _grid(sizes: tuple[str, ...], frames: tuple[int, ...], default_size: tuple[i
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
 def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, variants, reps, warmup, max_cell_seconds,
-                  kh, kl, dtype, heads_dtype, compile_blocks, cuda_graphs, sdpa, dense_below, accuracy_scenes, accuracy_frames,
-                  device, seed, smoke, out):
+                  kh, kl, dtype, heads_dtype, compile_blocks, cuda_graphs, sdpa, dense_below, accuracy_scenes,
+                  accuracy_frames, device, seed, smoke, out):
     """Latency, peak memory and accuracy of the teacher (official usage, fast runtime) and its SLA students
     over frame counts; writes bench.json, bench.md and plots."""
     quiet_third_party()

@@ -48,10 +48,9 @@ def merge_results(results: list[BenchResult]) -> BenchResult:
     did not run. Every cell gets ``run`` (its run's index in ``meta["runs"]``)."""
     if not results:
         raise ValueError("nothing to merge")
-    for name in ("device",):
-        values = {r.meta[name] for r in results}
-        if len(values) > 1:
-            raise ValueError(f"runs on different devices cannot share one table: {', '.join(sorted(values))}")
+    devices = {r.meta["device"] for r in results}
+    if len(devices) > 1:
+        raise ValueError(f"runs on different devices cannot share one table: {', '.join(sorted(devices))}")
     models = {r.meta["config"]["model"] for r in results}
     if len(models) > 1:
         raise ValueError(f"runs of different models cannot share one table: {', '.join(sorted(models))}")
