@@ -131,6 +131,14 @@ def test_bad_options_fail_before_any_work(tmp_path, options, error, message):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_runtime_dense_fallback_is_refused(tmp_path):
+    student = _student()
+    student.aggregator.global_blocks[0].attn.core.dense_below = 4096
+    with pytest.raises(Pt2Error, match=r"dense_below=4096 \(a TorchRuntime setting\); the package runs SLA"):
+        export_pt2(student, tmp_path / "model.pt2", device="cpu", image_size=SIZE)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fp8_linears_export_with_a_dynamic_frame_axis():
     """The prepared FP8 student traces to ``_scaled_mm`` GEMMs with the frame axis still symbolic."""
     from lite3r.deploy.torch import prepare_model

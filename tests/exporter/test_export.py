@@ -266,6 +266,13 @@ def test_bad_frames_and_opset(tmp_path, tiny):
            opset=18)  # fmt: skip
 
 
+def test_a_runtime_dense_fallback_is_refused(tmp_path, student):
+    """``dense_below`` is a TorchRuntime setting; an ONNX graph runs SLA at every length."""
+    fallback = copy.deepcopy(student)
+    fallback.aggregator.global_blocks[0].attn.core.dense_below = 4096
+    _fails(tmp_path, fallback, ExportError, r"the SLA layers have dense_below=4096 \(a TorchRuntime setting\)")
+
+
 def test_unwritable_path(tmp_path, tiny):
     (tmp_path / "file").write_text("")
     with pytest.raises(OutputError, match="cannot create output folder"):

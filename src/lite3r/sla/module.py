@@ -78,6 +78,12 @@ class SparseLinearAttention(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in (*self.options.items(), *extra))
 
 
+def runtime_dense_below(model: nn.Module) -> int:
+    """The largest ``dense_below`` among ``model``'s SLA layers (0: none set). Exporters refuse a model with one
+    set: the exported graphs run SLA at every length (docs/runtime.md)."""
+    return max((m.dense_below for m in model.modules() if isinstance(m, SparseLinearAttention)), default=0)
+
+
 def check_dense_below(tokens: int) -> int:
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
         raise ValueError(f"dense_below must be a token count >= 0 (0: never dense), got {tokens!r}")
