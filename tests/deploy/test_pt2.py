@@ -134,7 +134,7 @@ def test_bad_options_fail_before_any_work(tmp_path, options, error, message):
 def test_a_runtime_dense_fallback_is_refused(tmp_path):
     student = _student()
     student.aggregator.global_blocks[0].attn.core.dense_below = 4096
-    with pytest.raises(Pt2Error, match=r"dense_below=4096 \(a TorchRuntime setting\); the package runs SLA"):
+    with pytest.raises(Pt2Error, match=r"dense_below=4096 \(a TorchRuntime setting\); exports run SLA at every length"):
         export_pt2(student, tmp_path / "model.pt2", device="cpu", image_size=SIZE)
     assert list(tmp_path.iterdir()) == []
 

@@ -13,14 +13,19 @@ from lite3r.quant import FP8Recipe
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _student(seed: int = 0, model: str = "vggt-tiny", **overrides):
-    """A small student whose global layers have head dim 64, so that CUDA runs the SLA Triton kernels."""
+def _teacher_and_student(seed: int = 0, model: str = "vggt-tiny", **overrides):
+    """A small teacher and its student, whose global layers have head dim 64 (so that CUDA runs the SLA Triton
+    kernels)."""
     torch.manual_seed(seed)
     teacher = lite3r.load_model(model, embed_dim=128, num_heads=2, **overrides)
     student = lite3r.convert_to_sla(teacher, layers="global", kh=0.2, kl=0.2)
     for core in (m for m in student.modules() if hasattr(m, "proj_lin")):
         torch.nn.init.normal_(core.proj_lin.weight, std=0.05)  # a trained-like linear branch, not zero
-    return student
+    return teacher, student
+
+
+def _student(seed: int = 0, model: str = "vggt-tiny", **overrides):
+    return _teacher_and_student(seed, model, **overrides)[1]
 
 
 def _quant_state(model) -> dict:
@@ -91,11 +96,7 @@ def test_cpu_runtime_is_the_16bit_model(heads):
 def test_runtime_dense_below_makes_the_student_its_teacher_on_short_sequences():
     """With every sequence below ``dense_below`` the student's SLA layers attend exactly: the student's output is
     its teacher's (same 16-bit runtime), although its proj_lin is not zero."""
-    torch.manual_seed(0)
-    teacher = lite3r.load_model("vggt-tiny", embed_dim=128, num_heads=2)
-    student = lite3r.convert_to_sla(teacher, layers="global", kh=0.2, kl=0.2)
-    for core in (m for m in student.modules() if hasattr(m, "proj_lin")):
-        torch.nn.init.normal_(core.proj_lin.weight, std=0.05)
+    teacher, student = _teacher_and_student()
     images = torch.rand(3, 3, 112, 112)  # 3 frames of 64 patches + 5 summary tokens: 207 tokens, 4 key blocks
     options = dict(compile=False, cuda_graphs=False, dtype="float32")
     expected = TorchRuntime.build(teacher, RuntimeOptions(**options), device="cpu")(images)

@@ -78,10 +78,14 @@ class SparseLinearAttention(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in (*self.options.items(), *extra))
 
 
-def runtime_dense_below(model: nn.Module) -> int:
-    """The largest ``dense_below`` among ``model``'s SLA layers (0: none set). Exporters refuse a model with one
-    set: the exported graphs run SLA at every length (docs/runtime.md)."""
-    return max((m.dense_below for m in model.modules() if isinstance(m, SparseLinearAttention)), default=0)
+def runtime_dense_below_error(model: nn.Module) -> str | None:
+    """Why an exporter must refuse ``model`` (an SLA layer with ``dense_below`` set), or None: the exported graphs
+    run SLA at every length (docs/runtime.md)."""
+    tokens = max((m.dense_below for m in model.modules() if isinstance(m, SparseLinearAttention)), default=0)
+    if not tokens:
+        return None
+    return (f"the SLA layers have dense_below={tokens} (a TorchRuntime setting); exports run SLA at every length: "
+            "set it to 0 first")
 
 
 def check_dense_below(tokens: int) -> int:
