@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_suite.sh runtime     # issue 10: GPU tests of TorchRuntime + SLA, SDPA backends
 #   bash benchmarks/gpu_suite.sh profile     # issue 10: where the student's time goes (kernel categories)
 #   BENCH_FRAMES=2,8,32,100 BENCH_ARGS="--reps 10" bash benchmarks/gpu_suite.sh bench   # issue 9/10: lite3r bench
+#                                            # (BENCH_NAME=x writes $OUT/x and $OUT/x.log instead of bench)
 #   BENCH_MODEL=da3-large BENCH_FRAMES=2,8,32,100 BENCH_ARGS="--size 504x504" bash benchmarks/gpu_suite.sh bench  # 14
 #   bash benchmarks/gpu_suite.sh distill-ddp # issue 15: 1 vs 2 GPUs, DDP and FSDP2 (nvidia-h200-x2, < 8 min)
 #   bash benchmarks/gpu_suite.sh teacher     # issue 12: train vggt-small (5 min), then the SLA/FP8 experiment on it
@@ -16,6 +17,7 @@
 #   TEACHER_MINUTES=9 bash benchmarks/gpu_suite.sh teacher-train   # issue 12: a longer run alone in one call;
 #   TEACHER_WEIGHTS=<its $OUT/teacher, carried> bash benchmarks/gpu_suite.sh teacher-eval   # its experiment next call
 #   bash benchmarks/gpu_suite.sh pt2         # issue 11: the VGGT-1B student as model.pt2, then SLA kernel tests
+#   bash benchmarks/gpu_suite.sh pt2-probe   # issue 11: a two-Linear CUDA package loaded four ways (gdb backtrace)
 #   bash benchmarks/gpu_suite.sh ... pack    # last: more than 8 files under $OUT become one results.tar.gz
 # ModelOpt / Polygraphy are not on the GPU image: carry them as wheels in .whl (see docs/gpu.md).
 set -uo pipefail
@@ -58,10 +60,13 @@ for part in "$@"; do
                && python3 benchmarks/bench_sdpa_backends.py --frames 2 8 32; } 2>&1 | tee "$OUT/runtime.log" ;;
     pt2) { python3 benchmarks/bench_pt2.py --out "$OUT/pt2"
            python3 -m pytest -q -p no:cacheprovider tests/sla/test_sla_gpu.py; } 2>&1 | tee "$OUT/pt2.log" ;;
+    pt2-probe) python3 scripts/pt2_load_probe.py --device cuda --cases mlp \
+                 --loads fresh fresh-cuda-init fresh-gdb in-process 2>&1 | tee "$OUT/pt2_probe.log" ;;
     profile) python3 benchmarks/profile_runtime.py --frames 2 8 32 --out "$OUT/profile.json" 2>&1 \
                | tee "$OUT/profile.log" ;;
-    bench) python3 -m lite3r.cli bench --model "${BENCH_MODEL:-vggt}" --frames "$BENCH_FRAMES" $BENCH_ARGS --out "$OUT/bench" 2>&1 \
-             | tee "$OUT/bench.log" ;;
+    bench) name=${BENCH_NAME:-bench}  # BENCH_NAME keeps two bench parts on two GPUs apart
+           python3 -m lite3r.cli bench --model "${BENCH_MODEL:-vggt}" --frames "$BENCH_FRAMES" $BENCH_ARGS --out "$OUT/$name" \
+             2>&1 | tee "$OUT/$name.log" ;;
     distill-ddp) python3 benchmarks/bench_distill_ddp.py --out "$OUT/distill_ddp.json" 2>&1 \
                    | tee "$OUT/distill_ddp.log" ;;
     teacher) work=$(mktemp -d /tmp/teacher.XXXX)  # two parts on two GPUs of one machine do not collide

@@ -10,7 +10,8 @@ Cases, smallest first: ``mlp`` (two linears), ``triton`` (the same plus a user T
 ``torch.library.triton_op``, as the SLA op is), ``triton-dynamic`` (that, with a dynamic batch axis, as the frame
 axis is). Each is exported, compiled to a package and loaded in each way of ``--loads``: ``fresh`` (a new process
 that imports only torch, as a deployment does), ``fresh-cuda-init`` (the same, CUDA initialised before the load)
-and ``in-process`` (the compiling process; last, since a crash there ends the probe). The return code (negative:
+``fresh-gdb`` (``fresh`` under ``gdb -batch``, for the native backtrace of a crash; not run without gdb) and
+``in-process`` (the compiling process; last, since a crash there ends the probe). The return code (negative:
 killed by that signal) and output error against eager are printed, one JSON line per case and load.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +39,7 @@ x, expected = torch.load(sys.argv[2])
 print(json.dumps({"max_abs_error": (model(x) - expected).abs().max().item()}))
 """
 CASES = ("mlp", "triton", "triton-dynamic")
-LOADS = ("fresh", "fresh-cuda-init", "in-process")
+LOADS = ("fresh", "fresh-cuda-init", "fresh-gdb", "in-process")
 
 
 def _scaled_add():
@@ -97,7 +99,15 @@ def run_case(case: str, device: str, loads: list[str]) -> list[dict]:
                 results.append(built | {"load": load, "returncode": 0, "result": {"max_abs_error": error}})
                 continue
             command = [sys.executable, "-c", FRESH, str(package), str(data), load]
+            if load == "fresh-gdb":
+                if shutil.which("gdb") is None:
+                    results.append(built | {"load": load, "returncode": None, "result": "not run: no gdb here"})
+                    continue
+                command = ["gdb", "-q", "-batch", "-ex", "run", "-ex", "bt 40", "--args", *command]
             done = subprocess.run(command, capture_output=True, text=True)
+            if load == "fresh-gdb":  # gdb's own status says nothing about the program: its output does
+                results.append(built | {"load": load, "returncode": None, "result": done.stdout[-4000:]})
+                continue
             outcome = json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else done.stderr[-800:]
             results.append(built | {"load": load, "returncode": done.returncode, "result": outcome})
         return results
@@ -112,7 +122,7 @@ def main() -> int:
     failed = 0
     for case in args.cases:
         for result in run_case(case, args.device, args.loads):
-            failed += result["returncode"] != 0
+            failed += result["returncode"] not in (0, None)
             print(json.dumps(result), flush=True)
     return 1 if failed else 0
 
