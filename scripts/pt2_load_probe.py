@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -77,7 +78,8 @@ class Probe(torch.nn.Module):
         return self.second(x)
 
 
-def run_case(case: str, device: str, loads: list[str]) -> list[dict]:
+def run_case(case: str, device: str, loads: list[str]) -> Iterator[dict]:
+    """One result per load way, each as soon as it is known (an in-process crash must not lose the others)."""
     model = Probe(_scaled_add() if case.startswith("triton") else None).to(device).eval()
     x = torch.randn(4, 256, device=device)
     with torch.no_grad():
@@ -91,26 +93,24 @@ def run_case(case: str, device: str, loads: list[str]) -> list[dict]:
         built = {"case": case, "device": device, "package_bytes": package.stat().st_size,
                  "compile_s": round(time.perf_counter() - start, 1), "torch": torch.__version__}  # fmt: skip
         torch.save((x, expected), data)
-        results = []
         for load in sorted(loads, key=LOADS.index):  # in-process last
             if load == "in-process":
                 print(json.dumps(built | {"load": load, "started": True}), flush=True)  # a crash still says where
                 error = (torch._inductor.aoti_load_package(str(package))(x) - expected).abs().max().item()
-                results.append(built | {"load": load, "returncode": 0, "result": {"max_abs_error": error}})
+                yield built | {"load": load, "returncode": 0, "result": {"max_abs_error": error}}
                 continue
             command = [sys.executable, "-c", FRESH, str(package), str(data), load]
             if load == "fresh-gdb":
                 if shutil.which("gdb") is None:
-                    results.append(built | {"load": load, "returncode": None, "result": "not run: no gdb here"})
+                    yield built | {"load": load, "returncode": None, "result": "not run: no gdb here"}
                     continue
                 command = ["gdb", "-q", "-batch", "-ex", "run", "-ex", "bt 40", "--args", *command]
             done = subprocess.run(command, capture_output=True, text=True)
             if load == "fresh-gdb":  # gdb's own status says nothing about the program: its output does
-                results.append(built | {"load": load, "returncode": None, "result": done.stdout[-4000:]})
+                yield built | {"load": load, "returncode": None, "result": done.stdout[-4000:]}
                 continue
             outcome = json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else done.stderr[-800:]
-            results.append(built | {"load": load, "returncode": done.returncode, "result": outcome})
-        return results
+            yield built | {"load": load, "returncode": done.returncode, "result": outcome}
 
 
 def main() -> int:
