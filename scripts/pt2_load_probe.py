@@ -109,8 +109,15 @@ def run_case(case: str, device: str, loads: list[str]) -> Iterator[dict]:
             if load == "fresh-gdb":  # gdb's own status says nothing about the program: its output does
                 yield built | {"load": load, "returncode": None, "result": done.stdout[-4000:]}
                 continue
-            outcome = json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else done.stderr[-800:]
+            outcome = json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else _crash_report(done.stderr)
             yield built | {"load": load, "returncode": done.returncode, "result": outcome}
+
+
+def _crash_report(stderr: str) -> str:
+    """faulthandler's Python stack of a crash (not the list of extension modules after it that hides it)."""
+    start = stderr.find("Fatal Python error")
+    report = stderr[start:] if start >= 0 else stderr
+    return report.split("\nExtension modules:")[0][-3000:]
 
 
 def main() -> int:
