@@ -66,8 +66,9 @@ def _grid(sizes: tuple[str, ...], frames: tuple[int, ...], default_size: tuple[i
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True)
 @click.option("--sdpa", type=click.Choice(["cudnn", "flash", "default"]), default="cudnn", show_default=True,
               help="Preferred dense-attention backend of the runtime variants.")
-@click.option("--dense-below", default=0, show_default=True, type=click.IntRange(min=0), metavar="TOKENS",
-              help="Students' SLA layers take exact attention on sequences shorter than this (0: never).")
+@click.option("--dense-below", type=click.IntRange(min=0), metavar="TOKENS",
+              help="Students' SLA layers take exact attention on sequences shorter than this (0: never). Default: "
+              "the runtime's (RuntimeOptions.dense_below: the measured dense/SLA crossover, docs/runtime.md).")
 @click.option("--accuracy-scenes", default=2, show_default=True, type=click.IntRange(min=0),
               help="Synthetic scenes the variants are scored on against the float32 teacher (0: none).")
 @click.option("--accuracy-frames", default=8, show_default=True, type=click.IntRange(min=1))
@@ -98,8 +99,9 @@ def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, varia
         config = BenchConfig.smoke(**options)
     else:
         counts = _counts(frames, "--frames")
+        fallback = {} if dense_below is None else {"dense_below": dense_below}
         runtime = RuntimeOptions(dtype=dtype, heads_dtype=heads_dtype, compile=compile_blocks,
-                                 cuda_graphs=cuda_graphs, sdpa=sdpa, dense_below=dense_below)  # fmt: skip
+                                 cuda_graphs=cuda_graphs, sdpa=sdpa, **fallback)  # fmt: skip
         config = BenchConfig(
             model=model_name, grid=_grid(sizes, counts, (518, 518)), reps=reps, warmup=warmup, device=device,
             max_cell_seconds=max_cell_seconds,

@@ -84,8 +84,8 @@ def test_cpu_runtime_is_the_16bit_model(heads):
     images = torch.rand(3, 3, 56, 56)
     with torch.no_grad():
         reference = student(images)
-    runtime = TorchRuntime.build(student, RuntimeOptions(compile=False, cuda_graphs=False, heads_dtype=heads),
-                                 device="cpu")  # fmt: skip
+    options = RuntimeOptions(compile=False, cuda_graphs=False, heads_dtype=heads, dense_below=0)  # 56²: SLA
+    runtime = TorchRuntime.build(student, options, device="cpu")
     out = runtime(images)
     assert out["depth"].dtype == (torch.float32 if heads else torch.bfloat16)
     errors = _relative_errors(out, reference)
@@ -104,6 +104,8 @@ def test_runtime_dense_below_makes_the_student_its_teacher_on_short_sequences():
     assert all(torch.equal(below[k], expected[k]) for k in expected)
     at = TorchRuntime.build(student, RuntimeOptions(**options, dense_below=207), device="cpu")(images)
     assert (at["pose_enc"] - expected["pose_enc"]).abs().max() > 1e-3  # at 207 tokens: SLA (and its proj_lin)
+    default = TorchRuntime.build(student, RuntimeOptions(**options), device="cpu")(images)
+    assert all(torch.equal(default[k], expected[k]) for k in expected)  # 207 tokens: below the default crossover
 
 
 def test_bad_runtime_options_are_one_clear_error():
@@ -129,10 +131,11 @@ def test_compiled_and_graph_replay_equal_eager_on_cuda(fp8, model):
     (for DA3, 4 views select a reference view inside the graph), with several shapes captured into one shared
     pool and replayed out of order."""
     state = _quant_state(_student(model=model)) if fp8 else None
-    eager = TorchRuntime.build(_student(model=model), RuntimeOptions(compile=False, cuda_graphs=False),
+    sla = dict(dense_below=0)  # these short sequences would take the dense fallback: test the SLA path
+    eager = TorchRuntime.build(_student(model=model), RuntimeOptions(compile=False, cuda_graphs=False, **sla),
                                quant_state=state)  # fmt: skip
-    compiled = TorchRuntime.build(_student(model=model), RuntimeOptions(cuda_graphs=False), quant_state=state)
-    graphed = TorchRuntime.build(_student(model=model), RuntimeOptions(frames="2:3:4"), quant_state=state)
+    compiled = TorchRuntime.build(_student(model=model), RuntimeOptions(cuda_graphs=False, **sla), quant_state=state)
+    graphed = TorchRuntime.build(_student(model=model), RuntimeOptions(frames="2:3:4", **sla), quant_state=state)
     inputs = {frames: torch.rand(1, frames, 3, 112, 112, device="cuda") for frames in (2, 4)}
     replays = {frames: graphed(x) for frames, x in inputs.items()}
     for frames, x in reversed(inputs.items()):

@@ -71,7 +71,7 @@ class BenchConfig:
         defaults = dict(
             model="vggt-tiny", grid=(((56, 56), (2, 4)),), device="cpu", accuracy_frames=2, accuracy_scenes=1,
             reps=3, warmup=1,
-            runtime=RuntimeOptions(compile=False, cuda_graphs=False),
+            runtime=RuntimeOptions(compile=False, cuda_graphs=False, dense_below=0),  # 56² views: SLA, not dense
         )
         return cls(**{**defaults, **overrides})
 

@@ -24,8 +24,8 @@ class SparseLinearAttention(nn.Module):
     ``dense_below``: sequences shorter than this many tokens take exact attention instead (0: never). Below a
     few thousand tokens dense flash attention is cheaper than SLA's block map, states and kernels (VGGT-1B on the
     H200: the student is 5 % slower than the dense model at 2 frames of 518², 1.35x faster at 8;
-    docs/runtime.md). A deployment setting (``RuntimeOptions.dense_below``), not saved with a student and off in
-    training and in the exported graphs.
+    docs/runtime.md). A deployment setting (``RuntimeOptions.dense_below``, on by default there), not saved with a
+    student and off in training and in the exported graphs.
     """
 
     def __init__(

@@ -37,6 +37,10 @@ SDPA_BACKENDS = {
 _DYNAMO_CACHE_SIZE = 64  # block kinds x (static, dynamic) x dtypes exceed dynamo's default of 8
 # Round fused intermediates to their 16-bit dtype as eager does: otherwise a LayerNorm output feeding an FP8
 # quantization is quantized from float32 and some e4m3 codes differ from the eager / exported model's.
+# The dense/SLA crossover of VGGT-1B through this runtime (FP8 student, H200, 2026-11-30): exact attention is
+# faster at 2748 tokens (2 frames of 518²: 23.2 vs 24.0 ms) and 3572 (4 frames of 336x518: 26.3 vs 26.8 ms), SLA
+# from 5358 (6 frames of 336x518: 37.8 vs 39.4 ms) and 5496 (4 frames of 518²: 40.4 vs 41.3 ms). docs/runtime.md.
+DENSE_BELOW = 4096
 _INDUCTOR_OPTIONS = {"emulate_precision_casts": True}
 
 
@@ -51,7 +55,7 @@ class RuntimeOptions:
     cuda_graphs: bool = True
     frames: str | None = None
     sdpa: str = "cudnn"
-    dense_below: int = 0  # SLA layers take exact attention below this many tokens (SparseLinearAttention)
+    dense_below: int = DENSE_BELOW  # SLA layers take exact attention below this many tokens (0: never)
 
     def __post_init__(self) -> None:
         check_dense_below(self.dense_below)
