@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -26,7 +27,8 @@ def one_line_errors(fn):
             with _terminate_like_interrupt():
                 return fn(*args, **kwargs)
         except Stopped as e:
-            print(f"\nstopped by {signal.Signals(e.signum).name}", file=sys.stderr)
+            with contextlib.suppress(BrokenPipeError):  # the signal may have ended the reader of stderr too
+                print(f"\nstopped by {signal.Signals(e.signum).name}", file=sys.stderr)
             raise SystemExit(128 + e.signum) from None
         except (ValueError, OSError, NotImplementedError, DeployError) as e:
             if os.environ.get("LITE3R_DEBUG"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -14,8 +16,19 @@ from rich.table import Table
 
 from lite3r._click import one_line_errors, quiet_third_party
 
-console = Console(stderr=True)
-out_console = Console()
+
+class _Console(Console):
+    """A console whose reader went away (``... | tee log``, both stopped by ``timeout``) goes quiet instead of
+    exiting, as rich's does: the bench keeps measuring and its report files are what count."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        with contextlib.suppress(OSError, ValueError):  # later writes (and the flush at exit) go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.file.fileno())
+
+
+console = _Console(stderr=True)
+out_console = _Console()
 
 
 def _counts(text: str, option: str) -> tuple[int, ...]:
@@ -85,7 +98,7 @@ def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, varia
     over frame counts; writes bench.json, bench.md and plots."""
     quiet_third_party()
     from lite3r._io import check_writable_dir
-    from lite3r.bench import BenchConfig, BenchInterrupted, run_bench
+    from lite3r.bench import BenchConfig, BenchInterrupted, run_bench, write_report
     from lite3r.bench.variants import VARIANTS
     from lite3r.deploy.torch import RuntimeOptions
 
@@ -120,17 +133,15 @@ def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, varia
 
         command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
         try:
-            result = run_bench(config, on_progress=on_progress, on_cell=on_cell, command=command)
+            result, interrupted = run_bench(config, on_progress=on_progress, on_cell=on_cell, command=command), None
         except BenchInterrupted as stop:
-            interrupted = stop
-        else:
-            interrupted = None
+            interrupted, written = stop, write_report(stop.result, out)  # files first, then the console
     if interrupted is not None:  # what was measured is written, then the interrupt goes on
-        _write(interrupted.result, out)
         measured = sum(c["status"] == "ok" for c in interrupted.result.cells)
+        _announce(interrupted.result, written)
         console.print(f"[yellow]interrupted: {measured} of {len(interrupted.result.cells)} cells measured[/]")
         raise interrupted.__cause__ or interrupted
-    _write(result, out)
+    _announce(result, write_report(result, out))
     if result.errors:
         console.print(f"[red]{len(result.errors)} cell(s) failed: {result.errors[0]['reason']}[/]")
         sys.exit(1)
@@ -144,16 +155,15 @@ def bench_report_command(runs, out):
     """One report (bench.json, bench.md, plots) from the bench.json files (or their folders) of several
     `lite3r bench` runs of one model on one device; a cell measured twice keeps the later run's numbers."""
     from lite3r._io import check_writable_dir
+    from lite3r.bench import write_report
     from lite3r.bench.report import merge_results, read_result
 
     check_writable_dir(out)
-    _write(merge_results([read_result(path) for path in runs]), out)
+    merged = merge_results([read_result(path) for path in runs])
+    _announce(merged, write_report(merged, out))
 
 
-def _write(result, out: Path) -> None:
-    from lite3r.bench import write_report
-
-    written = write_report(result, out)
+def _announce(result, written: list[Path]) -> None:
     out_console.print(_summary(result))
     for path in written:
         out_console.print(f"wrote {path}")
