@@ -296,3 +296,39 @@ def test_target_torch_writes_a_pt2_that_passes_parity(tmp_path):
     [pt2] = [c for c in report["comparisons"] if c["candidate"] == "pt2"]
     assert pt2["gate"] == "export" and pt2["passed"], pt2
     assert {a["name"]: a["status"] for a in report["artifacts"]}["model.pt2"] == "compared"
+
+
+def test_profile_below_dense_below_exports_exact_attention_and_parity_rechecks_it(tmp_path):
+    """`--dense-below N` with a frame profile wholly below N tokens: the ONNX holds no SLA node (exact attention,
+    as TorchRuntime runs such sequences), parity holds it to the student configured the same way, and
+    `lite3r parity --from` does the same from the record. vggt-tiny at 56²: 21 tokens a frame."""
+    from lite3r.cli import main
+
+    out = tmp_path / "out"
+    result = _export("--size", "56x56", "--frames", "2:2:2", "--synthetic", "1", "--target", "onnx",
+                     "--dense-below", "43", "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stages = {s["name"]: s["detail"] for s in json.loads((out / "export_summary.json").read_text())["stages"]}
+    assert "exported with exact attention: the profile's longest sequence (42 tokens, 2 frames)" in stages[
+        "convert to SLA"
+    ]
+    graph = onnx.load(out / "model.onnx").graph
+    assert not [n for n in graph.node if n.op_type == "SparseLinearAttention"]
+    report = json.loads((out / "parity.json").read_text())
+    [onnx_vs_student] = [c for c in report["comparisons"] if c["candidate"] == "onnx" and c["gate"] == "export"]
+    assert onnx_vs_student["passed"], onnx_vs_student
+    again = CliRunner().invoke(main, ["parity", "--from", str(out), "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "again" / "parity.json").read_text())["comparisons"] == report["comparisons"]
+
+
+def test_attention_for_profile_is_dense_only_for_a_profile_wholly_below():
+    from lite3r.deploy.engine import parse_frames
+    from lite3r.pipeline import _attention_for_profile
+
+    tiny = lite3r.load_model("vggt-tiny")  # 56²: 16 patches + camera + 4 registers = 21 tokens a frame
+    assert _attention_for_profile(tiny, parse_frames("2:2:4"), (56, 56), 0) == (False, "")
+    assert _attention_for_profile(tiny, parse_frames("2:2:4"), (56, 56), 85)[0] is True  # 84 < 85
+    dense, note = _attention_for_profile(tiny, parse_frames("2:2:4"), (56, 56), 84)
+    assert not dense and "the profile (42-84 tokens) crosses --dense-below 84" in note
+    assert _attention_for_profile(tiny, parse_frames("2:2:4"), (56, 56), 42) == (False, "")  # wholly at/above

@@ -334,6 +334,9 @@ def parity_command(from_dir, model_name, checkpoint, student_dir, onnx_path, eng
 @click.option("--size", help="View size HxW (multiples of 14); default: the model's image size.")
 @click.option("--kh", default=0.05, show_default=True, help="SLA critical-block fraction.")
 @click.option("--kl", default=0.10, show_default=True, help="SLA negligible-block fraction.")
+@click.option("--dense-below", default=0, show_default=True, type=click.IntRange(min=0), metavar="TOKENS",
+              help="A frame profile whose longest sequence is shorter than this exports exact attention (no SLA "
+              "node), as TorchRuntime runs it; 0: SLA at every length. TorchRuntime's default: docs/runtime.md.")
 @click.option("--teacher-gate", type=click.Choice(TEACHER_GATE_MODES), default="auto", show_default=True,
               help="Gate on student-vs-teacher parity; auto: only for trained weights (--checkpoint, or shipped "
                    "like vggt-small's; random teachers: report only).")
@@ -343,7 +346,7 @@ def parity_command(from_dir, model_name, checkpoint, student_dir, onnx_path, eng
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @one_line_errors
 def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, frames, target, precision, size, kh,
-                kl, teacher_gate, seed, device, tf32, out):
+                kl, dense_below, teacher_gate, seed, device, tf32, out):
     """Teacher → SLA student → FP8 → ONNX → engine → parity, into one folder; exits 1 when a parity gate fails."""
     quiet_third_party()
     from lite3r.pipeline import export_model
@@ -359,7 +362,8 @@ def export_main(model_name, fp8, checkpoint, distill_steps, calib, synthetic, fr
         summary = export_model(
             model_name, out, fp8=fp8, checkpoint=checkpoint, distill_steps=distill_steps, calib=calib,
             synthetic=synthetic, frames=frames, target=target, precision=precision, image_size=_parse_size(size),
-            kh=kh, kl=kl, teacher_gate=teacher_gate, seed=seed, device=device, tf32=tf32, on_stage=on_stage,
+            kh=kh, kl=kl, dense_below=dense_below, teacher_gate=teacher_gate, seed=seed, device=device, tf32=tf32,
+            on_stage=on_stage,
         )
         progress.update(task, completed=len(stages), description="done")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from lite3r._io import check_writable_dir, staged_output
 from lite3r._record import make_record, read_record, write_record
@@ -28,6 +29,8 @@ from lite3r.data.datasets import item_images
 from lite3r.deploy._trt import FLAVOURS
 from lite3r.exporter import PRECISION_NAMES
 from lite3r.parity.gates import export_gate
+from lite3r.sla.convert import restore_dense_attention
+from lite3r.sla.module import check_dense_below
 
 TARGETS = ("auto", "tensorrt", "tensorrt-rtx", "onnx", "torch")
 
@@ -157,6 +160,7 @@ def export_model(
     image_size: tuple[int, int] | None = None,
     kh: float = 0.05,
     kl: float = 0.10,
+    dense_below: int = 0,
     parity_scenes: int = 2,
     teacher_gate: str = "auto",
     seed: int = 0,
@@ -168,7 +172,9 @@ def export_model(
     (+ build log, where a TensorRT is installed) or ``model.pt2`` (``target="torch"``: an AOTInductor package for
     ``device``), ``parity.json``, ``parity.md``, ``export_summary.json`` and ``record.json`` into ``out``.
     Calibration and parity cover the profile's ``min`` and ``opt`` frame counts; ``parity_scenes`` held-out scenes
-    at each. ``tf32``: let TensorRT use TF32 for float32 layers.
+    at each. ``tf32``: let TensorRT use TF32 for float32 layers. ``dense_below``: a frame profile whose longest
+    sequence is shorter than this many tokens is exported with exact attention (no SLA node), as ``TorchRuntime``
+    runs such sequences; 0 keeps SLA at every length (``_attention_for_profile``).
 
     ``precision``: what the ONNX (and engine, or package) compute in, ``"fp32"``, ``"bf16"`` or ``"fp16"``; by
     default ``resolve_precision``'s choice for the target. Parity compares them with the student in that precision."""
@@ -194,6 +200,7 @@ def export_model(
     reconstruction_gate = make_teacher_gate(teacher_gate, trained_teacher=trained)
     if distill_steps < 0:
         raise ExportError(f"--distill-steps must be >= 0; got {distill_steps}")
+    check_dense_below(dense_below)
     dev = resolve_device(device)
     check_writable_dir(out)
     onnxruntime_version = probe_onnxruntime()  # seconds now, instead of a failure after the long stages
@@ -226,7 +233,8 @@ def export_model(
 
         def convert():
             state["student"] = lite3r.convert_to_sla(state["teacher"], layers="global", kh=kh, kl=kl)
-            return f"SLA in the global-attention layers (kh={kh}, kl={kl})"
+            state["dense"], note = _attention_for_profile(state["teacher"], frame_range, state["size"], dense_below)
+            return f"SLA in the global-attention layers (kh={kh}, kl={kl})" + (f"; {note}" if note else "")
 
         def quantize():
             data, described = _calibration_data(calib, synthetic, counts, state["size"], seed)
@@ -257,6 +265,8 @@ def export_model(
             # carries exactly the saved artifacts: rebuild the student from them (in the export's precision).
             quant = stage_dir / "quant_state.json"
             plain_student = load_student(state["teacher"].cpu(), stage_dir, fp8=False).to(PRECISIONS[precision])
+            if state["dense"]:
+                restore_dense_attention(plain_student)
             report = export_onnx(
                 plain_student,
                 stage_dir / "model.onnx",
@@ -269,7 +279,7 @@ def export_model(
 
         def build():
             if target == "torch":
-                return _build_pt2(state["teacher"], stage_dir, frame_range, state["size"], precision, dev)
+                return _build_pt2(state["teacher"], stage_dir, frame_range, state["size"], precision, dev, state["dense"])
             if target == "onnx":
                 return "skipped", "no TensorRT installed (or --target onnx): no engine built; the ONNX is the artifact"
             from lite3r.deploy import build_engine
@@ -286,8 +296,11 @@ def export_model(
 
             scenes, state["parity_seeds"] = held_out_scenes(counts, state["size"], parity_scenes, seed)
             names = [p.name for p in stage_dir.iterdir() if p.is_file()] + ["export_summary.json", "record.json"]
+            student = state["student"].cpu()
+            if state["dense"]:  # the artifacts' attention: parity compares like with like
+                restore_dense_attention(student)
             result = check(
-                stage_dir, scenes, student=state["student"].cpu(), teacher=state["teacher"].cpu(),
+                stage_dir, scenes, student=student, teacher=state["teacher"].cpu(),
                 onnx_path=stage_dir / "model.onnx", engine_path=state.get("engine"), engine_target=target,
                 pt2_path=stage_dir / "model.pt2" if target == "torch" else None,
                 artifacts=names, precision=precision, reconstruction_gate=reconstruction_gate,
@@ -337,6 +350,8 @@ def recheck(folder: str | Path, out: str | Path) -> Any:
     teacher = lite3r.load_model(o["model_name"], checkpoint=checkpoint)
     student = load_student(teacher, folder)
     size = tuple(o["image_size"] or (teacher.family.image_size,) * 2)
+    if _attention_for_profile(teacher, parse_frames(o["frames"]), size, o.get("dense_below", 0))[0]:
+        restore_dense_attention(student)
     scenes, _ = held_out_scenes(frame_counts(parse_frames(o["frames"])), size, o["parity_scenes"], o["seed"])
     engine, pt2 = folder / "model.engine", folder / "model.pt2"
     return check(
@@ -354,18 +369,41 @@ def _input_file(path: str | Path | None) -> dict[str, Any] | None:
     return None if path is None else {"path": str(path), "bytes": Path(path).stat().st_size}
 
 
-def _build_pt2(teacher, stage_dir: Path, frames, size: tuple[int, int], precision: str, device: torch.device) -> str:
+def _build_pt2(
+    teacher, stage_dir: Path, frames, size: tuple[int, int], precision: str, device: torch.device, dense: bool
+) -> str:
     """``model.pt2`` from the saved artifacts (float student + ``quant_state.json``), as the ONNX is built."""
     from lite3r.deploy.torch.pt2 import export_pt2
     from lite3r.distill.checkpoint import load_student
     from lite3r.exporter.export import PRECISIONS
 
     quant = stage_dir / "quant_state.json"
+    student = load_student(teacher.cpu(), stage_dir, fp8=False)
     report = export_pt2(
-        load_student(teacher.cpu(), stage_dir, fp8=False), stage_dir / "model.pt2", frames=frames, image_size=size,
+        restore_dense_attention(student) if dense else student, stage_dir / "model.pt2", frames=frames, image_size=size,
         dtype=PRECISIONS[precision], quant_state=quant if quant.exists() else None, device=device,
     )  # fmt: skip
     return report.summary()
+
+
+def _attention_for_profile(model: nn.Module, frames, size: tuple[int, int], dense_below: int) -> tuple[bool, str]:
+    """Whether the artifacts of frame profile ``frames`` take exact attention (the whole profile below
+    ``dense_below`` tokens, where ``TorchRuntime`` attends exactly too), and what the export report says about it.
+    Static: an ONNX / engine / ``.pt2`` holds one attention for its whole profile, never a length branch; a profile
+    across the crossover keeps SLA (docs/runtime.md)."""
+    count = model.family.frame_tokens
+    if not dense_below:
+        return False, ""
+    if count is None:
+        return False, f"SLA at every length: the {model.family.name} family has no token count for --dense-below"
+    shortest, longest = frames.min * count(*size), frames.max * count(*size)
+    if longest < dense_below:
+        return True, (f"exported with exact attention: the profile's longest sequence ({longest} tokens, "
+                      f"{frames.max} frames) is below --dense-below {dense_below}, as TorchRuntime runs it")
+    if shortest < dense_below:
+        return False, (f"SLA at every length: the profile ({shortest}-{longest} tokens) crosses --dense-below "
+                       f"{dense_below}, below which TorchRuntime attends exactly")
+    return False, ""
 
 
 def _summary_json(summary: ExportSummary) -> dict[str, Any]:

@@ -44,6 +44,9 @@ class ModelFamily:
     # Tokens at the start of every frame that gather the scene (VGGT: camera + registers); the SLA student attends
     # them densely (SparseLinearAttention.dense_tokens). DA3 keeps 0 until a trained DA3 shows the same pose loss.
     summary_tokens: int = 0
+    # Tokens of one H x W view in the cross-view attention (patches + the family's extra tokens): the sequence of S
+    # views is S times this, which picks dense or SLA attention against a crossover (docs/runtime.md).
+    frame_tokens: Callable[[int, int], int] | None = None
     official_settings: Mapping[str, Any] = field(default_factory=dict)  # attribute path -> value (see below)
 
     def __post_init__(self) -> None:

@@ -253,6 +253,7 @@ def da3_family(config: DA3Config) -> ModelFamily:
             outputs["extrinsics"], outputs["intrinsics"], size
         ),
         depth_channel=False,
+        frame_tokens=lambda h, w: (h // config.patch_size) * (w // config.patch_size) + 1,  # + the cls/camera token
     )
 
 

@@ -82,6 +82,7 @@ def vggt_family(config: VGGTConfig) -> ModelFamily:
         depth_channel=True,
         points="world_points",
         summary_tokens=1 + config.num_register_tokens,  # camera + registers open every frame (the aggregator's order)
+        frame_tokens=lambda h, w: (h // config.patch_size) * (w // config.patch_size) + 1 + config.num_register_tokens,
         official_settings={"aggregator.keep_layers": None},  # the official aggregator keeps every layer output
     )
 

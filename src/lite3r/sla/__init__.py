@@ -4,7 +4,7 @@ Triton kernels are imported only when they run."""
 
 from __future__ import annotations
 
-from lite3r.sla.convert import convert_to_sla
+from lite3r.sla.convert import convert_to_sla, restore_dense_attention
 from lite3r.sla.module import SparseLinearAttention
 from lite3r.sla.op import sparse_linear_attention
 from lite3r.sla.reference import BlockMap, block_map, sparse_linear_attention_reference
@@ -14,6 +14,7 @@ __all__ = [
     "SparseLinearAttention",
     "block_map",
     "convert_to_sla",
+    "restore_dense_attention",
     "sparse_linear_attention",
     "sparse_linear_attention_reference",
 ]

@@ -1,4 +1,5 @@
-"""``convert_to_sla``: a student copy of a model whose chosen attention layers run Sparse-Linear Attention."""
+"""``convert_to_sla``: a student copy of a model whose chosen attention layers run Sparse-Linear Attention;
+``restore_dense_attention``: the way back, for frame profiles below the dense/SLA crossover."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Callable
 from torch import nn
 
 from lite3r.models import family_of
-from lite3r.models.attention import Attention
+from lite3r.models.attention import Attention, DenseAttentionCore
 from lite3r.sla.module import SparseLinearAttention
 from lite3r.sla.op import check_options
 
@@ -56,3 +57,13 @@ def convert_to_sla(
             dtype=attn.qkv.weight.dtype,
         )
     return student
+
+
+def restore_dense_attention(model: nn.Module) -> nn.Module:
+    """Give every SLA layer of ``model`` exact attention again, **in place** (its ``proj_lin`` goes): the model
+    ``TorchRuntime`` runs on sequences below its ``dense_below``, as an exporter writes it for a frame profile that
+    lies wholly below the crossover (docs/runtime.md). Returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, Attention) and isinstance(module.core, SparseLinearAttention):
+            module.core = DenseAttentionCore()
+    return model
