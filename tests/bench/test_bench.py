@@ -165,3 +165,16 @@ def test_bad_bench_options_fail_before_any_work(tmp_path):
     result = CliRunner().invoke(main, ["bench", "--device", "cuda:0", "--out", str(tmp_path)])
     if not torch.cuda.is_available():
         assert result.exit_code == 1 and "CUDA is not available" in result.output
+
+
+def test_fp8_calibration_scenes_stay_short_whatever_the_grid():
+    """ModelOpt calibrates eagerly: a grid of long sequences must not calibrate on them (two 200-frame scenes of
+    VGGT-1B kept the FP8 variant building for minutes on the H200); the smallest count, at most 8 frames."""
+    import lite3r
+    from lite3r.bench.run import CALIBRATION_FRAMES, _context
+
+    teacher = lite3r.load_model("vggt-tiny")
+    for counts, views in (((12, 20), CALIBRATION_FRAMES), ((3, 20), 3)):
+        config = BenchConfig.smoke(grid=(((28, 28), counts),))
+        scenes = _context(config, teacher, torch.device("cpu")).calibration_scenes()
+        assert [tuple(s.shape) for s in scenes] == [(views, 3, 28, 28)] * 2
