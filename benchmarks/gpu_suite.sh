@@ -17,7 +17,7 @@
 #   TEACHER_MINUTES=9 bash benchmarks/gpu_suite.sh teacher-train   # issue 12: a longer run alone in one call;
 #   TEACHER_WEIGHTS=<its $OUT/teacher, carried> bash benchmarks/gpu_suite.sh teacher-eval   # its experiment next call
 #   bash benchmarks/gpu_suite.sh pt2         # issue 11: the VGGT-1B student as model.pt2, then SLA kernel tests
-#   bash benchmarks/gpu_suite.sh pt2-probe   # issue 11: a two-Linear CUDA package loaded three ways (gdb backtrace)
+#   bash benchmarks/gpu_suite.sh pt2-probe   # issue 11: a two-Linear CUDA package, loaded as a package and as a shared object
 #   bash benchmarks/gpu_suite.sh ... pack    # last: more than 8 files under $OUT become one results.tar.gz
 # ModelOpt / Polygraphy are not on the GPU image: carry them as wheels in .whl (see docs/gpu.md).
 set -uo pipefail
@@ -61,7 +61,7 @@ for part in "$@"; do
     pt2) { python3 benchmarks/bench_pt2.py --out "$OUT/pt2"
            python3 -m pytest -q -p no:cacheprovider tests/sla/test_sla_gpu.py; } 2>&1 | tee "$OUT/pt2.log" ;;
     pt2-probe) python3 scripts/pt2_load_probe.py --device cuda --cases mlp \
-                 --loads fresh fresh-cuda-init fresh-gdb 2>&1 | tee "$OUT/pt2_probe.log" ;;
+                 --loads fresh so 2>&1 | tee "$OUT/pt2_probe.log" ;;
     profile) python3 benchmarks/profile_runtime.py --frames 2 8 32 --out "$OUT/profile.json" 2>&1 \
                | tee "$OUT/profile.log" ;;
     bench) name=${BENCH_NAME:-bench}  # BENCH_NAME keeps two bench parts on two GPUs apart

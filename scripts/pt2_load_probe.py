@@ -10,7 +10,10 @@ Cases, smallest first: ``mlp`` (two linears), ``triton`` (the same plus a user T
 ``torch.library.triton_op``, as the SLA op is), ``triton-dynamic`` (that, with a dynamic batch axis, as the frame
 axis is). Each is exported, compiled to a package and loaded in each way of ``--loads``: ``fresh`` (a new process
 that imports only torch, as a deployment does), ``fresh-cuda-init`` (the same, CUDA initialised before the load)
-``fresh-gdb`` (``fresh`` under ``gdb -batch``, for the native backtrace of a crash; not run without gdb) and
+``fresh-gdb`` (``fresh`` under ``gdb -batch``, for the native backtrace of a crash; not run without gdb), ``so``
+(a fresh process loading a shared object from the deprecated ``torch._inductor.aot_compile`` with
+``torch._export.aot_load``: the container runner without ``AOTIModelPackageLoader``, in which the lent image's
+torch crashes) and
 ``in-process`` (the compiling process; last, since a crash there ends the probe). The return code (negative:
 killed by that signal) and output error against eager are printed, one JSON line per case and load.
 """
@@ -35,12 +38,15 @@ import torch
 faulthandler.enable()
 if sys.argv[3] == "fresh-cuda-init":
     torch.cuda.init()
-model = torch._inductor.aoti_load_package(sys.argv[1])
+if sys.argv[3] == "so":  # the deprecated path: one shared object, run by the container runner, no package loader
+    model = torch._export.aot_load(sys.argv[1], sys.argv[4])
+else:
+    model = torch._inductor.aoti_load_package(sys.argv[1])
 x, expected = torch.load(sys.argv[2])
 print(json.dumps({"max_abs_error": (model(x) - expected).abs().max().item()}))
 """
 CASES = ("mlp", "triton", "triton-dynamic")
-LOADS = ("fresh", "fresh-cuda-init", "fresh-gdb", "in-process")
+LOADS = ("fresh", "fresh-cuda-init", "fresh-gdb", "so", "in-process")
 
 
 def _scaled_add():
@@ -99,7 +105,12 @@ def run_case(case: str, device: str, loads: list[str]) -> Iterator[dict]:
                 error = (torch._inductor.aoti_load_package(str(package))(x) - expected).abs().max().item()
                 yield built | {"load": load, "returncode": 0, "result": {"max_abs_error": error}}
                 continue
-            command = [sys.executable, "-c", FRESH, str(package), str(data), load]
+            command = [sys.executable, "-c", FRESH, str(package), str(data), load, device]
+            if load == "so":
+                shared = torch._inductor.aot_compile(
+                    program.module(), (x,), options={"aot_inductor.output_path": str(Path(folder) / "probe.so")}
+                )
+                command[3] = shared
             if load == "fresh-gdb":
                 if shutil.which("gdb") is None:
                     yield built | {"load": load, "returncode": None, "result": "not run: no gdb here"}
