@@ -130,6 +130,8 @@ def test_bench_report_merges_runs_into_one_grid(tmp_path):
     first = run_bench(BenchConfig.smoke(variants=("teacher-fast",), grid=(((28, 28), (2,)),), **quick))
     second = run_bench(BenchConfig.smoke(variants=("teacher-fast", "student-bf16"), grid=(((28, 28), (2, 3)),),
                                          **quick))  # fmt: skip
+    first.meta["git"] = "abc1234"  # a bench.json from before the revision carried its local-changes flag
+    second.meta["git"] = {"revision": "0123456789abcdef", "dirty": True}
     write_report(first, tmp_path / "a")
     write_report(second, tmp_path / "b")
     out = tmp_path / "merged"
@@ -143,7 +145,9 @@ def test_bench_report_merges_runs_into_one_grid(tmp_path):
     merged_median = next(c["median_ms"] for c in record["cells"] if c["variant"] == "teacher-fast" and c["frames"] == 2)
     assert merged_median == next(c["median_ms"] for c in second.cells if c["frames"] == 2)
     assert record["meta"]["config"]["grid"] == [[[28, 28], [2, 3]]] and len(record["meta"]["runs"]) == 2
-    assert "Merged from 2 runs" in (out / "bench.md").read_text() and (out / "speedup.png").exists()
+    report = (out / "bench.md").read_text()
+    assert "Merged from 2 runs" in report and (out / "speedup.png").exists()
+    assert "git abc1234," in report and "git 0123456 with local changes," in report
 
     other = run_bench(BenchConfig.smoke(model="da3-tiny", variants=("teacher-fast",), grid=(((28, 28), (2,)),),
                                         **quick))  # fmt: skip

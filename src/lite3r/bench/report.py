@@ -97,6 +97,16 @@ def _sizes(result: BenchResult) -> Iterator[tuple[int, int, list[int]]]:
         yield height, width, list(frames)
 
 
+def git_text(git: dict[str, Any] | str | None) -> str:
+    """A run's revision as the report prints it; bench.json files before 2026-11-30 (sixth session) hold a bare
+    short hash, which never said whether the tree had local changes."""
+    if not git:
+        return "unknown"
+    if isinstance(git, str):
+        return git
+    return git["revision"][:7] + (" with local changes" if git["dirty"] else "")
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -119,10 +129,10 @@ def markdown(result: BenchResult) -> str:
         "# lite3r bench",
         "",
         f"- Date: {meta['date']}. Device: {meta['device']}. Versions: "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + f". git {meta['git'] or 'unknown'}.",
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + f". git {git_text(meta['git'])}.",
         *([f"- Command: `{meta['command']}`"] if "runs" not in meta else
           [f"- Merged from {len(meta['runs'])} runs (cells name theirs in bench.json): "
-           + "; ".join(f"run {i}: {run['date']}, git {run['git'] or 'unknown'}, `{run['command']}`"
+           + "; ".join(f"run {i}: {run['date']}, git {git_text(run['git'])}, `{run['command']}`"
                        for i, run in enumerate(meta["runs"]))]),
         *([f"- **Interrupted** after {sum(c['status'] == 'ok' for c in result.cells)} of {len(result.cells)} cells: "
            "the others are \"not run\"."] if meta.get("interrupted") else []),

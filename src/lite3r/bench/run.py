@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from lite3r._io import json_ready
+from lite3r._record import git_revision
 from lite3r.bench import measure
 from lite3r.bench.variants import VARIANTS, Built, Context, NotRunnable, build
 from lite3r.deploy.torch import RuntimeOptions
@@ -342,16 +343,7 @@ def _meta(config: BenchConfig, device: torch.device, command: str | None) -> dic
         "command": command or " ".join(sys.argv),
         "config": config_json,
         "versions": versions,
-        "git": _git_revision(),
+        "git": git_revision(),  # {"revision", "dirty"}: a run from a changed tree says so
     }
 
 
-def _git_revision() -> str | None:
-    import subprocess
-
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent)  # fmt: skip
-        if result.returncode == 0:
-            return result.stdout.strip()
-    return None
