@@ -332,3 +332,17 @@ def test_attention_for_profile_is_dense_only_for_a_profile_wholly_below():
     dense, note = _attention_for_profile(tiny, parse_frames("2:2:4"), (56, 56), 84)
     assert not dense and "the profile (42-84 tokens) crosses --dense-below 84" in note
     assert _attention_for_profile(tiny, parse_frames("2:2:4"), (56, 56), 42) == (False, "")  # wholly at/above
+
+
+def test_parity_runtime_compares_the_served_student_with_its_fp8_gemms(exported, tmp_path):
+    """`lite3r parity --student DIR --runtime cpu`: the folder's student through TorchRuntime (real FP8 GEMMs from
+    its quant_state.json) against the fake-quantized student, under the bf16 export gate."""
+    from lite3r.cli import main
+
+    out, _ = exported
+    result = CliRunner().invoke(main, ["parity", "--model", "vggt-tiny", "--student", str(out), "--runtime", "cpu",
+                                       "--size", "112x112", "--views", "3", "--out", str(tmp_path / "p")])  # fmt: skip
+    report = json.loads((tmp_path / "p" / "parity.json").read_text())
+    [served] = [c for c in report["comparisons"] if c["candidate"] == "runtime"]
+    assert served["reference"] == "student" and served["gate"] == "export-bf16" and served["passed"], served
+    assert result.exit_code == 0, result.output  # the student-vs-teacher gate is informational on random weights

@@ -271,6 +271,9 @@ def export_command(model_name, checkpoint, student_dir, size, frames, precision,
 @click.option("--engine", "engine_path", type=click.Path(dir_okay=False, path_type=Path), help="TensorRT engine.")
 @click.option("--pt2", "pt2_path", type=click.Path(dir_okay=False, path_type=Path),
               help="AOTInductor package (lite3r build --target torch).")
+@click.option("--runtime", "runtime_device", metavar="DEVICE",
+              help="Also compare the student through TorchRuntime on DEVICE (cuda: compiled + CUDA graphs; cpu: "
+                   "eager), bf16, FP8 GEMMs where the student folder has quant_state.json; alone, without artifacts.")
 @click.option("--synthetic", default=2, show_default=True, type=click.IntRange(min=1), help="Held-out scenes.")
 @click.option("--views", default=2, show_default=True, type=click.IntRange(min=1), help="Views per scene.")
 @click.option("--size", help="View size HxW; default: the model's image size.")
@@ -280,8 +283,8 @@ def export_command(model_name, checkpoint, student_dir, size, frames, precision,
               help="Precision of the artifacts (the student is compared in it); default: the ONNX's.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
-def parity_command(from_dir, model_name, checkpoint, student_dir, onnx_path, engine_path, pt2_path, synthetic, views,
-                   size, teacher_gate, precision, out):
+def parity_command(from_dir, model_name, checkpoint, student_dir, onnx_path, engine_path, pt2_path, runtime_device,
+                   synthetic, views, size, teacher_gate, precision, out):
     """Compare student, ONNX, engine and .pt2 against each other and the teacher; exit 1 when a gate fails."""
     import torch
 
@@ -303,10 +306,11 @@ def parity_command(from_dir, model_name, checkpoint, student_dir, onnx_path, eng
     teacher, student = _teacher_and_student(model_name, checkpoint, student_dir, fp8=True)
     h, w = _parse_size(size) or (teacher.family.image_size,) * 2
     scenes = [make_scene(views, h, w, seed=1000 + i).images for i in range(synthetic)]
+    runtime = None if runtime_device is None else _student_runtime(teacher, student_dir, runtime_device)
     with console.status("running parity"):
         result = check(
             out, scenes, student=student, teacher=teacher, onnx_path=onnx_path, engine_path=engine_path,
-            pt2_path=pt2_path, precision=precision,
+            pt2_path=pt2_path, runtime=runtime, precision=precision,
             reconstruction_gate=make_teacher_gate(
                 teacher_gate, trained_teacher=has_trained_weights(model_name, checkpoint)
             ),
@@ -314,6 +318,22 @@ def parity_command(from_dir, model_name, checkpoint, student_dir, onnx_path, eng
     out_console.print(result.md_path.read_text())
     if not result.passed:
         sys.exit(1)
+
+
+def _student_runtime(teacher, student_dir: Path, device: str):
+    """The student folder's model through ``TorchRuntime`` as ``lite3r bench`` runs it (its FP8 scales, if any)."""
+    import torch
+
+    from lite3r.calibration.state import read_quant_state
+    from lite3r.deploy.torch import RuntimeOptions, TorchRuntime
+    from lite3r.distill import load_student
+
+    quant = student_dir / "quant_state.json"
+    cuda = torch.device(device).type == "cuda"
+    return TorchRuntime.build(
+        load_student(teacher, student_dir, fp8=False), RuntimeOptions(compile=cuda, cuda_graphs=cuda), device=device,
+        quant_state=read_quant_state(quant) if quant.exists() else None,
+    )
 
 
 @click.command(name="lite3r-export")

@@ -220,3 +220,51 @@ def test_noise_rule_bounds_the_export_gate(noise_run, precision):
     assert pose.atol_used == pytest.approx(gate.tolerances["pose_enc"].atol + 0.1)
     far = _compare(results(0.2), "onnx", "student", gate, OUTPUT_NAMES)
     assert [o.name for o in far.outputs if not o.passed] == ["pose_enc"]
+
+
+def _runtime_case(dense_below: int, global_proj_scale: float = 1.0, device: str = "cpu"):
+    """vggt-tiny student (proj_lin non-zero) and a TorchRuntime of a copy of it (CPU: eager bf16; CUDA: compiled +
+    CUDA graphs), whose global-attention output projections are scaled by ``global_proj_scale`` (1: faithful)."""
+    import lite3r
+    from lite3r.deploy.torch import RuntimeOptions, TorchRuntime
+
+    torch.manual_seed(0)
+    student = lite3r.convert_to_sla(lite3r.load_model("vggt-tiny"))
+    with torch.no_grad():
+        for name, param in student.named_parameters():
+            if "proj_lin" in name:
+                param.normal_(0, 0.05)
+    served = copy.deepcopy(student)
+    with torch.no_grad():
+        for name, param in served.named_parameters():
+            if "global_blocks" in name and name.endswith("attn.proj.weight"):
+                param.mul_(global_proj_scale)
+    cuda = device == "cuda"
+    options = RuntimeOptions(compile=cuda, cuda_graphs=cuda, dense_below=dense_below)
+    return student, TorchRuntime.build(served, options, device=device)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("dense_below", [0, 4096])
+def test_runtime_is_held_to_the_student_as_it_runs_it(tmp_path, dense_below, device):
+    """The runtime against the float student, under the bf16 export gate; with the dense fallback the student
+    attends exactly too (a copy: the caller's student keeps SLA)."""
+    from lite3r.data.synthetic import make_scene
+    from lite3r.sla import SparseLinearAttention
+
+    student, runtime = _runtime_case(dense_below, device=device)
+    scenes = [make_scene(3, 112, 112, seed=1000 + i).images for i in range(2)]  # 207 tokens: 4 key blocks
+    result = check(tmp_path / "ok", scenes, student=student, runtime=runtime)
+    assert result.passed and [(c.candidate, c.reference, c.gate) for c in result.comparisons] == [
+        ("runtime", "student", "export-bf16")
+    ]
+    assert all(m.dense_below == 0 for m in student.modules() if isinstance(m, SparseLinearAttention))
+    _, wrong = _runtime_case(dense_below, global_proj_scale=1.1, device=device)
+    failed = check(tmp_path / "wrong", scenes, student=student, runtime=wrong)
+    assert not failed.passed and any(line.startswith("runtime vs student") for line in failed.failures())
+
+
+def test_runtime_with_a_dense_fallback_is_not_compared_beside_artifacts(tmp_path, student_onnx, scenes):
+    student, runtime = _runtime_case(4096)
+    with pytest.raises(ValueError, match="attends exactly below 4096 tokens and the artifacts never do"):
+        check(tmp_path, scenes, student=student, runtime=runtime, onnx_path=student_onnx)

@@ -25,13 +25,14 @@ import torch
 
 from lite3r._io import json_ready, staged_output
 from lite3r.deploy._trt import TensorRTNotInstalledError
+from lite3r.deploy.torch.prepare import resolve_dtype
 from lite3r.deploy.torch.pt2 import Pt2DeviceError, pt2_precision
 from lite3r.models import ModelFamily, family_of
 from lite3r.parity import gates
 from lite3r.parity.artifacts import COMPARED, FAILED, NOT_RUN, ArtifactStatus, artifact_statuses
 from lite3r.parity.gates import RECONSTRUCTION_GATE, Gate
 from lite3r.parity.runners import (
-    PerturbedTorchRunner, Pt2Runner, TorchRunner, engine_runner, feed_dicts, onnx_runner,
+    PerturbedTorchRunner, Pt2Runner, TorchRunner, TorchRuntimeRunner, engine_runner, feed_dicts, onnx_runner,
 )  # fmt: skip
 
 _STATS = ("max", "mean", "median", "quantile")
@@ -283,6 +284,7 @@ def check(
     engine_path: str | os.PathLike | None = None,
     engine_target: str = "tensorrt",
     pt2_path: str | os.PathLike | None = None,
+    runtime: Any = None,
     artifacts: Iterable[str] | None = None,
     precision: str | None = None,
     export_gate: Gate | None = None,
@@ -300,6 +302,11 @@ def check(
     (``engine_target="tensorrt-rtx"``) has no runner: it is listed as not run, with the reason. ``artifacts``: file
     names of the output folder to list with their status (by default the ONNX, engine and package given). A runner
     that fails to start or run fails the check with one line; at least one comparison must be possible.
+
+    ``runtime``: a :class:`lite3r.deploy.torch.TorchRuntime` of the student (16-bit, compiled, CUDA graphs, FP8
+    GEMMs as built), compared with the student under the export gate of its dtype. Its dense fallback is part of
+    what it computes, so the student (and its noise runs) take the runtime's ``dense_below`` too, on a copy; the
+    artifacts, which run SLA at every length, are then compared in a check of their own (refused here).
     """
     from polygraphy.logger import G_LOGGER
 
@@ -307,6 +314,11 @@ def check(
 
     feeds = feed_dicts(scenes)
     notes: list[str] = []
+    if runtime is not None:
+        student, runtime_precision = _runtime_reference(runtime, student, onnx_path or engine_path or pt2_path)
+        if precision not in (None, runtime_precision):
+            raise ValueError(f"the runtime computes in {runtime_precision}; parity here runs in {precision}")
+        precision = runtime_precision
     packaged = None if pt2_path is None else pt2_precision(pt2_path)  # read once: it may load the package
     precision = precision or _precision(student, onnx_path, packaged)
     if packaged is not None and packaged != precision:
@@ -322,7 +334,7 @@ def check(
     runnable_engine = engine_path is not None and engine_target != "tensorrt-rtx"
     if student is not None:
         runners.append((TorchRunner(as_dtype(student, PRECISIONS[precision]), "student"), None))
-        if onnx_path is not None or runnable_engine or pt2_path is not None:
+        if onnx_path is not None or runnable_engine or pt2_path is not None or runtime is not None:
             runners += [(runner, None) for runner in _noise_runners(runners[0][0].model, student, export_gate)]
     if teacher is not None:
         runners.append((TorchRunner(teacher, "teacher"), None))
@@ -337,13 +349,17 @@ def check(
             runners.append((lambda: engine_runner(Path(engine_path)), engine))
     if pt2_path is not None:
         runners.append((Pt2Runner(pt2_path), Path(pt2_path).name))
+    if runtime is not None:
+        runners.append((TorchRuntimeRunner(runtime), None))
     run_results = _run_each(runners, feeds, runs)
     names = set(run_results.keys())
-    plan = [(c, "student", export_gate) for c in ("onnx", "tensorrt", "pt2") if c in names and "student" in names]
+    candidates = ("onnx", "tensorrt", "pt2", "runtime")
+    plan = [(c, "student", export_gate) for c in candidates if c in names and "student" in names]
     if {"student", "teacher"} <= names:
         plan.append(("student", "teacher", reconstruction_gate))
     if not plan and not any(a.status == FAILED for a in runs.values()):
-        raise ValueError("parity needs a student and at least one of: teacher, onnx_path, engine_path, pt2_path")
+        raise ValueError("parity needs a student and at least one of: teacher, onnx_path, engine_path, pt2_path, "
+                         "runtime")
 
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the verdicts are reported here, not logged
         family = family_of(student if student is not None else teacher)
@@ -380,6 +396,28 @@ def check(
         (stage / "parity.json").write_text(_json(result))
         (stage / "parity.md").write_text(_markdown(result))
     return result
+
+
+def _runtime_reference(runtime: Any, student: torch.nn.Module | None, artifact: Any) -> tuple[torch.nn.Module, str]:
+    """The student as ``runtime`` runs it (its ``dense_below``; a copy, the caller's model is untouched) and the
+    runtime's precision."""
+    import copy
+
+    from lite3r.exporter.export import precision_of
+    from lite3r.sla.module import SparseLinearAttention
+
+    if student is None:
+        raise ValueError("runtime parity compares the runtime with its float student: pass student=")
+    dense_below = runtime.options.dense_below
+    if dense_below and artifact is not None:
+        raise ValueError(f"the runtime attends exactly below {dense_below} tokens and the artifacts never do: "
+                         "check them in separate calls (or build the runtime with dense_below=0)")
+    if dense_below:
+        student = copy.deepcopy(student)
+        for module in student.modules():
+            if isinstance(module, SparseLinearAttention):
+                module.dense_below = dense_below
+    return student, precision_of(resolve_dtype(runtime.options.dtype))
 
 
 def _noise_runners(student: torch.nn.Module, float32_student: torch.nn.Module, gate: Gate) -> list[TorchRunner]:

@@ -4,7 +4,7 @@
 own ``PytRunner`` expects tuple outputs on CUDA, so it does not fit. ONNX models run in ONNX Runtime (CPU)
 through ``OnnxrtRunner`` on a session from :class:`SessionFromOnnxPath`; engines through ``TrtRunner`` where
 datacenter TensorRT is installed; ``.pt2`` packages through ``Pt2Runner`` (loaded with
-``torch._inductor.aoti_load_package``, no lite3r model code).
+``torch._inductor.aoti_load_package``, no lite3r model code); the GPU runtime through ``TorchRuntimeRunner``.
 
 ONNX Runtime before 1.32 rewrites ``DequantizeLinear -> MatMul`` into ``MatMulIntegerToFloat`` without checking
 the element type, which rejects FLOAT8E4M3FN inputs, so every lite3r session switches ONNX Runtime's Q/DQ
@@ -58,6 +58,27 @@ class TorchRunner(BaseRunner):
         start = time.perf_counter()
         with torch.inference_mode():
             outputs = self.model(images)
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict(
+            (k, np.ascontiguousarray(outputs[k].float().cpu().numpy())) for k in self.outputs if k in outputs
+        )
+
+
+class TorchRuntimeRunner(BaseRunner):
+    """Runs a :class:`lite3r.deploy.torch.TorchRuntime` (16-bit model, compiled blocks, CUDA graphs, FP8 GEMMs, as
+    its options say) and returns its official outputs as float32."""
+
+    def __init__(self, runtime, name: str = "runtime") -> None:
+        super().__init__(name=name)
+        self.runtime = runtime
+        self.outputs = family_of(runtime.model).outputs
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return TensorMetadata().add(INPUT_NAME, np.float32, (1, None, 3, None, None))
+
+    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        start = time.perf_counter()
+        outputs = self.runtime(torch.from_numpy(feed_dict[INPUT_NAME]))  # synchronises: fresh tensors
         self.inference_time = time.perf_counter() - start
         return OrderedDict(
             (k, np.ascontiguousarray(outputs[k].float().cpu().numpy())) for k in self.outputs if k in outputs
