@@ -1,12 +1,21 @@
-"""Suite-wide rules: hardware markers skip with a reason, a run that collects no test fails, and every test starts
+"""Suite-wide rules: hardware markers skip with a reason, a run that collects no test fails, every test starts
 from fixed seeds (torch, numpy, random), so a test that draws without its own generator still sees the same
-numbers on every run."""
+numbers on every run, and Ctrl-C (SIGINT) reaches the child processes the interrupt tests start."""
 
 from __future__ import annotations
 
 import importlib.util
+import signal
 
 import pytest
+
+
+def pytest_configure(config):
+    # A suite started in the background without job control (`cmd &` in a script, nohup) inherits SIGINT ignored,
+    # and so would every child process, which then never sees the Ctrl-C the interrupt tests send (they exited 0,
+    # 2026-11-30). A terminal's Ctrl-C is never ignored: give the children the default disposition back.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _has_cuda() -> bool:
