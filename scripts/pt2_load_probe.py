@@ -105,12 +105,12 @@ def run_case(case: str, device: str, loads: list[str]) -> Iterator[dict]:
                 error = (torch._inductor.aoti_load_package(str(package))(x) - expected).abs().max().item()
                 yield built | {"load": load, "returncode": 0, "result": {"max_abs_error": error}}
                 continue
-            command = [sys.executable, "-c", FRESH, str(package), str(data), load, device]
+            loaded = str(package)
             if load == "so":
-                shared = torch._inductor.aot_compile(
+                loaded = torch._inductor.aot_compile(
                     program.module(), (x,), options={"aot_inductor.output_path": str(Path(folder) / "probe.so")}
                 )
-                command[3] = shared
+            command = [sys.executable, "-c", FRESH, loaded, str(data), load, device]
             if load == "fresh-gdb":
                 if shutil.which("gdb") is None:
                     yield built | {"load": load, "returncode": None, "result": "not run: no gdb here"}

@@ -404,7 +404,7 @@ def _runtime_reference(runtime: Any, student: torch.nn.Module | None, artifact: 
     import copy
 
     from lite3r.exporter.export import precision_of
-    from lite3r.sla.module import SparseLinearAttention
+    from lite3r.sla.module import set_dense_below
 
     if student is None:
         raise ValueError("runtime parity compares the runtime with its float student: pass student=")
@@ -413,10 +413,7 @@ def _runtime_reference(runtime: Any, student: torch.nn.Module | None, artifact: 
         raise ValueError(f"the runtime attends exactly below {dense_below} tokens and the artifacts never do: "
                          "check them in separate calls (or build the runtime with dense_below=0)")
     if dense_below:
-        student = copy.deepcopy(student)
-        for module in student.modules():
-            if isinstance(module, SparseLinearAttention):
-                module.dense_below = dense_below
+        student = set_dense_below(copy.deepcopy(student), dense_below)
     return student, precision_of(resolve_dtype(runtime.options.dtype))
 
 

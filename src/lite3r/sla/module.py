@@ -88,6 +88,15 @@ def runtime_dense_below_error(model: nn.Module) -> str | None:
             "set it to 0 first")
 
 
+def set_dense_below(model: nn.Module, tokens: int) -> nn.Module:
+    """Every SLA layer of ``model`` takes exact attention below ``tokens`` (0: never), in place; returns ``model``."""
+    check_dense_below(tokens)
+    for module in model.modules():
+        if isinstance(module, SparseLinearAttention):
+            module.dense_below = tokens
+    return model
+
+
 def check_dense_below(tokens: int) -> int:
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
         raise ValueError(f"dense_below must be a token count >= 0 (0: never dense), got {tokens!r}")

@@ -27,7 +27,7 @@ from lite3r._timing import timed_seconds
 from lite3r.deploy.torch.prepare import prepare_model, resolve_dtype
 from lite3r.models.heads import DPTHead
 from lite3r.models.layers import Block
-from lite3r.sla.module import SparseLinearAttention, check_dense_below
+from lite3r.sla.module import check_dense_below, set_dense_below
 
 SDPA_BACKENDS = {
     "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
@@ -35,12 +35,12 @@ SDPA_BACKENDS = {
     "default": None,
 }
 _DYNAMO_CACHE_SIZE = 64  # block kinds x (static, dynamic) x dtypes exceed dynamo's default of 8
-# Round fused intermediates to their 16-bit dtype as eager does: otherwise a LayerNorm output feeding an FP8
-# quantization is quantized from float32 and some e4m3 codes differ from the eager / exported model's.
 # The dense/SLA crossover of VGGT-1B through this runtime (FP8 student, H200, 2026-11-30): exact attention is
 # faster at 2748 tokens (2 frames of 518²: 23.2 vs 24.0 ms) and 3572 (4 frames of 336x518: 26.3 vs 26.8 ms), SLA
 # from 5358 (6 frames of 336x518: 37.8 vs 39.4 ms) and 5496 (4 frames of 518²: 40.4 vs 41.3 ms). docs/runtime.md.
 DENSE_BELOW = 4096
+# Round fused intermediates to their 16-bit dtype as eager does: otherwise a LayerNorm output feeding an FP8
+# quantization is quantized from float32 and some e4m3 codes differ from the eager / exported model's.
 _INDUCTOR_OPTIONS = {"emulate_precision_casts": True}
 
 
@@ -119,9 +119,8 @@ class TorchRuntime:
         )
         if options.compile:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, _DYNAMO_CACHE_SIZE)
+        set_dense_below(model, options.dense_below)
         for module in model.modules():
-            if isinstance(module, SparseLinearAttention):
-                module.dense_below = options.dense_below
             if options.compile and isinstance(module, Block):
                 module.compile(options=_INDUCTOR_OPTIONS)
             if options.compile and options.compile_heads and isinstance(module, DPTHead):
