@@ -147,6 +147,7 @@ def test_bench_report_merges_runs_into_one_grid(tmp_path):
     assert record["meta"]["config"]["grid"] == [[[28, 28], [2, 3]]] and len(record["meta"]["runs"]) == 2
     report = (out / "bench.md").read_text()
     assert "Merged from 2 runs" in report and (out / "speedup.png").exists()
+    assert report.count(" · run 1 |") == 4 and " · run 0" not in report
     assert "git abc1234," in report and "git 0123456 with local changes," in report
 
     other = run_bench(BenchConfig.smoke(model="da3-tiny", variants=("teacher-fast",), grid=(((28, 28), (2,)),),

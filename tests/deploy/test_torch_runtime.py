@@ -143,8 +143,10 @@ def test_compiled_and_graph_replay_equal_eager_on_cuda(fp8, model):
         errors = _relative_errors(out, reference)
         # FP8: a fused kernel may still round one activation across an e4m3 boundary that eager does not; the
         # tiny random camera head turns one such flip into a few % of pose_enc (seen on H200: 29 % before the
-        # compiled blocks emulated eager's bf16 rounding). Dense outputs stay at bf16 noise.
-        pose_limit = 1e-1 if fp8 else 2e-2
+        # compiled blocks emulated eager's bf16 rounding). bf16: fused and eager kernels sum in different orders;
+        # the same head makes that 2.4 % of pose_enc at 2 frames of vggt-tiny (H200, 2026-11-30; 2 % before the
+        # dense camera/register rows). Dense outputs stay at bf16 noise.
+        pose_limit = 1e-1 if fp8 else 5e-2
         camera = {k: errors.pop(k) for k in CAMERA_OUTPUTS & set(errors)}  # VGGT: pose_enc; DA3: extrinsics, intrinsics
         assert max(camera.values()) < pose_limit and max(errors.values()) < 2e-2, (frames, camera, errors)
         again = graphed(x)

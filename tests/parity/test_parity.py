@@ -223,13 +223,15 @@ def test_noise_rule_bounds_the_export_gate(noise_run, precision):
 
 
 def _runtime_case(dense_below: int, global_proj_scale: float = 1.0, device: str = "cpu"):
-    """vggt-tiny student (proj_lin non-zero) and a TorchRuntime of a copy of it (CPU: eager bf16; CUDA: compiled +
-    CUDA graphs), whose global-attention output projections are scaled by ``global_proj_scale`` (1: faithful)."""
+    """A student (proj_lin non-zero) and a TorchRuntime of a copy of it (CPU: vggt-tiny, eager bf16; CUDA: vggt-small,
+    whose head dim 64 takes the Triton SLA kernels, compiled + CUDA graphs), whose global-attention output
+    projections are scaled by ``global_proj_scale`` (1: faithful)."""
     import lite3r
     from lite3r.deploy.torch import RuntimeOptions, TorchRuntime
 
+    cuda = device == "cuda"
     torch.manual_seed(0)
-    student = lite3r.convert_to_sla(lite3r.load_model("vggt-tiny"))
+    student = lite3r.convert_to_sla(lite3r.load_model("vggt-small" if cuda else "vggt-tiny"))
     with torch.no_grad():
         for name, param in student.named_parameters():
             if "proj_lin" in name:
@@ -239,7 +241,6 @@ def _runtime_case(dense_below: int, global_proj_scale: float = 1.0, device: str 
         for name, param in served.named_parameters():
             if "global_blocks" in name and name.endswith("attn.proj.weight"):
                 param.mul_(global_proj_scale)
-    cuda = device == "cuda"
     options = RuntimeOptions(compile=cuda, cuda_graphs=cuda, dense_below=dense_below)
     return student, TorchRuntime.build(served, options, device=device)
 

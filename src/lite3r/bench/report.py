@@ -131,7 +131,7 @@ def markdown(result: BenchResult) -> str:
         f"- Date: {meta['date']}. Device: {meta['device']}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + f". git {git_text(meta['git'])}.",
         *([f"- Command: `{meta['command']}`"] if "runs" not in meta else
-          [f"- Merged from {len(meta['runs'])} runs (cells name theirs in bench.json): "
+          [f"- Merged from {len(meta['runs'])} runs (each latency cell ends with its run): "
            + "; ".join(f"run {i}: {run['date']}, git {git_text(run['git'])}, `{run['command']}`"
                        for i, run in enumerate(meta["runs"]))]),
         *([f"- **Interrupted** after {sum(c['status'] == 'ok' for c in result.cells)} of {len(result.cells)} cells: "
@@ -167,6 +167,8 @@ def markdown(result: BenchResult) -> str:
                     up = ups.get((name, height, width, f), {})
                     if name not in TEACHERS and up:
                         text += " " + " / ".join(f"{up[b]:.2f}×" if b in up else "–" for b in TEACHERS)
+                if cell and "run" in cell:
+                    text += f" · run {cell['run']}"
                 row.append(text)
             lines.append(f"| {f} | " + " | ".join(row) + " |")
         lines += ["", f"## {height}×{width}: peak memory allocated, GiB (setup s: first call incl. compile/capture)",
