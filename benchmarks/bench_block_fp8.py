@@ -32,6 +32,7 @@ TEMPLATES = {"max_autotune_gemm": True, "max_autotune_gemm_search_space": "DEFAU
 VARIANTS = {  # name -> (fp8, Inductor options, dynamic)
     "bf16": (False, BASE, False),
     "fp8": (True, BASE, False),
+    "fp8-no-emulate": (True, {}, False),  # what emulate_precision_casts (eager-exact FP8 codes) costs
     "fp8-triton-gemm": (True, {**BASE, **TEMPLATES, "max_autotune_gemm_backends": "TRITON"}, False),
     "fp8-autotune-fusion": (True, {**BASE, **TEMPLATES, "max_autotune_gemm_backends": "ATEN,TRITON",
                                    "benchmark_epilogue_fusion": True}, False),  # fmt: skip
