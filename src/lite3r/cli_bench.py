@@ -82,9 +82,6 @@ def _grid(sizes: tuple[str, ...], frames: tuple[int, ...], default_size: tuple[i
 @click.option("--dense-below", type=click.IntRange(min=0), metavar="TOKENS",
               help="Students' SLA layers take exact attention on sequences shorter than this (0: never). Default: "
               "the runtime's (RuntimeOptions.dense_below: the measured dense/SLA crossover, docs/runtime.md).")
-@click.option("--static-shapes", is_flag=True,
-              help="Compile one graph per input shape (RuntimeOptions.static_shapes) instead of a dynamic one "
-              "for every shape after the first.")
 @click.option("--accuracy-scenes", default=2, show_default=True, type=click.IntRange(min=0),
               help="Synthetic scenes the variants are scored on against the float32 teacher (0: none).")
 @click.option("--accuracy-frames", default=8, show_default=True, type=click.IntRange(min=1))
@@ -95,8 +92,8 @@ def _grid(sizes: tuple[str, ...], frames: tuple[int, ...], default_size: tuple[i
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
 def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, variants, reps, warmup, max_cell_seconds,
-                  kh, kl, dtype, heads_dtype, compile_blocks, cuda_graphs, sdpa, dense_below, static_shapes,
-                  accuracy_scenes, accuracy_frames, device, seed, smoke, out):
+                  kh, kl, dtype, heads_dtype, compile_blocks, cuda_graphs, sdpa, dense_below, accuracy_scenes,
+                  accuracy_frames, device, seed, smoke, out):
     """Latency, peak memory and accuracy of the teacher (official usage, fast runtime) and its SLA students
     over frame counts; writes bench.json, bench.md and plots."""
     quiet_third_party()
@@ -117,8 +114,7 @@ def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, varia
         counts = _counts(frames, "--frames")
         fallback = {} if dense_below is None else {"dense_below": dense_below}
         runtime = RuntimeOptions(dtype=dtype, heads_dtype=heads_dtype, compile=compile_blocks,
-                                 cuda_graphs=cuda_graphs, sdpa=sdpa, static_shapes=static_shapes,
-                                 **fallback)  # fmt: skip
+                                 cuda_graphs=cuda_graphs, sdpa=sdpa, **fallback)  # fmt: skip
         config = BenchConfig(
             model=model_name, grid=_grid(sizes, counts, (518, 518)), reps=reps, warmup=warmup, device=device,
             max_cell_seconds=max_cell_seconds,

@@ -56,9 +56,6 @@ class RuntimeOptions:
     frames: str | None = None
     sdpa: str = "cudnn"
     dense_below: int = DENSE_BELOW  # SLA layers take exact attention below this many tokens (0: never)
-    # with compile: one compiled graph per input shape instead of torch's default (static for the first shape,
-    # one dynamic graph for every later one); docs/runtime.md has the measurement
-    static_shapes: bool = False
 
     def __post_init__(self) -> None:
         check_dense_below(self.dense_below)
@@ -123,14 +120,13 @@ class TorchRuntime:
         if options.compile:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, _DYNAMO_CACHE_SIZE)
         set_dense_below(model, options.dense_below)
-        dynamic = False if options.static_shapes else None
         for module in model.modules():
             if options.compile and isinstance(module, Block):
-                module.compile(options=_INDUCTOR_OPTIONS, dynamic=dynamic)
+                module.compile(options=_INDUCTOR_OPTIONS)
             if options.compile and options.compile_heads and isinstance(module, DPTHead):
                 # The chunk, not the head: every full chunk of frames has the same shapes, so one graph serves
                 # them all (compiling the head would unroll its loop over chunks for every frame count).
-                module._predict = torch.compile(module._predict, options=_INDUCTOR_OPTIONS, dynamic=dynamic)
+                module._predict = torch.compile(module._predict, options=_INDUCTOR_OPTIONS)
         return cls(model, options, device)
 
     @torch.no_grad()
