@@ -1,0 +1,80 @@
+"""The SLA block classification kernel alone, at VGGT-1B's global-attention sizes (16 heads, 1374 tokens per
+518² frame, 64-token blocks), launched with several chunk sizes and warp counts: in the H200 profile of
+2026-12-01 it took 15.3 of 284.6 ms at 32 frames (half the sparse attention kernel's time) and 4.4 ms at 8.
+
+Every launch must write the same classes, critical LUT and marginal matrix as the default launch
+(``kernels.classify``); the table gives the median ms per call (CUDA events) and whether the outputs match.
+
+    PYTHONPATH=src python3 benchmarks/bench_classify.py --frames 8 32 100 --out classify.json    # CUDA
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from torch.library import wrap_triton
+
+from lite3r.bench.measure import time_call
+from lite3r.sla import kernels
+from lite3r.sla.reference import block_counts, num_blocks
+
+HEADS, TOKENS_PER_FRAME, BLOCK = 16, 37 * 37 + 5, 64
+
+
+def launch(scores: torch.Tensor, kh: float, kl: float, chunk: int, warps: int):
+    batch, heads, nq, nk = scores.shape
+    n_critical, n_negligible = block_counts(nk, kh, kl)
+    classes = torch.empty(scores.shape, device=scores.device, dtype=torch.int8)
+    lut = torch.empty(batch, heads, nq, n_critical, device=scores.device, dtype=torch.int32)
+    cols = num_blocks(nk, 64) * 64
+    marginal = torch.zeros(batch * heads, nq, cols, device=scores.device, dtype=torch.bfloat16)
+    wrap_triton(kernels.classify_kernel)[(batch * heads * nq,)](
+        scores, classes, lut, marginal, nk, cols, n_critical, n_negligible, CHUNK=chunk, num_warps=warps
+    )
+    return classes, lut, marginal[..., :nk]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, nargs="+", default=[8, 32, 100])
+    parser.add_argument("--kh", type=float, default=0.05)
+    parser.add_argument("--kl", type=float, default=0.10)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    rows = []
+    for frames in args.frames:
+        nk = num_blocks(frames * TOKENS_PER_FRAME, BLOCK)
+        torch.manual_seed(frames)
+        scores = torch.randn(1, HEADS, nk, nk, device=device).softmax(-1)
+        default_map, default_marginal = kernels.classify(scores, args.kh, args.kl, torch.bfloat16)
+        expected = (default_map.classes, default_map.critical, default_marginal[..., :nk].reshape(HEADS, nk, nk))
+        default_ms = time_call(lambda: kernels.classify(scores, args.kh, args.kl, torch.bfloat16), args.reps,
+                               device).median_ms  # fmt: skip
+        rows.append({"frames": frames, "nk": nk, "launch": "default", "ms": default_ms, "same": True})
+        print(json.dumps(rows[-1]), flush=True)
+        tile = kernels._tile(nk, 16, 8192)
+        for chunk in sorted({min(tile, c) for c in (256, 512, 1024, 2048, 4096, 8192)}):
+            for warps in (1, 2, 4, 8):
+                if chunk < 32 * warps:
+                    continue
+                got = launch(scores, args.kh, args.kl, chunk, warps)
+                same = all(torch.equal(a, b.reshape(a.shape)) for a, b in zip(expected, got))
+                ms = time_call(lambda c=chunk, w=warps: launch(scores, args.kh, args.kl, c, w), args.reps,
+                               device).median_ms  # fmt: skip
+                rows.append({"frames": frames, "nk": nk, "launch": f"chunk {chunk}, {warps} warps", "ms": ms,
+                             "same": same})  # fmt: skip
+                print(json.dumps(rows[-1]), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+    print("\n| frames | nk | launch | ms | same outputs |")
+    for r in rows:
+        print(f"| {r['frames']} | {r['nk']} | {r['launch']} | {r['ms']:.3f} | {r['same']} |")
+
+
+if __name__ == "__main__":
+    main()
