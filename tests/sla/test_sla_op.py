@@ -133,7 +133,7 @@ def test_cuda_export_records_the_triton_kernels_for_every_frame_count():
     launches = [n.kwargs["kwargs"] for n in calls if n.target is wrapper]
     assert len(launches) == 6  # pool, key states, classify, two marginal sums, fused forward
     tiles = {name: value for k in launches for name, value in k.items() if name.isupper()}
-    assert tiles["CHUNK"] == 1024 and tiles["BLOCK_M"] == tiles["BLOCK_K"] == 64  # fixed tiles, masked
+    assert tiles["CHUNK"] == 256 and tiles["BLOCK_M"] == tiles["BLOCK_K"] == 64  # fixed tiles, masked
     lengths = [k["seq_len"] for k in launches if "seq_len" in k]
     assert len(lengths) == 3 and all(isinstance(n, torch.fx.Node) for n in lengths)  # symbolic, not 8 * 1374
 

@@ -542,11 +542,12 @@ def _tile(size: int | torch.SymInt, smallest: int, largest: int) -> int:
     return min(largest, max(smallest, triton.next_power_of_2(size)))
 
 
-# Key blocks per chunk of the classification kernel: a whole row up to this many (nk = 2,147 at 100 VGGT
-# frames); the chunk a symbolic nk gets (torch.export with a dynamic frame count), where one warp reads the row
-# in pieces.
-_CLASSIFY_CHUNK = 4096
-_SYMBOLIC_CLASSIFY_CHUNK = 1024
+# Key blocks per chunk of the classification kernel (one warp per row), for a known and a symbolic nk alike
+# (torch.export with a dynamic frame count). Measured per call on the H200 at VGGT-1B's global attention
+# (benchmarks/bench_classify.py, 2026-12-01): 256 takes 0.71 ms at 32 frames (nk 687) and 3.13 ms at 100
+# (nk 2,147) against 0.98 / 10.2 ms reading the whole row at once (chunks up to 4,096, 4 warps) and 1.04 / 5.79
+# ms in chunks of 1,024; 8 frames (nk 172, one chunk) are unchanged. Larger chunks hold more keys per thread.
+_CLASSIFY_CHUNK = 256
 
 
 def classify(
@@ -563,12 +564,10 @@ def classify(
     critical = torch.empty(batch, heads, num_qblocks, n_critical, device=device, dtype=torch.int32)
     padded_cols = num_blocks(num_kblocks, 64) * 64
     marginal = torch.empty(batch * heads, num_qblocks, padded_cols, device=device, dtype=mask_dtype)
-    if chunk is None:
-        symbolic = isinstance(num_kblocks, torch.SymInt)
-        chunk = _SYMBOLIC_CLASSIFY_CHUNK if symbolic else _tile(num_kblocks, 16, _CLASSIFY_CHUNK)
+    chunk = chunk or _tile(num_kblocks, 16, _CLASSIFY_CHUNK)
     wrap_triton(classify_kernel)[(batch * heads * num_qblocks,)](
         scores.contiguous(), classes, critical, marginal, num_kblocks, padded_cols, n_critical, n_negligible,
-        CHUNK=chunk, num_warps=max(1, chunk // 1024),  # one warp: reductions without a block barrier
+        CHUNK=chunk, num_warps=1,  # one warp: reductions without a block barrier
     )
     return BlockMap(classes, critical), marginal
 
