@@ -21,7 +21,7 @@ import time
 import torch
 
 from lite3r.bench.measure import time_call
-from lite3r.deploy.fp8 import FP8Linear
+from lite3r.deploy.torch.fp8 import FP8Linear
 from lite3r.deploy.torch.prepare import cast_floating
 from lite3r.models.layers import Block, RotaryPositionEmbedding2D, patch_positions
 

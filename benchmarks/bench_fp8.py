@@ -29,7 +29,7 @@ import lite3r
 from lite3r.bench.measure import time_call
 from lite3r.calibration import calibrate_fp8, quant_state
 from lite3r.data import make_scene
-from lite3r.deploy.fp8 import FP8Linear, check_fp8_device, convert_to_fp8
+from lite3r.deploy.torch.fp8 import FP8Linear, check_fp8_device, convert_to_fp8
 
 TOKENS_EXTRA = 5  # camera + 4 register tokens per frame
 

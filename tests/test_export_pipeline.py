@@ -323,7 +323,7 @@ def test_profile_below_dense_below_exports_exact_attention_and_parity_rechecks_i
 
 
 def test_attention_for_profile_is_dense_only_for_a_profile_wholly_below():
-    from lite3r.deploy.engine import parse_frames
+    from lite3r.deploy.frames import parse_frames
     from lite3r.pipeline import _attention_for_profile
 
     tiny = lite3r.load_model("vggt-tiny")  # 56²: 16 patches + camera + 4 registers = 21 tokens a frame

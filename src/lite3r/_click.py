@@ -11,7 +11,7 @@ import threading
 
 import click
 
-from lite3r.deploy._trt import DeployError
+from lite3r.deploy.tensorrt.flavour import DeployError
 
 
 def one_line_errors(fn):

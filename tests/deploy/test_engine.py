@@ -13,8 +13,9 @@ import onnx.numpy_helper as onh
 import pytest
 
 from lite3r.deploy import DeployError, EngineFromOnnx, TensorRTNotInstalledError, build_engine, parse_frames
-from lite3r.deploy.engine import BuildReport, FrameRange, OnnxParseError
-from lite3r.deploy.nodes import NodeResolution
+from lite3r.deploy.frames import FrameRange
+from lite3r.deploy.tensorrt.engine import BuildReport, OnnxParseError
+from lite3r.deploy.tensorrt.nodes import NodeResolution
 from lite3r.exporter.sla_onnx import ONNX_TYPES
 from lite3r.plugins import contract
 
@@ -272,7 +273,7 @@ def test_too_old_datacenter_tensorrt_is_one_clear_error(monkeypatch):
     """TensorRT 10.8 imports but lacks ``tensorrt.plugin.aot_impl``; lite3r refuses it by version, up front."""
     import types
 
-    from lite3r.deploy._trt import import_tensorrt
+    from lite3r.deploy.tensorrt.flavour import import_tensorrt
 
     old = types.ModuleType("tensorrt")
     old.__version__ = "10.8.0.43"
@@ -326,8 +327,8 @@ def test_tf32_is_off_unless_asked(allowed):
     """TensorRT turns TF32 on by default; float32 SLA block scores in TF32 can rank blocks differently."""
     import tensorrt_rtx_bindings as trt
 
-    from lite3r.deploy._trt import LogCapture
-    from lite3r.deploy.engine import _set_tf32
+    from lite3r.deploy.tensorrt.flavour import LogCapture
+    from lite3r.deploy.tensorrt.engine import _set_tf32
 
     config = trt.Builder(LogCapture(trt).logger).create_builder_config()
     assert config.get_flag(trt.BuilderFlag.TF32)  # the default lite3r changes

@@ -9,7 +9,7 @@ from torch import nn
 import lite3r
 from lite3r.calibration import calibrate_fp8, quant_state, quantize_fp8
 from lite3r.deploy import FP8Linear, FP8UnsupportedError, check_fp8_device, convert_to_fp8
-from lite3r.deploy import fp8 as fp8_module
+from lite3r.deploy.torch import fp8 as fp8_module
 from lite3r.quant import FP8Recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -143,7 +143,7 @@ def test_fp8_linears_export_with_a_dynamic_frame_axis():
     """The prepared FP8 student traces to ``_scaled_mm`` GEMMs with the frame axis still symbolic."""
     from lite3r.deploy.torch import prepare_model
     from lite3r.deploy.torch.pt2 import _export
-    from lite3r.deploy.engine import parse_frames
+    from lite3r.deploy.frames import parse_frames
     from lite3r.quant import FP8Recipe
 
     student = _student()

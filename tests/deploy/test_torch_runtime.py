@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lite3r
-from lite3r.deploy.fp8 import FP8Linear
+from lite3r.deploy.torch.fp8 import FP8Linear
 from lite3r.deploy.torch import RuntimeOptions, TorchRuntime, prepare_model
 from lite3r.quant import FP8Recipe
 

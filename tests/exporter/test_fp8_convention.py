@@ -46,7 +46,7 @@ def test_onnx_qdq_gives_modelopts_codes(swept):
 
 
 def test_fp8_linear_stores_and_quantizes_with_the_same_codes(swept):
-    from lite3r.deploy.fp8 import _quantize_input
+    from lite3r.deploy.torch.fp8 import _quantize_input
 
     amaxes, inputs, codes, _ = swept
     whole = 256 * (inputs.shape[1] // 256)  # FP8Linear takes multiples of 16 in and out

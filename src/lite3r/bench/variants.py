@@ -117,7 +117,7 @@ def _student_bf16(ctx: Context) -> Built:
 
 def _student_fp8(ctx: Context) -> Built:
     if ctx.device.type == "cuda":
-        from lite3r.deploy.fp8 import FP8UnsupportedError, check_fp8_device
+        from lite3r.deploy.torch.fp8 import FP8UnsupportedError, check_fp8_device
 
         try:
             check_fp8_device(ctx.device)

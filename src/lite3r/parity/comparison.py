@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from lite3r._io import json_ready, staged_output
-from lite3r.deploy._trt import TensorRTNotInstalledError
+from lite3r.deploy.tensorrt.flavour import TensorRTNotInstalledError
 from lite3r.deploy.torch.prepare import resolve_dtype
 from lite3r.deploy.torch.pt2 import Pt2DeviceError, pt2_precision
 from lite3r.models import ModelFamily, family_of

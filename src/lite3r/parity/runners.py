@@ -255,7 +255,7 @@ def _first_line(error: Exception) -> str:
 
 def engine_runner(engine_path: str | os.PathLike, name: str = "tensorrt") -> BaseRunner:
     """A ``TrtRunner`` for a datacenter TensorRT engine (TensorRT-RTX engines are not run by Polygraphy)."""
-    from lite3r.deploy._trt import import_tensorrt
+    from lite3r.deploy.tensorrt.flavour import import_tensorrt
     from lite3r.plugins.tensorrt_sla import register_sla_plugin
 
     import_tensorrt("tensorrt")

@@ -3,7 +3,7 @@
 The runtime owns the model it prepares (changed in place): weights cast once instead of autocasting every
 op, the modules the forward never runs dropped (the family's ``parameters_only``: VGGT's track head, 66 M
 parameters; DA3's camera encoder and ray branch), and, with a ``quant_state``, the
-recipe's linears replaced by :class:`~lite3r.deploy.fp8.FP8Linear` before the cast, so that their e4m3
+recipe's linears replaced by :class:`~lite3r.deploy.torch.fp8.FP8Linear` before the cast, so that their e4m3
 weights are rounded from the float32 weights exactly as the scales were calibrated.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lite3r.deploy.fp8 import FP8Linear, convert_to_fp8
+from lite3r.deploy.torch.fp8 import FP8Linear, convert_to_fp8
 from lite3r.models import family_of
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -22,8 +22,8 @@ from torch import nn
 from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
 
 from lite3r._io import check_writable_dir, staged_output
-from lite3r.deploy.engine import FrameRange, check_frames, parse_frames
-from lite3r.deploy.fp8 import FP8Linear
+from lite3r.deploy.frames import FrameRange, check_frames, parse_frames
+from lite3r.deploy.torch.fp8 import FP8Linear
 from lite3r.deploy.torch.prepare import prepare_model, resolve_dtype
 from lite3r.deploy.torch.runtime import _INDUCTOR_OPTIONS
 from lite3r.models import family_of

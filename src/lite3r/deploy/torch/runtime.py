@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lite3r._timing import timed_seconds
+from lite3r.deploy.frames import parse_frames
 from lite3r.deploy.torch.prepare import prepare_model, resolve_dtype
 from lite3r.models.heads import DPTHead
 from lite3r.models.layers import Block
@@ -65,8 +66,6 @@ class RuntimeOptions:
         if self.sdpa not in SDPA_BACKENDS:
             raise ValueError(f"sdpa must be one of {', '.join(SDPA_BACKENDS)}; got {self.sdpa!r}")
         if self.frames is not None:
-            from lite3r.deploy.engine import parse_frames
-
             parse_frames(self.frames)
 
 
@@ -159,8 +158,6 @@ class TorchRuntime:
         if images.ndim == 4:
             images = images.unsqueeze(0)
         if self.options.frames is not None:
-            from lite3r.deploy.engine import parse_frames
-
             frames = parse_frames(self.options.frames)
             if not frames.min <= images.shape[1] <= frames.max:
                 raise ValueError(

@@ -1,6 +1,6 @@
 """Build a TensorRT engine from lite3r's ONNX export, with datacenter TensorRT or TensorRT-RTX.
 
-One code path serves both flavours (``lite3r.deploy._trt`` holds what differs). The network is strongly
+One code path serves both flavours (``lite3r.deploy.tensorrt.flavour`` holds what differs). The network is strongly
 typed, so precision comes from the graph itself (FP8 from its QuantizeLinear/DequantizeLinear pairs) and no
 builder precision flag is set. The optimisation profile spans a range of frame counts for the model input
 ``images [1, S, 3, H, W]``. The report says, for every ``lite3r`` custom node, whether TensorRT runs it as a
@@ -13,13 +13,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import onnx
 
 from lite3r._io import atomic_write_bytes, check_writable_dir, staged_output
-from lite3r.deploy._trt import DeployError, Flavour, LogCapture, flavour, import_tensorrt
-from lite3r.deploy.nodes import NodeResolution, custom_nodes, network_layers, resolve
+from lite3r.deploy.frames import FrameRange, check_frames, parse_frames
+from lite3r.deploy.tensorrt.flavour import DeployError, Flavour, LogCapture, flavour, import_tensorrt
+from lite3r.deploy.tensorrt.nodes import NodeResolution, custom_nodes, network_layers, resolve
 from lite3r.exporter import SLA_CORE_KEY
 
 DEFAULT_FRAMES = (1, 8, 32)
@@ -32,37 +33,6 @@ class OnnxParseError(DeployError, ValueError):
 
 class EngineBuildError(DeployError, RuntimeError):
     """TensorRT parsed the model but could not build an engine from it."""
-
-
-class FrameRange(NamedTuple):
-    """Frame counts of the optimisation profile: the engine accepts ``min..max`` and is tuned for ``opt``."""
-
-    min: int
-    opt: int
-    max: int
-
-
-def parse_frames(text: str) -> FrameRange:
-    """``"2:8:32"`` -> ``FrameRange(2, 8, 32)``; a single count ``"8"`` gives a fixed frame count."""
-    parts = str(text).strip().split(":")
-    try:
-        counts = [int(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"frames {text!r} must be integers, as MIN:OPT:MAX (e.g. 2:8:32) or one count") from None
-    if len(counts) == 1:
-        counts *= 3
-    return check_frames(counts)
-
-
-def check_frames(counts: Sequence[int]) -> FrameRange:
-    if len(counts) != 3:
-        raise ValueError(f"frames needs MIN:OPT:MAX (e.g. 2:8:32) or one count; got {len(counts)} numbers")
-    if any(not isinstance(c, int) or c < 1 for c in counts):
-        raise ValueError(f"frame counts must be positive integers; got {tuple(counts)}")
-    low, opt, high = counts
-    if not low <= opt <= high:
-        raise ValueError(f"frames must satisfy MIN <= OPT <= MAX; got {low}:{opt}:{high}")
-    return FrameRange(low, opt, high)
 
 
 @dataclass
