@@ -7,7 +7,8 @@ from typing import NamedTuple, Sequence
 
 
 class FrameRange(NamedTuple):
-    """Frame counts of the optimisation profile: the engine accepts ``min..max`` and is tuned for ``opt``."""
+    """Frame counts a runtime accepts (``min..max``: an engine's optimisation profile, the PyTorch runtime's CUDA
+    graphs) and is tuned for (``opt``)."""
 
     min: int
     opt: int
