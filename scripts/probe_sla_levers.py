@@ -11,7 +11,8 @@ default (kh 5 %, kl 10 %, blocks of 64, softmax feature map) and is scored untra
 lets the reference run 32-token blocks, which the kernels do not take: a probe, not a product path.
 Two capacity options keep the SLA defaults and train more: ``per-head`` gives every head its own ``proj_lin``
 (``[H, D, D]``; the op runs twice, with a zero and an identity projection, to get the linear branch alone),
-``attn-proj`` also trains the SLA layers' attention output projections (``attn.proj``, lr 1e-3 for all).
+``attn-proj`` also trains the SLA layers' attention output projections (``attn.proj``), ``global-mlp`` the MLPs
+of the blocks around them, ``camera-head`` the camera head (lr 1e-3 for all three).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ OPTIONS = {
     "block32": dict(block_q=32, block_k=32),  # twice the key blocks: kh picks 7 of 131 instead of 4 of 66
     "per-head": {},
     "attn-proj": {},
+    "global-mlp": {},
+    "camera-head": {},
 }
 
 
@@ -63,10 +66,12 @@ def with_capacity(student: torch.nn.Module, name: str) -> DistillConfig:
                 attention.core.proj_lin.weight = torch.nn.Parameter(torch.zeros(heads, dim, dim))
                 attention.core.proj_lin.bias = torch.nn.Parameter(torch.zeros(heads, dim))
         return DistillConfig(lr=5e-3)
-    if name == "attn-proj":
-        for attention in student.modules():
-            if isinstance(getattr(attention, "core", None), SparseLinearAttention):
-                attention.proj.requires_grad_(True)
+    if name in ("attn-proj", "global-mlp"):
+        for block in student.aggregator.global_blocks:
+            (block.attn.proj if name == "attn-proj" else block.mlp).requires_grad_(True)
+        return DistillConfig(lr=1e-3, trainable="all")
+    if name == "camera-head":
+        student.camera_head.requires_grad_(True)
         return DistillConfig(lr=1e-3, trainable="all")
     return DistillConfig(lr=5e-3)
 
