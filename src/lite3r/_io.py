@@ -198,15 +198,29 @@ def _commit_rank(name: str) -> tuple[int, str]:
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold back interrupting signals (delivered when the block ends); a no-op off the main thread or POSIX."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Hold back interrupting signals until the block ends, then deliver them; a no-op off the main thread.
+
+    The handlers are swapped for ones that only record the signal. Blocking the signals in the main thread
+    (``pthread_sigmask``) is not enough: once other threads exist (torch's, in every lite3r command) the OS
+    hands the signal to one of them and Python still raises it in the main thread, mid-commit. A handler that
+    Python did not install (None) or an ignored signal is left as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
+    received: list[int] = []
+    previous = {}
+    for sig in _DEFERRED_SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler is not None and handler is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(received):  # each signal once, in arrival order
+            signal.raise_signal(signum)
 
 
 def _owner_alive(stage_name: str) -> bool:
