@@ -133,7 +133,7 @@ def classify_kernel(
     are split by index with prefix sums. Writes CLASSES (int8), the ascending critical LUT (int32) and the row
     of the 0/1 marginal matrix MARGINAL ``[BH*nq, marginal_cols]`` for the GEMMs (columns past nk only align
     rows and are never read). The row is read in chunks of CHUNK key blocks, so one compiled kernel serves any
-    nk (an exported graph with a dynamic frame count); the host picks one chunk for the whole row when nk is known.
+    nk (an exported graph with a dynamic frame count); small chunks are also the fast choice (``_CLASSIFY_CHUNK``).
     """
     row = tl.program_id(0).to(tl.int64)
 
