@@ -14,26 +14,12 @@ import argparse
 import json
 
 import torch
-from torch.library import wrap_triton
 
 from lite3r.bench.measure import time_call
 from lite3r.sla import kernels
-from lite3r.sla.reference import block_counts, num_blocks
+from lite3r.sla.reference import num_blocks
 
 HEADS, TOKENS_PER_FRAME, BLOCK = 16, 37 * 37 + 5, 64
-
-
-def launch(scores: torch.Tensor, kh: float, kl: float, chunk: int, warps: int):
-    batch, heads, nq, nk = scores.shape
-    n_critical, n_negligible = block_counts(nk, kh, kl)
-    classes = torch.empty(scores.shape, device=scores.device, dtype=torch.int8)
-    lut = torch.empty(batch, heads, nq, n_critical, device=scores.device, dtype=torch.int32)
-    cols = num_blocks(nk, 64) * 64
-    marginal = torch.zeros(batch * heads, nq, cols, device=scores.device, dtype=torch.bfloat16)
-    wrap_triton(kernels.classify_kernel)[(batch * heads * nq,)](
-        scores, classes, lut, marginal, nk, cols, n_critical, n_negligible, CHUNK=chunk, num_warps=warps
-    )
-    return classes, lut, marginal[..., :nk]
 
 
 def main() -> None:
@@ -50,10 +36,13 @@ def main() -> None:
         nk = num_blocks(frames * TOKENS_PER_FRAME, BLOCK)
         torch.manual_seed(frames)
         scores = torch.randn(1, HEADS, nk, nk, device=device).softmax(-1)
-        default_map, default_marginal = kernels.classify(scores, args.kh, args.kl, torch.bfloat16)
-        expected = (default_map.classes, default_map.critical, default_marginal[..., :nk].reshape(HEADS, nk, nk))
-        default_ms = time_call(lambda: kernels.classify(scores, args.kh, args.kl, torch.bfloat16), args.reps,
-                               device).median_ms  # fmt: skip
+
+        def launch(**overrides):
+            block_map, marginal = kernels.classify(scores, args.kh, args.kl, torch.bfloat16, **overrides)
+            return block_map.classes, block_map.critical, marginal[..., :nk]
+
+        expected = launch()
+        default_ms = time_call(launch, args.reps, device).median_ms
         rows.append({"frames": frames, "nk": nk, "launch": "default", "ms": default_ms, "same": True})
         print(json.dumps(rows[-1]), flush=True)
         tile = kernels._tile(nk, 16, 8192)
@@ -61,10 +50,9 @@ def main() -> None:
             for warps in (1, 2, 4, 8):
                 if chunk < 32 * warps:
                     continue
-                got = launch(scores, args.kh, args.kl, chunk, warps)
-                same = all(torch.equal(a, b.reshape(a.shape)) for a, b in zip(expected, got))
-                ms = time_call(lambda c=chunk, w=warps: launch(scores, args.kh, args.kl, c, w), args.reps,
-                               device).median_ms  # fmt: skip
+                got = launch(chunk=chunk, warps=warps)
+                same = all(torch.equal(a, b) for a, b in zip(expected, got))
+                ms = time_call(lambda c=chunk, w=warps: launch(chunk=c, warps=w), args.reps, device).median_ms
                 rows.append({"frames": frames, "nk": nk, "launch": f"chunk {chunk}, {warps} warps", "ms": ms,
                              "same": same})  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)

@@ -26,6 +26,7 @@ from torch import nn
 from lite3r._io import check_writable_dir, staged_output
 from lite3r._record import make_record, read_record, write_record
 from lite3r.data.datasets import item_images
+from lite3r.deploy.frames import parse_frames
 from lite3r.deploy.tensorrt.flavour import FLAVOURS
 from lite3r.exporter import PRECISION_NAMES
 from lite3r.parity.gates import export_gate
@@ -180,7 +181,6 @@ def export_model(
     default ``resolve_precision``'s choice for the target. Parity compares them with the student in that precision."""
     options = {k: v for k, v in locals().items() if k != "on_stage"}  # the arguments, for record.json
     import lite3r
-    from lite3r.deploy.frames import parse_frames
     from lite3r.models import has_trained_weights, require_pretrained
     from lite3r.parity import teacher_gate as make_teacher_gate
     from lite3r.parity.runners import probe_onnxruntime
@@ -334,7 +334,6 @@ def recheck(folder: str | Path, out: str | Path) -> Any:
     """Run the parity of an export folder again from its ``record.json`` (same model, scenes, frame counts and
     gates) after checking that every recorded artifact is unchanged; writes the reports into ``out``."""
     import lite3r
-    from lite3r.deploy.frames import parse_frames
     from lite3r.distill.checkpoint import load_student
     from lite3r.models import has_trained_weights
     from lite3r.parity import check

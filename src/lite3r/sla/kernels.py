@@ -551,12 +551,13 @@ _CLASSIFY_CHUNK = 256
 
 
 def classify(
-    scores: torch.Tensor, kh: float, kl: float, mask_dtype: torch.dtype, chunk: int | None = None
+    scores: torch.Tensor, kh: float, kl: float, mask_dtype: torch.dtype, chunk: int | None = None, warps: int = 1
 ) -> tuple[BlockMap, torch.Tensor]:
     """``reference.classify_blocks`` in one kernel, plus the 0/1 marginal matrix ``[BH, nq, nk_padded]`` (rows
     padded to a multiple of 64 so that the GEMMs load aligned tiles; columns past nk are never read).
 
-    ``chunk`` (a power of two >= 16; tests) overrides how many key blocks the kernel reads at once."""
+    ``chunk`` (a power of two >= 16) and ``warps`` override how many key blocks the kernel reads at once and with
+    how many warps (tests, ``benchmarks/bench_classify.py``)."""
     batch, heads, num_qblocks, num_kblocks = scores.shape
     n_critical, n_negligible = block_counts(num_kblocks, kh, kl)
     device = scores.device
@@ -567,7 +568,7 @@ def classify(
     chunk = chunk or _tile(num_kblocks, 16, _CLASSIFY_CHUNK)
     wrap_triton(classify_kernel)[(batch * heads * num_qblocks,)](
         scores.contiguous(), classes, critical, marginal, num_kblocks, padded_cols, n_critical, n_negligible,
-        CHUNK=chunk, num_warps=1,  # one warp: reductions without a block barrier
+        CHUNK=chunk, num_warps=warps,  # one warp: reductions without a block barrier
     )
     return BlockMap(classes, critical), marginal
 
