@@ -7,7 +7,8 @@
 #   bash benchmarks/gpu_suite.sh ort13       # issue 13: FP8 ONNX on the image's onnxruntime (1.30), tiny, fp32 + bf16
 #   bash benchmarks/gpu_suite.sh runtime     # issue 10: GPU tests of TorchRuntime + SLA, SDPA backends
 #   bash benchmarks/gpu_suite.sh profile     # issue 10: where the student's time goes (kernel categories)
-#   bash benchmarks/gpu_suite.sh kernels     # issue 10: one VGGT-1B block bf16 vs FP8, the SLA classification kernel
+#   bash benchmarks/gpu_suite.sh kernels     # issue 10: one VGGT-1B block bf16 vs FP8, the SLA classification kernel,
+#                                            # SLA with 8-bit Q K^T
 #   BENCH_FRAMES=2,8,32,100 BENCH_ARGS="--reps 10" bash benchmarks/gpu_suite.sh bench   # issue 9/10: lite3r bench
 #                                            # (BENCH_NAME=x writes $OUT/x and $OUT/x.log instead of bench)
 #   BENCH_MODEL=da3-large BENCH_FRAMES=2,8,32,100 BENCH_ARGS="--size 504x504" bash benchmarks/gpu_suite.sh bench  # 14
@@ -66,7 +67,8 @@ for part in "$@"; do
     profile) python3 benchmarks/profile_runtime.py --frames 2 8 32 --out "$OUT/profile.json" 2>&1 \
                | tee "$OUT/profile.log" ;;
     kernels) { python3 benchmarks/bench_block_fp8.py --frames 8 32 --variants bf16 fp8 --out "$OUT/block_fp8.json" \
-               && python3 benchmarks/bench_classify.py --out "$OUT/classify.json"; } 2>&1 | tee "$OUT/kernels.log" ;;
+               && python3 benchmarks/bench_classify.py --out "$OUT/classify.json" \
+               && python3 benchmarks/bench_qk8.py --out "$OUT/qk8.json"; } 2>&1 | tee "$OUT/kernels.log" ;;
     bench) name=${BENCH_NAME:-bench}  # BENCH_NAME keeps two bench parts on two GPUs apart
            python3 -m lite3r.cli bench --model "${BENCH_MODEL:-vggt}" --frames "$BENCH_FRAMES" $BENCH_ARGS --out "$OUT/$name" \
              2>&1 | tee "$OUT/$name.log" ;;

@@ -1,9 +1,12 @@
 """Where the student's time goes in TorchRuntime: kernel time by category (GEMM, dense attention, SLA,
 convolution, fused elementwise/norm, copies) from torch.profiler, per frame count and runtime setting.
 
-Scales are synthetic (weights' absmax, input range 8) because speed does not depend on their values.
+A setting is ``bf16`` or ``fp8`` (FP8 GEMMs) with ``+`` flags: ``heads`` (compile the DPT heads' chunks),
+``int8`` / ``fp8qk`` (``RuntimeOptions.qk_codes``), ``cudnn-bench`` (``torch.backends.cudnn.benchmark``: cuDNN
+times its convolution algorithms per shape). Scales are synthetic (weights' absmax, input range 8) because
+speed does not depend on their values.
 
-    PYTHONPATH=src python3 benchmarks/profile_runtime.py --frames 2 32 --out profile.json
+    PYTHONPATH=src python3 benchmarks/profile_runtime.py --frames 2 32 --settings fp8+heads fp8+heads+int8
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from lite3r.deploy.torch import RuntimeOptions, TorchRuntime
 from lite3r.quant import FP8Recipe
 
 CATEGORIES = (  # first match wins
-    ("sla", r"pool_kernel|key_state_kernel|classify_kernel|marginal_sum_kernel|forward_kernel"),
+    ("sla", r"pool_kernel|key_state_kernel|classify_kernel|marginal_sum_kernel|forward_(quantized_qk_)?kernel"),
     ("attention", r"flash|fmha|cudnn_generated_fort_native_sdpa|attention|sdpa"),
     ("gemm-fp8", r"f8|fp8|e4m3"),
     ("gemm", r"gemm|sm90_xmma|cutlass|nvjet|cublas"),
@@ -65,10 +68,17 @@ def kernel_profile(runtime, images) -> dict:
             "top_kernels": [(k[:90], round(v, 3)) for k, v in top]}  # fmt: skip
 
 
+SETTING_FLAGS = ("heads", "int8", "fp8qk", "cudnn-bench")
+
+
 def profile_setting(student, state, setting: str, frame_counts, device) -> list[dict]:
-    fp8, heads = setting.startswith("fp8"), setting.endswith("+heads")
-    graphed = TorchRuntime.build(copy.deepcopy(student), RuntimeOptions(compile_heads=heads),
-                                 quant_state=state if fp8 else None)  # fmt: skip
+    base, *flags = setting.split("+")
+    if base not in ("bf16", "fp8") or not set(flags) <= set(SETTING_FLAGS):
+        raise ValueError(f"setting {setting!r}: bf16 or fp8, then +flags from {SETTING_FLAGS}")
+    qk_codes = "int8" if "int8" in flags else "fp8" if "fp8qk" in flags else None
+    torch.backends.cudnn.benchmark = "cudnn-bench" in flags
+    graphed = TorchRuntime.build(copy.deepcopy(student), RuntimeOptions(compile_heads="heads" in flags,
+                                 qk_codes=qk_codes), quant_state=state if base == "fp8" else None)  # fmt: skip
     rows = []
     for frames in frame_counts:
         images = torch.rand(1, frames, 3, 518, 518, device=device)

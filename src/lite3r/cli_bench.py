@@ -82,6 +82,9 @@ def _grid(sizes: tuple[str, ...], frames: tuple[int, ...], default_size: tuple[i
 @click.option("--dense-below", type=click.IntRange(min=0), metavar="TOKENS",
               help="Students' SLA layers take exact attention on sequences shorter than this (0: never). Default: "
               "the runtime's (RuntimeOptions.dense_below: the measured dense/SLA crossover, docs/runtime.md).")
+@click.option("--qk-codes", type=click.Choice(["int8", "fp8"]),
+              help="Students' SLA layers score Q K^T with these 8-bit codes (RuntimeOptions.qk_codes; default: "
+              "16 bits; measured slower on the H200, docs/runtime.md).")
 @click.option("--accuracy-scenes", default=2, show_default=True, type=click.IntRange(min=0),
               help="Synthetic scenes the variants are scored on against the float32 teacher (0: none).")
 @click.option("--accuracy-frames", default=8, show_default=True, type=click.IntRange(min=1))
@@ -92,7 +95,7 @@ def _grid(sizes: tuple[str, ...], frames: tuple[int, ...], default_size: tuple[i
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
 def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, variants, reps, warmup, max_cell_seconds,
-                  kh, kl, dtype, heads_dtype, compile_blocks, cuda_graphs, sdpa, dense_below, accuracy_scenes,
+                  kh, kl, dtype, heads_dtype, compile_blocks, cuda_graphs, sdpa, dense_below, qk_codes, accuracy_scenes,
                   accuracy_frames, device, seed, smoke, out):
     """Latency, peak memory and accuracy of the teacher (official usage, fast runtime) and its SLA students
     over frame counts; writes bench.json, bench.md and plots."""
@@ -114,7 +117,7 @@ def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, varia
         counts = _counts(frames, "--frames")
         fallback = {} if dense_below is None else {"dense_below": dense_below}
         runtime = RuntimeOptions(dtype=dtype, heads_dtype=heads_dtype, compile=compile_blocks,
-                                 cuda_graphs=cuda_graphs, sdpa=sdpa, **fallback)  # fmt: skip
+                                 cuda_graphs=cuda_graphs, sdpa=sdpa, qk_codes=qk_codes, **fallback)  # fmt: skip
         config = BenchConfig(
             model=model_name, grid=_grid(sizes, counts, (518, 518)), reps=reps, warmup=warmup, device=device,
             max_cell_seconds=max_cell_seconds,

@@ -131,10 +131,14 @@ def test_bad_options_fail_before_any_work(tmp_path, options, error, message):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_runtime_dense_fallback_is_refused(tmp_path):
+def test_runtime_settings_are_refused(tmp_path):
     student = _student()
     student.aggregator.global_blocks[0].attn.core.dense_below = 4096
     with pytest.raises(Pt2Error, match=r"dense_below=4096 \(a TorchRuntime setting\); exports run SLA at every length"):
+        export_pt2(student, tmp_path / "model.pt2", device="cpu", image_size=SIZE)
+    student.aggregator.global_blocks[0].attn.core.dense_below = 0
+    student.aggregator.global_blocks[1].attn.core.qk_codes = "int8"
+    with pytest.raises(Pt2Error, match=r"qk_codes='int8' \(a TorchRuntime setting\); exports score in 16 bits"):
         export_pt2(student, tmp_path / "model.pt2", device="cpu", image_size=SIZE)
     assert list(tmp_path.iterdir()) == []
 

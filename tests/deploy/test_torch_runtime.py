@@ -121,6 +121,8 @@ def test_bad_runtime_options_are_one_clear_error():
         RuntimeOptions(dtype="int8")
     with pytest.raises(ValueError, match="dense_below must be a token count >= 0"):
         RuntimeOptions(dense_below=-5)
+    with pytest.raises(ValueError, match=r"qk_codes must be None or one of \('int8', 'fp8'\); got 'e5m2'"):
+        RuntimeOptions(qk_codes="e5m2")
 
 
 @pytest.mark.gpu

@@ -266,11 +266,15 @@ def test_bad_frames_and_opset(tmp_path, tiny):
            opset=18)  # fmt: skip
 
 
-def test_a_runtime_dense_fallback_is_refused(tmp_path, student):
-    """``dense_below`` is a TorchRuntime setting; an ONNX graph runs SLA at every length."""
+def test_runtime_settings_are_refused(tmp_path, student):
+    """``dense_below`` and ``qk_codes`` are TorchRuntime settings; an ONNX graph runs SLA at every length, with
+    16-bit scores."""
     fallback = copy.deepcopy(student)
     fallback.aggregator.global_blocks[0].attn.core.dense_below = 4096
     _fails(tmp_path, fallback, ExportError, r"the SLA layers have dense_below=4096 \(a TorchRuntime setting\)")
+    scored = copy.deepcopy(student)
+    scored.aggregator.global_blocks[0].attn.core.qk_codes = "int8"
+    _fails(tmp_path, scored, ExportError, r"the SLA layers have qk_codes='int8' \(a TorchRuntime setting\)")
 
 
 def test_unwritable_path(tmp_path, tiny):

@@ -222,7 +222,7 @@ def test_noise_rule_bounds_the_export_gate(noise_run, precision):
     assert [o.name for o in far.outputs if not o.passed] == ["pose_enc"]
 
 
-def _runtime_case(dense_below: int, global_proj_scale: float = 1.0, device: str = "cpu"):
+def _runtime_case(dense_below: int, global_proj_scale: float = 1.0, device: str = "cpu", qk_codes: str | None = None):
     """A student (proj_lin non-zero) and a TorchRuntime of a copy of it (CPU: vggt-tiny, eager bf16; CUDA: vggt-small,
     whose head dim 64 takes the Triton SLA kernels, compiled + CUDA graphs), whose global-attention output
     projections are scaled by ``global_proj_scale`` (1: faithful)."""
@@ -241,26 +241,27 @@ def _runtime_case(dense_below: int, global_proj_scale: float = 1.0, device: str 
         for name, param in served.named_parameters():
             if "global_blocks" in name and name.endswith("attn.proj.weight"):
                 param.mul_(global_proj_scale)
-    options = RuntimeOptions(compile=cuda, cuda_graphs=cuda, dense_below=dense_below)
+    options = RuntimeOptions(compile=cuda, cuda_graphs=cuda, dense_below=dense_below, qk_codes=qk_codes)
     return student, TorchRuntime.build(served, options, device=device)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-@pytest.mark.parametrize("dense_below", [0, 4096])
-def test_runtime_is_held_to_the_student_as_it_runs_it(tmp_path, dense_below, device):
-    """The runtime against the float student, under the bf16 export gate; with the dense fallback the student
-    attends exactly too (a copy: the caller's student keeps SLA)."""
+@pytest.mark.parametrize("dense_below, qk_codes", [(0, None), (4096, None), (0, "int8")])
+def test_runtime_is_held_to_the_student_as_it_runs_it(tmp_path, dense_below, qk_codes, device):
+    """The runtime against the float student, under the bf16 export gate; with the dense fallback (8-bit scores)
+    the student attends exactly (scores 8-bit codes) too: a copy, the caller's student keeps its settings."""
     from lite3r.data.synthetic import make_scene
     from lite3r.sla import SparseLinearAttention
 
-    student, runtime = _runtime_case(dense_below, device=device)
+    student, runtime = _runtime_case(dense_below, device=device, qk_codes=qk_codes)
     scenes = [make_scene(3, 112, 112, seed=1000 + i).images for i in range(2)]  # 207 tokens: 4 key blocks
     result = check(tmp_path / "ok", scenes, student=student, runtime=runtime)
     assert result.passed and [(c.candidate, c.reference, c.gate) for c in result.comparisons] == [
         ("runtime", "student", "export-bf16")
     ]
-    assert all(m.dense_below == 0 for m in student.modules() if isinstance(m, SparseLinearAttention))
-    _, wrong = _runtime_case(dense_below, global_proj_scale=1.1, device=device)
+    assert all(m.dense_below == 0 and m.qk_codes is None for m in student.modules()
+               if isinstance(m, SparseLinearAttention))  # fmt: skip
+    _, wrong = _runtime_case(dense_below, global_proj_scale=1.1, device=device, qk_codes=qk_codes)
     failed = check(tmp_path / "wrong", scenes, student=student, runtime=wrong)
     assert not failed.passed and any(line.startswith("runtime vs student") for line in failed.failures())
 
@@ -268,4 +269,7 @@ def test_runtime_is_held_to_the_student_as_it_runs_it(tmp_path, dense_below, dev
 def test_runtime_with_a_dense_fallback_is_not_compared_beside_artifacts(tmp_path, student_onnx, scenes):
     student, runtime = _runtime_case(4096)
     with pytest.raises(ValueError, match="attends exactly below 4096 tokens and the artifacts never do"):
+        check(tmp_path, scenes, student=student, runtime=runtime, onnx_path=student_onnx)
+    student, runtime = _runtime_case(0, qk_codes="fp8")
+    with pytest.raises(ValueError, match="scores attention with fp8 codes and the artifacts never do"):
         check(tmp_path, scenes, student=student, runtime=runtime, onnx_path=student_onnx)

@@ -30,6 +30,11 @@ CASES = {
                               head_dim=128, batch=1),
     "bf16-softmax-strided": dict(dtype=torch.bfloat16, feature_map="softmax", block_q=64, block_k=64, length=180,
                                  strided=True, batch=1, heads=2),
+    # 8-bit Q K^T (forward only), keys with a shared channel offset as smoothing meets it in trained models
+    "bf16-qk-int8-strided": dict(dtype=torch.bfloat16, feature_map="softmax", block_q=64, block_k=64, length=200,
+                                 strided=True, heads=2, qk_codes="int8"),
+    "fp16-qk-fp8-elu-128x64": dict(dtype=torch.float16, feature_map="elu", block_q=128, block_k=64, length=300,
+                                   batch=1, qk_codes="fp8"),
 }
 
 
@@ -59,32 +64,44 @@ def _inputs(batch, heads, length, head_dim, dtype, strided, device):
     return q, k, v, dout
 
 
-def _reference(inputs, dout, options, blocks, dtype):
-    """The reference's output and gradients with every input and intermediate in ``dtype``."""
+def _reference(inputs, dout, options, blocks, dtype, qk_codes=None):
+    """The reference's output and gradients (output only with ``qk_codes``) with every input and intermediate in
+    ``dtype``."""
+    if qk_codes:
+        return (sparse_linear_attention_reference(*inputs, **options, blocks=blocks, compute_dtype=dtype,
+                                                  qk_codes=qk_codes),)
     leaves = [x.detach().to(dtype).requires_grad_() for x in inputs]
     out = sparse_linear_attention_reference(*leaves, **options, blocks=blocks, compute_dtype=dtype)
     return (out, *torch.autograd.grad(out, leaves, dout.to(dtype)))
 
 
 def run_case(name, dtype, feature_map, block_q, block_k, length, head_dim=64, batch=2, heads=1, strided=False,
-             kh=0.25, kl=0.34, device="cpu"):
+             kh=0.25, kl=0.34, qk_codes=None, device="cpu"):
     """Errors of the Triton path; the default kh, kl give 3-5 key blocks every class (critical, marginal,
-    negligible) at the CASES' lengths."""
+    negligible) at the CASES' lengths. ``qk_codes``: the quantized Q K^T variant's output against the exact
+    float32 reference, its baseline being the reference with the same 8-bit scores in ``dtype`` (the rule's
+    "input precision")."""
     seed = zlib.crc32(name.encode())
     torch.manual_seed(seed)
     q, k, v, dout = _inputs(batch, heads, length, head_dim, dtype, strided, device)
+    if qk_codes:
+        k = k + 4 * torch.randn(head_dim, device=device, dtype=dtype)
     weight = torch.randn(head_dim, head_dim, device=device) / head_dim**0.5
     bias = torch.randn(head_dim, device=device)
     inputs = (q, k, v, weight, bias)
     options = dict(kh=kh, kl=kl, block_q=block_q, block_k=block_k, feature_map=feature_map)
     blocks = block_map(q, k, kh, kl, block_q, block_k)
 
-    leaves = [x.detach().requires_grad_() for x in inputs]
     with poisoned_allocations():
-        out = sparse_linear_attention(*leaves, **options, backend="triton")
-        got = (out, *torch.autograd.grad(out, leaves, dout))
+        if qk_codes:
+            with torch.no_grad():
+                got = (sparse_linear_attention(*inputs, **options, backend="triton", qk_codes=qk_codes),)
+        else:
+            leaves = [x.detach().requires_grad_() for x in inputs]
+            out = sparse_linear_attention(*leaves, **options, backend="triton")
+            got = (out, *torch.autograd.grad(out, leaves, dout))
     exact = _reference(inputs, dout, options, blocks, torch.float32)
-    low = _reference(inputs, dout, options, blocks, dtype)
+    low = _reference(inputs, dout, options, blocks, dtype, qk_codes)
     errors = {
         n: [_max_err(g, e), _max_err(lo, e), e.abs().max().item()] for n, g, lo, e in zip(OUTPUTS, got, low, exact)
     }

@@ -36,6 +36,23 @@ def test_op_output_and_gradients_equal_the_reference():
         torch.testing.assert_close(g, w)
 
 
+def test_quantized_qk_op_equals_its_reference_and_refuses_gradients():
+    inputs = _inputs(dim=64)
+    with torch.no_grad():
+        got = sparse_linear_attention(*inputs, kh=0.25, kl=0.25, qk_codes="int8")
+    want = sparse_linear_attention_reference(*inputs, kh=0.25, kl=0.25, qk_codes="int8")
+    torch.testing.assert_close(got, want)
+    exact = sparse_linear_attention_reference(*inputs, kh=0.25, kl=0.25)
+    assert 0 < (got - exact).norm() / exact.norm() < 0.02  # the scores' quantization, and no more
+    torch.library.opcheck(torch.ops.lite3r.sparse_linear_attention_quantized_qk.default,
+                          (*inputs, 0.25, 0.25, 64, 64, "softmax", "reference", "fp8"), test_utils=("test_schema",
+                          "test_faketensor"))  # fmt: skip
+    with pytest.raises(ValueError, match="qk_codes='int8' is inference only"):
+        sparse_linear_attention(*_inputs(dim=64, requires_grad=True), qk_codes="int8")
+    with pytest.raises(ValueError, match=r"qk_codes must be None or one of \('int8', 'fp8'\); got 'int4'"):
+        sparse_linear_attention(*inputs, qk_codes="int4")
+
+
 class _Core(nn.Module):
     def __init__(self, dim):
         super().__init__()
@@ -146,7 +163,7 @@ def test_kernels_declare_no_default_arguments():
     from lite3r.sla import kernels
 
     jitted = {name: k.fn for name, k in vars(kernels).items() if name.endswith("_kernel") and hasattr(k, "fn")}
-    assert {"forward_kernel", "backward_query_kernel", "classify_kernel"} <= set(jitted)
+    assert {"forward_kernel", "forward_quantized_qk_kernel", "backward_query_kernel", "classify_kernel"} <= set(jitted)
     defaults = {name: [p for p, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty]
                 for name, fn in jitted.items()}  # fmt: skip
     assert defaults == {name: [] for name in jitted}

@@ -21,6 +21,9 @@ from lite3r.sla.reference import (
     feature_map_fn,
     linear_attention,
     pool_blocks,
+    quantize_blocks,
+    quantized_qk,
+    smooth_keys,
     sparse_linear_attention_reference,
 )
 
@@ -174,3 +177,39 @@ def test_ties_go_to_the_lower_key_block_index():
     assert blocks.classes.tolist() == [[[[0, 1, 1, 0, 0, -1, -1, 0]]]]
     ties = classify_blocks(torch.zeros(1, 1, 1, 8), kh=0.25, kl=0.25)
     assert ties.classes.tolist() == [[[[1, 1, 0, 0, 0, 0, -1, -1]]]]
+
+
+@pytest.mark.parametrize("codes, largest, steps", [("int8", 127, 255), ("fp8", 448, 253)])
+def test_quantize_blocks_scales_each_block_to_the_largest_code(codes, largest, steps):
+    """One scale per block of tokens maps the block's largest |value| to the largest code; padding is zero."""
+    x = torch.randn(1, 2, 150, 64) * torch.tensor([1.0, 100.0]).view(1, 2, 1, 1)
+    x[0, 0, 70] *= 50  # an outlier token: only its own block's scale grows
+    q, scales = quantize_blocks(x, 64, codes)
+    assert q.shape == (1, 2, 192, 64) and scales.shape == (1, 2, 3)
+    assert (q[:, :, 150:].float() == 0).all()
+    blocks = F.pad(x, (0, 0, 0, 42)).unflatten(2, (3, 64))
+    torch.testing.assert_close(scales, blocks.abs().amax(dim=(-2, -1)) / largest)
+    assert (q.float().abs().amax(dim=-1).unflatten(2, (3, 64)).amax(-1) == largest).all()
+    assert scales[0, 0, 1] > 20 * scales[0, 0, 0]
+    assert len(q.float().unique()) <= steps
+
+
+def test_key_smoothing_leaves_exact_attention_unchanged_and_helps_quantized_scores():
+    """Subtracting the keys' mean moves every score of a query by the same amount; with a large shared key
+    offset, the 8-bit scores are then far closer to the exact ones."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 256, 64) for _ in range(3))
+    k += 8 * torch.randn(64)
+    blocks = block_map(q, k, 0.5, 0.0, 64, 64)
+    zero = (torch.zeros(64, 64), torch.zeros(64))
+    exact = sparse_linear_attention_reference(q, k, v, *zero, kh=0.5, kl=0.0, blocks=blocks)
+    smoothed = sparse_linear_attention_reference(q, smooth_keys(k), v, *zero, kh=0.5, kl=0.0, blocks=blocks)
+    torch.testing.assert_close(smoothed, exact, atol=1e-5, rtol=1e-5)
+
+    def score_error(keys):
+        codes, scales = quantize_blocks(keys, 64, "int8")
+        dequantized = (codes.float().unflatten(2, (-1, 64)) * scales[..., None, None]).flatten(2, 3)
+        return (q @ dequantized.mT - q @ keys.mT).abs().max()
+
+    assert score_error(smooth_keys(k)) < score_error(k) / 4
+    assert quantized_qk(q, k, 64, 64, "int8")[1].shape == k.shape

@@ -25,7 +25,7 @@ from lite3r.exporter import PRECISION_KEY, PRECISION_NAMES, SLA_CORE_KEY, graph_
 from lite3r.exporter.qdq import insert_fp8_qdq
 from lite3r.exporter.sla_onnx import SLAExportError, SLAOptions
 from lite3r.models import family_of
-from lite3r.sla.module import runtime_dense_below_error
+from lite3r.sla.module import runtime_settings_error
 
 INPUT_NAME = "images"
 FRAMES = "frames"  # dim_param of the frame axis
@@ -163,7 +163,7 @@ def _check_image_size(model: nn.Module, image_size: int | tuple[int, int]) -> tu
 def _check_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Module) or not hasattr(model, "family"):
         raise ExportError(f"export_onnx takes a lite3r model (lite3r.load_model); got {type(model).__name__}")
-    if reason := runtime_dense_below_error(model):
+    if reason := runtime_settings_error(model):
         raise ExportError(reason)
 
 

@@ -304,9 +304,10 @@ def check(
     that fails to start or run fails the check with one line; at least one comparison must be possible.
 
     ``runtime``: a :class:`lite3r.deploy.torch.TorchRuntime` of the student (16-bit, compiled, CUDA graphs, FP8
-    GEMMs as built), compared with the student under the export gate of its dtype. Its dense fallback is part of
-    what it computes, so the student (and its noise runs) take the runtime's ``dense_below`` too, on a copy; the
-    artifacts, which run SLA at every length, are then compared in a check of their own (refused here).
+    GEMMs as built), compared with the student under the export gate of its dtype. Its dense fallback and 8-bit
+    attention scores are part of what it computes, so the student (and its noise runs) take the runtime's
+    ``dense_below`` and ``qk_codes`` too, on a copy; the artifacts, which run SLA at every length in 16 bits, are
+    then compared in a check of their own (refused here).
     """
     from polygraphy.logger import G_LOGGER
 
@@ -399,21 +400,24 @@ def check(
 
 
 def _runtime_reference(runtime: Any, student: torch.nn.Module | None, artifact: Any) -> tuple[torch.nn.Module, str]:
-    """The student as ``runtime`` runs it (its ``dense_below``; a copy, the caller's model is untouched) and the
-    runtime's precision."""
+    """The student as ``runtime`` runs it (its ``dense_below`` and ``qk_codes``; a copy, the caller's model is
+    untouched) and the runtime's precision."""
     import copy
 
     from lite3r.exporter.export import precision_of
-    from lite3r.sla.module import set_dense_below
+    from lite3r.sla.module import set_dense_below, set_qk_codes
 
     if student is None:
         raise ValueError("runtime parity compares the runtime with its float student: pass student=")
-    dense_below = runtime.options.dense_below
+    dense_below, qk_codes = runtime.options.dense_below, runtime.options.qk_codes
     if dense_below and artifact is not None:
         raise ValueError(f"the runtime attends exactly below {dense_below} tokens and the artifacts never do: "
                          "check them in separate calls (or build the runtime with dense_below=0)")
-    if dense_below:
-        student = set_dense_below(copy.deepcopy(student), dense_below)
+    if qk_codes and artifact is not None:
+        raise ValueError(f"the runtime scores attention with {qk_codes} codes and the artifacts never do: check them "
+                         "in separate calls (or build the runtime with qk_codes=None)")
+    if dense_below or qk_codes:
+        student = set_qk_codes(set_dense_below(copy.deepcopy(student), dense_below), qk_codes)
     return student, precision_of(resolve_dtype(runtime.options.dtype))
 
 

@@ -31,7 +31,9 @@ import triton.language as tl
 
 from torch.library import wrap_triton
 
-from lite3r.sla.reference import FEATURE_MAPS, LINEAR_EPS, BlockMap, block_counts, block_scores, num_blocks
+from lite3r.sla.reference import (
+    FEATURE_MAPS, LINEAR_EPS, BlockMap, block_counts, block_scores, num_blocks, quantize_blocks, smooth_keys,
+)
 
 
 
@@ -249,18 +251,18 @@ def _linear_branch(q, state, KV_STATE, K_STATE, eps, HEAD_DIM: tl.constexpr, FEA
 
 
 @triton.jit
-def forward_kernel(
-    Q, K, V, OUT, LUT, KV_STATE, K_STATE, W, BIAS,
+def _forward_query_block(
+    Q, K, V, OUT, LUT, KV_STATE, K_STATE, W, BIAS, Q_CODES, Q_SCALES, K_CODES, K_SCALES,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     stride_ob, stride_oh, stride_ol,
     num_heads, seq_len, num_critical, sm_scale, eps,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
-    STEP_BLOCKS: tl.constexpr,
+    STEP_BLOCKS: tl.constexpr, QUANTIZED_QK: tl.constexpr,
 ):
-    """One query block: online softmax over its critical key blocks (STEP_BLOCKS of them per step) +
-    proj_lin(linear branch)."""
+    """The body of ``forward_kernel`` (QUANTIZED_QK False: the *_CODES / *_SCALES pointers are not read) and of
+    ``forward_quantized_qk_kernel``."""
     # Inductor passes Python floats to a user kernel as fp64: cast, or fp32 loop state turns fp64.
     sm_scale, eps = tl.cast(sm_scale, tl.float32), tl.cast(eps, tl.float32)
     qblock = tl.program_id(0)
@@ -273,8 +275,18 @@ def forward_kernel(
     dims = tl.arange(0, HEAD_DIM)
     q = tl.load(Q + b.to(tl.int64) * stride_qb + h * stride_qh + rows[:, None] * stride_ql + dims[None, :],
                 mask=row_ok[:, None], other=0.0)
-    k_base = K + b.to(tl.int64) * stride_kb + h * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + h * stride_vh
+    if QUANTIZED_QK:  # codes: contiguous [B, H, blocks * BLOCK, D], zero-padded; scales: [B * H, blocks]
+        q_scored = tl.load(Q_CODES + state * BLOCK_Q * HEAD_DIM + tl.arange(0, BLOCK_Q)[:, None] * HEAD_DIM
+                           + dims[None, :])
+        q_scale = tl.load(Q_SCALES + state)
+        k_scored_base = K_CODES + bh.to(tl.int64) * tl.cdiv(seq_len, BLOCK_K) * BLOCK_K * HEAD_DIM
+        k_scored_stride = HEAD_DIM
+        k_scales = K_SCALES + bh.to(tl.int64) * tl.cdiv(seq_len, BLOCK_K)
+    else:
+        q_scored = q
+        k_scored_base = K + b.to(tl.int64) * stride_kb + h * stride_kh
+        k_scored_stride = stride_kl
     qk_scale = sm_scale * 1.4426950408889634  # exp2 domain
 
     row_max = tl.full([BLOCK_Q], float("-inf"), tl.float32)
@@ -282,9 +294,16 @@ def forward_kernel(
     acc = tl.zeros([BLOCK_Q, HEAD_DIM], tl.float32)
     for t in range(0, num_critical, STEP_BLOCKS):
         keys, key_ok = _gather_blocks(LUT + state * num_critical, t, num_critical, seq_len, BLOCK_K, STEP_BLOCKS)
-        k = tl.load(k_base + keys[:, None] * stride_kl + dims[None, :], mask=key_ok[:, None], other=0.0)
+        k = tl.load(k_scored_base + keys[:, None] * k_scored_stride + dims[None, :], mask=key_ok[:, None],
+                    other=0.0)
         v = tl.load(v_base + keys[:, None] * stride_vl + dims[None, :], mask=key_ok[:, None], other=0.0)
-        s = tl.where(key_ok[None, :], tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))
+        s = tl.dot(q_scored, tl.trans(k))  # int8 codes: int32, exact
+        if QUANTIZED_QK:
+            if STEP_BLOCKS == 1:  # one key block: one scale
+                s *= q_scale * tl.load(k_scales + tl.load(LUT + state * num_critical + t))
+            else:
+                s *= q_scale * tl.load(k_scales + keys // BLOCK_K, mask=key_ok, other=0.0)[None, :]
+        s = tl.where(key_ok[None, :], s * qk_scale, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(s, 1))
         p = tl.exp2(s - new_max[:, None])
         alpha = tl.exp2(row_max - new_max)
@@ -298,6 +317,51 @@ def forward_kernel(
     out += tl.dot(linear_out.to(q.dtype), tl.trans(w)) + tl.load(BIAS + dims).to(tl.float32)[None, :]
     tl.store(OUT + b.to(tl.int64) * stride_ob + h * stride_oh + rows[:, None] * stride_ol + dims[None, :],
              out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def forward_kernel(
+    Q, K, V, OUT, LUT, KV_STATE, K_STATE, W, BIAS,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_ob, stride_oh, stride_ol,
+    num_heads, seq_len, num_critical, sm_scale, eps,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
+    STEP_BLOCKS: tl.constexpr,
+):
+    """One query block: online softmax over its critical key blocks (STEP_BLOCKS of them per step) +
+    proj_lin(linear branch)."""
+    _forward_query_block(
+        Q, K, V, OUT, LUT, KV_STATE, K_STATE, W, BIAS, Q, Q, K, K,
+        stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+        stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
+        num_heads, seq_len, num_critical, sm_scale, eps,
+        HEAD_DIM, BLOCK_Q, BLOCK_K, FEATURE_MAP, STEP_BLOCKS, False,
+    )  # fmt: skip
+
+
+@triton.jit
+def forward_quantized_qk_kernel(
+    Q, K, V, OUT, LUT, KV_STATE, K_STATE, W, BIAS, Q_CODES, Q_SCALES, K_CODES, K_SCALES,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_ob, stride_oh, stride_ol,
+    num_heads, seq_len, num_critical, sm_scale, eps,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
+    STEP_BLOCKS: tl.constexpr,
+):
+    """``forward_kernel`` with Q K^T on 8-bit tensor cores: int8 or e4m3 codes of q and smoothed k with one float32
+    scale per block (``reference.quantize_blocks``), int32 / fp32 accumulation; P V, the linear branch and
+    proj_lin as ``forward_kernel`` computes them."""
+    _forward_query_block(
+        Q, K, V, OUT, LUT, KV_STATE, K_STATE, W, BIAS, Q_CODES, Q_SCALES, K_CODES, K_SCALES,
+        stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+        stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
+        num_heads, seq_len, num_critical, sm_scale, eps,
+        HEAD_DIM, BLOCK_Q, BLOCK_K, FEATURE_MAP, STEP_BLOCKS, True,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -615,14 +679,18 @@ def precompute(
 
 def launch_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-    pre: Precomputed, block_q: int, block_k: int, feature_map: str,
+    pre: Precomputed, block_q: int, block_k: int, feature_map: str, qk_codes: str | None = None,
 ) -> torch.Tensor:
-    """The fused forward kernel alone."""
+    """The fused forward kernel alone (``forward_quantized_qk_kernel`` with ``qk_codes``, after quantizing q, k)."""
     batch, heads, length, dim = q.shape
     critical = pre.blocks.critical
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    wrap_triton(forward_kernel)[(num_blocks(length, block_q), batch * heads)](
-        q, k, v, out, critical, pre.kv_state, pre.k_state, weight.contiguous(), bias.contiguous(),
+    kernel, code_args = forward_kernel, ()
+    if qk_codes:
+        kernel = forward_quantized_qk_kernel
+        code_args = (*quantize_blocks(q, block_q, qk_codes), *quantize_blocks(smooth_keys(k), block_k, qk_codes))
+    wrap_triton(kernel)[(num_blocks(length, block_q), batch * heads)](
+        q, k, v, out, critical, pre.kv_state, pre.k_state, weight.contiguous(), bias.contiguous(), *code_args,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
@@ -633,12 +701,13 @@ def launch_forward(
 
 def sla_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-    kh: float, kl: float, block_q: int, block_k: int, feature_map: str,
+    kh: float, kl: float, block_q: int, block_k: int, feature_map: str, qk_codes: str | None = None,
 ) -> torch.Tensor:
-    """SLA forward; ``q, k, v`` fp16/bf16 ``[B, H, L, D]`` (any strides), D in (64, 128)."""
+    """SLA forward; ``q, k, v`` fp16/bf16 ``[B, H, L, D]`` (any strides), D in (64, 128); ``qk_codes``: the
+    quantized Q K^T variant (``reference.sparse_linear_attention_reference``)."""
     q, k, v = (_with_unit_last_stride(x) for x in (q, k, v))
     pre = precompute(q, k, v, kh, kl, block_q, block_k, feature_map)
-    return launch_forward(q, k, v, weight, bias, pre, block_q, block_k, feature_map)
+    return launch_forward(q, k, v, weight, bias, pre, block_q, block_k, feature_map, qk_codes)
 
 
 def launch_backward_query(

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lite3r.sla.op import check_options, sparse_linear_attention
+from lite3r.sla.reference import check_qk_codes
 
 
 class SparseLinearAttention(nn.Module):
@@ -26,6 +27,10 @@ class SparseLinearAttention(nn.Module):
     H200: the student is 5 % slower than the dense model at 2 frames of 518², 1.35x faster at 8;
     docs/runtime.md). A deployment setting (``RuntimeOptions.dense_below``, on by default there), not saved with a
     student and off in training and in the exported graphs.
+
+    ``qk_codes`` (``"int8"`` / ``"fp8"``): the critical attention scores 8-bit codes of q and smoothed k on 8-bit
+    tensor cores (``lite3r.sla.reference.quantized_qk``); inference only. A deployment setting as ``dense_below``
+    (``RuntimeOptions.qk_codes``).
     """
 
     def __init__(
@@ -40,6 +45,7 @@ class SparseLinearAttention(nn.Module):
         backend: str = "auto",
         dense_tokens: int = 0,
         dense_below: int = 0,
+        qk_codes: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -53,6 +59,8 @@ class SparseLinearAttention(nn.Module):
             raise ValueError(f"dense_tokens must be an integer >= 0, got {dense_tokens!r}")
         self.dense_tokens = dense_tokens
         self.dense_below = check_dense_below(dense_below)
+        check_qk_codes(qk_codes)
+        self.qk_codes = qk_codes
         self.proj_lin = nn.Linear(head_dim, head_dim, device=device, dtype=dtype)
         nn.init.zeros_(self.proj_lin.weight)
         nn.init.zeros_(self.proj_lin.bias)
@@ -67,25 +75,30 @@ class SparseLinearAttention(nn.Module):
         if self.dense_below and q.shape[2] < self.dense_below:  # off (0): no comparison, exported graphs never branch
             return F.scaled_dot_product_attention(q, k, v)
         out = sparse_linear_attention(
-            q, k, v, self.proj_lin.weight, self.proj_lin.bias, **self.options, backend=self.backend
+            q, k, v, self.proj_lin.weight, self.proj_lin.bias, **self.options, backend=self.backend,
+            qk_codes=self.qk_codes,
         )
         if not self.dense_tokens:
             return out
         return dense_frame_rows(out, q, k, v, self.dense_tokens, 1 if frames is None else frames)
 
     def extra_repr(self) -> str:
-        extra = (("backend", self.backend), ("dense_tokens", self.dense_tokens), ("dense_below", self.dense_below))
+        extra = (("backend", self.backend), ("dense_tokens", self.dense_tokens), ("dense_below", self.dense_below),
+                 ("qk_codes", self.qk_codes))
         return ", ".join(f"{k}={v!r}" for k, v in (*self.options.items(), *extra))
 
 
-def runtime_dense_below_error(model: nn.Module) -> str | None:
-    """Why an exporter must refuse ``model`` (an SLA layer with ``dense_below`` set), or None: the exported graphs
-    run SLA at every length (docs/runtime.md)."""
-    tokens = max((m.dense_below for m in model.modules() if isinstance(m, SparseLinearAttention)), default=0)
-    if not tokens:
-        return None
-    return (f"the SLA layers have dense_below={tokens} (a TorchRuntime setting); exports run SLA at every length: "
-            "set it to 0 first")
+def runtime_settings_error(model: nn.Module) -> str | None:
+    """Why an exporter must refuse ``model`` (an SLA layer with a runtime setting: ``dense_below`` or
+    ``qk_codes``), or None: the exported graphs run SLA at every length with 16-bit scores (docs/runtime.md)."""
+    layers = [m for m in model.modules() if isinstance(m, SparseLinearAttention)]
+    if tokens := max((m.dense_below for m in layers), default=0):
+        return (f"the SLA layers have dense_below={tokens} (a TorchRuntime setting); exports run SLA at every "
+                "length: set it to 0 first")
+    if codes := next((m.qk_codes for m in layers if m.qk_codes), None):
+        return (f"the SLA layers have qk_codes={codes!r} (a TorchRuntime setting); exports score in 16 bits: "
+                "set it to None first")
+    return None
 
 
 def set_dense_below(model: nn.Module, tokens: int) -> nn.Module:
@@ -94,6 +107,15 @@ def set_dense_below(model: nn.Module, tokens: int) -> nn.Module:
     for module in model.modules():
         if isinstance(module, SparseLinearAttention):
             module.dense_below = tokens
+    return model
+
+
+def set_qk_codes(model: nn.Module, qk_codes: str | None) -> nn.Module:
+    """Every SLA layer of ``model`` scores with ``qk_codes`` (None: 16 bits), in place; returns ``model``."""
+    check_qk_codes(qk_codes)
+    for module in model.modules():
+        if isinstance(module, SparseLinearAttention):
+            module.qk_codes = qk_codes
     return model
 
 

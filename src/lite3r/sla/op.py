@@ -81,6 +81,15 @@ def _exact_dtypes(q: torch.Tensor):
     return torch.autocast(q.device.type, enabled=False)
 
 
+def _forward(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map, backend, qk_codes) -> torch.Tensor:
+    with _exact_dtypes(q):
+        if resolve_backend(backend, q) == "triton":
+            from lite3r.sla import kernels
+
+            return kernels.sla_forward(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map, qk_codes)
+        return _reference(kh, kl, block_q, block_k, feature_map)(q, k, v, weight, bias, qk_codes=qk_codes).contiguous()
+
+
 @torch.library.triton_op("lite3r::sparse_linear_attention", mutates_args=())
 def _sparse_linear_attention(
     q: torch.Tensor,
@@ -95,18 +104,37 @@ def _sparse_linear_attention(
     feature_map: str,
     backend: str,
 ) -> torch.Tensor:
-    with _exact_dtypes(q):
-        if resolve_backend(backend, q) == "triton":
-            from lite3r.sla import kernels
+    return _forward(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map, backend, qk_codes=None)
 
-            return kernels.sla_forward(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map)
-        return _reference(kh, kl, block_q, block_k, feature_map)(q, k, v, weight, bias).contiguous()
+
+@torch.library.triton_op("lite3r::sparse_linear_attention_quantized_qk", mutates_args=())
+def _sparse_linear_attention_quantized_qk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    kh: float,
+    kl: float,
+    block_q: int,
+    block_k: int,
+    feature_map: str,
+    backend: str,
+    qk_codes: str,
+) -> torch.Tensor:
+    """The quantized Q K^T variant: inference only (no autograd formula), a runtime setting that exports refuse."""
+    return _forward(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map, backend, qk_codes)
 
 
 @_sparse_linear_attention.register_fake
 def _(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map, backend):
     # Shape only (triton_op would run the body): torch.export and the ONNX exporter keep the op as one node and
     # need no more; Inductor and AOTInductor still replace the node by the body.
+    return q.new_empty(q.shape)
+
+
+@_sparse_linear_attention_quantized_qk.register_fake
+def _(q, k, v, weight, bias, kh, kl, block_q, block_k, feature_map, backend, qk_codes):
     return q.new_empty(q.shape)
 
 
@@ -188,10 +216,12 @@ def sparse_linear_attention(
     block_k: int = 64,
     feature_map: str = "softmax",
     backend: str = "auto",
+    qk_codes: str | None = None,
 ) -> torch.Tensor:
     """SLA of ``q, k, v [B, H, L, D]`` with ``proj_lin`` = (``weight [D, D]``, ``bias [D]``); returns ``[B, H, L, D]``.
 
-    Differentiable in all five tensors. See ``reference.sparse_linear_attention_reference`` for the definition.
+    Differentiable in all five tensors, except with ``qk_codes`` (``"int8"`` / ``"fp8"``: scores from 8-bit codes
+    of q and smoothed k, inference only). See ``reference.sparse_linear_attention_reference`` for the definition.
     Under autocast, q, k and v run in the autocast dtype, as ``scaled_dot_product_attention`` does (q/k-norm
     leaves q, k in float32 while v comes out of the autocast linear in bf16/fp16).
     """
@@ -200,6 +230,11 @@ def sparse_linear_attention(
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     _check_inputs(q, k, v, weight, bias)
     check_options(kh, kl, block_q, block_k, feature_map, backend)
-    return torch.ops.lite3r.sparse_linear_attention(
-        q, k, v, weight, bias, float(kh), float(kl), block_q, block_k, feature_map, backend
-    )
+    options = (float(kh), float(kl), block_q, block_k, feature_map, backend)
+    if qk_codes is None:
+        return torch.ops.lite3r.sparse_linear_attention(q, k, v, weight, bias, *options)
+    reference.check_qk_codes(qk_codes)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, weight, bias)):
+        raise ValueError(f"qk_codes={qk_codes!r} is inference only (no gradients through 8-bit scores): "
+                         "run under torch.no_grad()")
+    return torch.ops.lite3r.sparse_linear_attention_quantized_qk(q, k, v, weight, bias, *options, qk_codes)

@@ -20,6 +20,10 @@ CRITICAL, MARGINAL, NEGLIGIBLE = 1, 0, -1
 # Added to the linear branch's denominator: keeps a query block with no marginal key block finite (its
 # numerator is then exactly zero, so its linear output is zero) and is negligible next to any real sum.
 LINEAR_EPS = 1e-6
+# 8-bit codes of the quantized Q K^T variant: dtype and the largest |code| a block's largest |value| maps to.
+# int8 (SageAttention's choice for Q K^T) is ~4x more accurate than e4m3 here (docs/sla.md); both run on Hopper's
+# 8-bit tensor cores.
+QK_CODES = {"int8": (torch.int8, 127.0), "fp8": (torch.float8_e4m3fn, 448.0)}
 # Guards ceil/floor against float noise such as 0.1 * 30 == 3.0000000000000004.
 _ROUNDING_SLACK = 1e-9
 _MAX_DENOMINATOR = 1 << 20
@@ -227,6 +231,45 @@ def linear_attention(
     return _unpad(numerator / denominator, length)
 
 
+def check_qk_codes(qk_codes: str | None) -> None:
+    if qk_codes is not None and qk_codes not in QK_CODES:
+        raise ValueError(f"qk_codes must be None or one of {tuple(QK_CODES)}; got {qk_codes!r}")
+
+
+def quantize_blocks(x: torch.Tensor, block: int, qk_codes: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [B, H, L, D]`` as 8-bit codes ``[B, H, n_blocks * block, D]`` (zero-padded) and one float32 scale per
+    block of ``block`` tokens ``[B, H, n_blocks]``, ``x ~ codes * scale``: per-block scales (as SageAttention's)
+    confine an outlier token's cost to its own block, and match the kernel's tiles."""
+    dtype, largest = QK_CODES[qk_codes]
+    tiles = _pad_to_blocks(x.float(), block)
+    scales = tiles.abs().amax(dim=(-2, -1)).clamp_min(torch.finfo(torch.float32).tiny) / largest
+    scaled = tiles / scales[..., None, None]
+    if not dtype.is_floating_point:
+        scaled = scaled.round()
+    return scaled.clamp(-largest, largest).to(dtype).flatten(2, 3), scales
+
+
+def smooth_keys(k: torch.Tensor) -> torch.Tensor:
+    """``k`` minus its mean over the sequence, float32. Softmax attention does not change (every score of a query
+    moves by the same ``q . mean``) but the keys' shared per-channel offset, which would set each block's scale,
+    is gone (SageAttention's smoothing)."""
+    k32 = k.float()
+    return k32 - k32.mean(dim=-2, keepdim=True)
+
+
+def quantized_qk(
+    q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, qk_codes: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The q and (smoothed) k that the quantized Q K^T variant multiplies, dequantized to float32 ``[B, H, L, D]``."""
+    length = q.shape[-2]
+
+    def dequantized(x: torch.Tensor, block: int) -> torch.Tensor:
+        codes, scales = quantize_blocks(x, block, qk_codes)
+        return (codes.float().unflatten(2, (-1, block)) * scales[..., None, None]).flatten(2, 3)[:, :, :length]
+
+    return dequantized(q, block_q), dequantized(smooth_keys(k), block_k)
+
+
 def sparse_linear_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -241,18 +284,26 @@ def sparse_linear_attention_reference(
     feature_map: str = "softmax",
     blocks: BlockMap | None = None,
     compute_dtype: torch.dtype | None = None,
+    qk_codes: str | None = None,
 ) -> torch.Tensor:
     """``O = O_s + proj_lin(O_l)`` for ``q, k, v [B, H, L, D]``; ``weight [D, D]``, ``bias [D]`` is ``proj_lin``.
 
     ``blocks`` defaults to ``block_map(q, k, ...)``; pass one to compare implementations on the same map.
     ``compute_dtype`` defaults to float32 (float64 for float64 inputs); a low-precision value gives the
-    baseline error of the tolerance rule in docs/sla.md. Returns the dtype of ``q``.
+    baseline error of the tolerance rule in docs/sla.md. ``qk_codes`` (``"int8"`` or ``"fp8"``): the quantized
+    Q K^T variant, whose critical attention scores 8-bit codes of q and smoothed k (``quantized_qk``); the block
+    map, P V and the linear branch are unchanged.
+    Returns the dtype of ``q``.
     """
     check_options(kh, kl, block_q, block_k, feature_map)
+    check_qk_codes(qk_codes)
     if blocks is None:
         blocks = block_map(q, k, kh, kl, block_q, block_k)
     dtype = compute_dtype or _accumulation_dtype(q.dtype)
     q32, k32, v32 = (x.to(dtype) for x in (q, k, v))
-    sparse_out = critical_attention(q32, k32, v32, blocks.critical, block_q, block_k)
+    q_scored, k_scored = q32, k32
+    if qk_codes:
+        q_scored, k_scored = (x.to(dtype) for x in quantized_qk(q, k, block_q, block_k, qk_codes))
+    sparse_out = critical_attention(q_scored, k_scored, v32, blocks.critical, block_q, block_k)
     linear_out = linear_attention(q32, k32, v32, blocks.classes == MARGINAL, block_q, block_k, feature_map)
     return (sparse_out + F.linear(linear_out, weight.to(dtype), bias.to(dtype))).to(q.dtype)

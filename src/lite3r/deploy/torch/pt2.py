@@ -27,7 +27,7 @@ from lite3r.deploy.torch.fp8 import FP8Linear
 from lite3r.deploy.torch.prepare import prepare_model, resolve_dtype
 from lite3r.deploy.torch.runtime import _INDUCTOR_OPTIONS
 from lite3r.models import family_of
-from lite3r.sla.module import runtime_dense_below_error
+from lite3r.sla.module import runtime_settings_error
 
 INPUT_NAME = "images"
 FRAMES = "frames"  # name of the dynamic frame dimension
@@ -100,7 +100,7 @@ def export_pt2(
     """
     started = time.perf_counter()
     path = Path(path)
-    if reason := runtime_dense_below_error(model):
+    if reason := runtime_settings_error(model):
         raise Pt2Error(reason)
     frame_range = parse_frames(frames) if isinstance(frames, str) else check_frames(tuple(frames))
     size = _image_size(model, family_of(model).image_size if image_size is None else image_size)

@@ -28,7 +28,8 @@ from lite3r.deploy.frames import parse_frames
 from lite3r.deploy.torch.prepare import prepare_model, resolve_dtype
 from lite3r.models.heads import DPTHead
 from lite3r.models.layers import Block
-from lite3r.sla.module import check_dense_below, set_dense_below
+from lite3r.sla.module import check_dense_below, set_dense_below, set_qk_codes
+from lite3r.sla.reference import check_qk_codes
 
 SDPA_BACKENDS = {
     "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
@@ -57,9 +58,11 @@ class RuntimeOptions:
     frames: str | None = None
     sdpa: str = "cudnn"
     dense_below: int = DENSE_BELOW  # SLA layers take exact attention below this many tokens (0: never)
+    qk_codes: str | None = None  # "int8" / "fp8": SLA layers score Q K^T on 8-bit tensor cores (None: 16 bits)
 
     def __post_init__(self) -> None:
         check_dense_below(self.dense_below)
+        check_qk_codes(self.qk_codes)
         resolve_dtype(self.dtype)
         if self.heads_dtype is not None:
             resolve_dtype(self.heads_dtype)
@@ -119,6 +122,7 @@ class TorchRuntime:
         if options.compile:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, _DYNAMO_CACHE_SIZE)
         set_dense_below(model, options.dense_below)
+        set_qk_codes(model, options.qk_codes)
         for module in model.modules():
             if options.compile and isinstance(module, Block):
                 module.compile(options=_INDUCTOR_OPTIONS)
