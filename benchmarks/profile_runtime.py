@@ -26,7 +26,7 @@ from lite3r.deploy.torch import RuntimeOptions, TorchRuntime
 from lite3r.quant import FP8Recipe
 
 CATEGORIES = (  # first match wins
-    ("sla", r"pool_kernel|key_state_kernel|classify_kernel|marginal_sum_kernel|forward_(quantized_qk_)?kernel"),
+    ("sla", r"pool_kernel|key_state_kernel|classify_kernel|marginal_sum_kernel|forward_kernel"),
     ("attention", r"flash|fmha|cudnn_generated_fort_native_sdpa|attention|sdpa"),
     ("gemm-fp8", r"f8|fp8|e4m3"),
     ("gemm", r"gemm|sm90_xmma|cutlass|nvjet|cublas"),

@@ -44,11 +44,11 @@ def sparse_linear_attention_core(
     stride_h = seq_len * HEAD_DIM
     stride_b = num_heads * stride_h
     kernels.forward_kernel(
-        q, k, v, out, lut, kv_state, k_state, proj_w, proj_b,
+        q, k, v, out, lut, kv_state, k_state, proj_w, proj_b, q, q, k, k,  # 16-bit scores: no codes
         stride_b, stride_h, HEAD_DIM, stride_b, stride_h, HEAD_DIM,
         stride_b, stride_h, HEAD_DIM, stride_b, stride_h, HEAD_DIM,
         num_heads, seq_len, num_critical, SM_SCALE, EPS,
-        HEAD_DIM, BLOCK_Q, BLOCK_K, FEATURE_MAP, kernels.FORWARD_STEP_BLOCKS,
+        HEAD_DIM, BLOCK_Q, BLOCK_K, FEATURE_MAP, kernels.FORWARD_STEP_BLOCKS, False,
     )  # fmt: skip
 
 

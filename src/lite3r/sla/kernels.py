@@ -251,7 +251,7 @@ def _linear_branch(q, state, KV_STATE, K_STATE, eps, HEAD_DIM: tl.constexpr, FEA
 
 
 @triton.jit
-def _forward_query_block(
+def forward_kernel(
     Q, K, V, OUT, LUT, KV_STATE, K_STATE, W, BIAS, Q_CODES, Q_SCALES, K_CODES, K_SCALES,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
@@ -261,8 +261,13 @@ def _forward_query_block(
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
     STEP_BLOCKS: tl.constexpr, QUANTIZED_QK: tl.constexpr,
 ):
-    """The body of ``forward_kernel`` (QUANTIZED_QK False: the *_CODES / *_SCALES pointers are not read) and of
-    ``forward_quantized_qk_kernel``."""
+    """One query block: online softmax over its critical key blocks (STEP_BLOCKS of them per step) +
+    proj_lin(linear branch).
+
+    QUANTIZED_QK: Q K^T on 8-bit tensor cores, from int8 or e4m3 codes of q and smoothed k with one float32 scale
+    per block (``reference.quantize_blocks``; int32 / fp32 accumulation); P V, the linear branch and proj_lin as
+    without. Without it the *_CODES / *_SCALES pointers are not read (pass any tensor).
+    """
     # Inductor passes Python floats to a user kernel as fp64: cast, or fp32 loop state turns fp64.
     sm_scale, eps = tl.cast(sm_scale, tl.float32), tl.cast(eps, tl.float32)
     qblock = tl.program_id(0)
@@ -317,51 +322,6 @@ def _forward_query_block(
     out += tl.dot(linear_out.to(q.dtype), tl.trans(w)) + tl.load(BIAS + dims).to(tl.float32)[None, :]
     tl.store(OUT + b.to(tl.int64) * stride_ob + h * stride_oh + rows[:, None] * stride_ol + dims[None, :],
              out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
-
-
-@triton.jit
-def forward_kernel(
-    Q, K, V, OUT, LUT, KV_STATE, K_STATE, W, BIAS,
-    stride_qb, stride_qh, stride_ql,
-    stride_kb, stride_kh, stride_kl,
-    stride_vb, stride_vh, stride_vl,
-    stride_ob, stride_oh, stride_ol,
-    num_heads, seq_len, num_critical, sm_scale, eps,
-    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
-    STEP_BLOCKS: tl.constexpr,
-):
-    """One query block: online softmax over its critical key blocks (STEP_BLOCKS of them per step) +
-    proj_lin(linear branch)."""
-    _forward_query_block(
-        Q, K, V, OUT, LUT, KV_STATE, K_STATE, W, BIAS, Q, Q, K, K,
-        stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
-        stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
-        num_heads, seq_len, num_critical, sm_scale, eps,
-        HEAD_DIM, BLOCK_Q, BLOCK_K, FEATURE_MAP, STEP_BLOCKS, False,
-    )  # fmt: skip
-
-
-@triton.jit
-def forward_quantized_qk_kernel(
-    Q, K, V, OUT, LUT, KV_STATE, K_STATE, W, BIAS, Q_CODES, Q_SCALES, K_CODES, K_SCALES,
-    stride_qb, stride_qh, stride_ql,
-    stride_kb, stride_kh, stride_kl,
-    stride_vb, stride_vh, stride_vl,
-    stride_ob, stride_oh, stride_ol,
-    num_heads, seq_len, num_critical, sm_scale, eps,
-    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
-    STEP_BLOCKS: tl.constexpr,
-):
-    """``forward_kernel`` with Q K^T on 8-bit tensor cores: int8 or e4m3 codes of q and smoothed k with one float32
-    scale per block (``reference.quantize_blocks``), int32 / fp32 accumulation; P V, the linear branch and
-    proj_lin as ``forward_kernel`` computes them."""
-    _forward_query_block(
-        Q, K, V, OUT, LUT, KV_STATE, K_STATE, W, BIAS, Q_CODES, Q_SCALES, K_CODES, K_SCALES,
-        stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
-        stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
-        num_heads, seq_len, num_critical, sm_scale, eps,
-        HEAD_DIM, BLOCK_Q, BLOCK_K, FEATURE_MAP, STEP_BLOCKS, True,
-    )  # fmt: skip
 
 
 @triton.jit
@@ -681,20 +641,19 @@ def launch_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     pre: Precomputed, block_q: int, block_k: int, feature_map: str, qk_codes: str | None = None,
 ) -> torch.Tensor:
-    """The fused forward kernel alone (``forward_quantized_qk_kernel`` with ``qk_codes``, after quantizing q, k)."""
+    """The fused forward kernel alone (with ``qk_codes``: after quantizing q and k, QUANTIZED_QK)."""
     batch, heads, length, dim = q.shape
     critical = pre.blocks.critical
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    kernel, code_args = forward_kernel, ()
+    codes = (q, q, k, k)  # not read without QUANTIZED_QK
     if qk_codes:
-        kernel = forward_quantized_qk_kernel
-        code_args = (*quantize_blocks(q, block_q, qk_codes), *quantize_blocks(smooth_keys(k), block_k, qk_codes))
-    wrap_triton(kernel)[(num_blocks(length, block_q), batch * heads)](
-        q, k, v, out, critical, pre.kv_state, pre.k_state, weight.contiguous(), bias.contiguous(), *code_args,
+        codes = (*quantize_blocks(q, block_q, qk_codes), *quantize_blocks(smooth_keys(k), block_k, qk_codes))
+    wrap_triton(forward_kernel)[(num_blocks(length, block_q), batch * heads)](
+        q, k, v, out, critical, pre.kv_state, pre.k_state, weight.contiguous(), bias.contiguous(), *codes,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        STEP_BLOCKS=FORWARD_STEP_BLOCKS, **_launch_options(dim, block_q),
+        STEP_BLOCKS=FORWARD_STEP_BLOCKS, QUANTIZED_QK=qk_codes is not None, **_launch_options(dim, block_q),
     )
     return out
 
