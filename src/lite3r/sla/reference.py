@@ -21,7 +21,7 @@ CRITICAL, MARGINAL, NEGLIGIBLE = 1, 0, -1
 # numerator is then exactly zero, so its linear output is zero) and is negligible next to any real sum.
 LINEAR_EPS = 1e-6
 # 8-bit codes of the quantized Q K^T variant: dtype and the largest |code| a block's largest |value| maps to.
-# int8 (SageAttention's choice for Q K^T) is ~4x more accurate than e4m3 here (docs/sla.md); both run on Hopper's
+# int8 (SageAttention's choice for Q K^T) is 2.5-3x more accurate than e4m3 here (docs/sla.md); both run on Hopper's
 # 8-bit tensor cores.
 QK_CODES = {"int8": (torch.int8, 127.0), "fp8": (torch.float8_e4m3fn, 448.0)}
 # Guards ceil/floor against float noise such as 0.1 * 30 == 3.0000000000000004.
