@@ -18,16 +18,13 @@ import json
 
 import torch
 
+from bench_sla import relative_error  # this script's folder is on sys.path
 from lite3r.bench.measure import time_call
 from lite3r.sla import kernels, sparse_linear_attention
 from lite3r.sla.reference import QK_CODES, block_map, quantize_blocks, smooth_keys, sparse_linear_attention_reference
 
 HEADS, DIM, TOKENS_PER_FRAME = 16, 64, 37 * 37 + 5
 VARIANTS = (None, *QK_CODES)
-
-
-def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((x.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
 def main() -> None:

@@ -97,10 +97,11 @@ def _runtime(model: nn.Module, ctx: Context, quant_state: dict[str, Any] | None 
     notes = (f"{options.dtype} weights (heads {options.heads_dtype or options.dtype}), "
              f"compile {'on' if options.compile else 'off'}, CUDA graphs {'on' if options.cuda_graphs else 'off'}, "
              f"SDPA {options.sdpa}")  # fmt: skip
-    if options.dense_below and any(isinstance(m, SparseLinearAttention) for m in runtime.model.modules()):
-        notes += f", exact attention below {options.dense_below} tokens"
-    if options.qk_codes and any(isinstance(m, SparseLinearAttention) for m in runtime.model.modules()):
-        notes += f", SLA Q K^T in {options.qk_codes}"
+    if any(isinstance(m, SparseLinearAttention) for m in runtime.model.modules()):
+        if options.dense_below:
+            notes += f", exact attention below {options.dense_below} tokens"
+        if options.qk_codes:
+            notes += f", SLA Q K^T in {options.qk_codes}"
 
     def setup(shape: tuple[int, ...]) -> dict[str, float]:
         done = runtime.setup.get(shape)

@@ -405,7 +405,7 @@ def _runtime_reference(runtime: Any, student: torch.nn.Module | None, artifact: 
     import copy
 
     from lite3r.exporter.export import precision_of
-    from lite3r.sla.module import set_dense_below, set_qk_codes
+    from lite3r.sla.module import set_runtime_settings
 
     if student is None:
         raise ValueError("runtime parity compares the runtime with its float student: pass student=")
@@ -417,7 +417,7 @@ def _runtime_reference(runtime: Any, student: torch.nn.Module | None, artifact: 
         raise ValueError(f"the runtime scores attention with {qk_codes} codes and the artifacts never do: check them "
                          "in separate calls (or build the runtime with qk_codes=None)")
     if dense_below or qk_codes:
-        student = set_qk_codes(set_dense_below(copy.deepcopy(student), dense_below), qk_codes)
+        student = set_runtime_settings(copy.deepcopy(student), dense_below=dense_below, qk_codes=qk_codes)
     return student, precision_of(resolve_dtype(runtime.options.dtype))
 
 

@@ -102,21 +102,14 @@ def runtime_settings_error(model: nn.Module) -> str | None:
     return None
 
 
-def set_dense_below(model: nn.Module, tokens: int) -> nn.Module:
-    """Every SLA layer of ``model`` takes exact attention below ``tokens`` (0: never), in place; returns ``model``."""
-    check_dense_below(tokens)
-    for module in model.modules():
-        if isinstance(module, SparseLinearAttention):
-            module.dense_below = tokens
-    return model
-
-
-def set_qk_codes(model: nn.Module, qk_codes: str | None) -> nn.Module:
-    """Every SLA layer of ``model`` scores with ``qk_codes`` (None: 16 bits), in place; returns ``model``."""
+def set_runtime_settings(model: nn.Module, *, dense_below: int, qk_codes: str | None) -> nn.Module:
+    """Every SLA layer of ``model`` takes exact attention below ``dense_below`` tokens (0: never) and scores with
+    ``qk_codes`` (None: 16 bits), in place; returns ``model``."""
+    check_dense_below(dense_below)
     check_qk_codes(qk_codes)
     for module in model.modules():
         if isinstance(module, SparseLinearAttention):
-            module.qk_codes = qk_codes
+            module.dense_below, module.qk_codes = dense_below, qk_codes
     return model
 
 

@@ -28,7 +28,7 @@ from lite3r.deploy.frames import parse_frames
 from lite3r.deploy.torch.prepare import prepare_model, resolve_dtype
 from lite3r.models.heads import DPTHead
 from lite3r.models.layers import Block
-from lite3r.sla.module import check_dense_below, set_dense_below, set_qk_codes
+from lite3r.sla.module import check_dense_below, set_runtime_settings
 from lite3r.sla.reference import check_qk_codes
 
 SDPA_BACKENDS = {
@@ -121,8 +121,7 @@ class TorchRuntime:
         )
         if options.compile:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, _DYNAMO_CACHE_SIZE)
-        set_dense_below(model, options.dense_below)
-        set_qk_codes(model, options.qk_codes)
+        set_runtime_settings(model, dense_below=options.dense_below, qk_codes=options.qk_codes)
         for module in model.modules():
             if options.compile and isinstance(module, Block):
                 module.compile(options=_INDUCTOR_OPTIONS)
