@@ -1,5 +1,7 @@
 """Which dense-attention backend is fastest for VGGT's shapes (bf16, 16 heads x 64): frame attention (each
-frame alone, 1374 tokens at 518x518) and global attention (all frames together). Chooses the runtime's default.
+frame alone, 1374 tokens at 518x518), global attention (all frames together), and the SLA students' dense rows
+(the first ``--dense-tokens`` queries of every frame over all keys: ``sla.module.dense_frame_rows``). Chooses the
+runtime's default and the dense rows' backend.
 
     PYTHONPATH=src python3 benchmarks/bench_sdpa_backends.py --frames 2 8 32
 """
@@ -23,13 +25,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[2, 8, 32])
     parser.add_argument("--tokens", type=int, default=1374)
+    parser.add_argument("--dense-tokens", type=int, default=5, help="VGGT: camera + 4 register tokens per frame")
     parser.add_argument("--reps", type=int, default=20)
     args = parser.parse_args()
     device = torch.device("cuda")
     rows = []
     for frames in args.frames:
-        for kind, (batch, length) in {"frame": (frames, args.tokens), "global": (1, frames * args.tokens)}.items():
-            q, k, v = (torch.randn(batch, 16, length, 64, device=device, dtype=torch.bfloat16) for _ in range(3))
+        length = frames * args.tokens
+        shapes = {"frame": (frames, args.tokens, args.tokens), "global": (1, length, length),
+                  "dense_rows": (1, frames * args.dense_tokens, length)}  # fmt: skip
+        for kind, (batch, queries, keys) in shapes.items():
+            q = torch.randn(batch, 16, queries, 64, device=device, dtype=torch.bfloat16)
+            k, v = (torch.randn(batch, 16, keys, 64, device=device, dtype=torch.bfloat16) for _ in range(2))
             row = {"frames": frames, "attention": kind}
             for name, backend in BACKENDS.items():
                 try:
