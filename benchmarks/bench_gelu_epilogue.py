@@ -1,0 +1,91 @@
+"""The FP8 student's MLP epilogue alone: ``e4m3(clamp(GELU(fc1(x) + b) * m))``, the pass between its two FP8 GEMMs.
+
+In the H200 profile of 2026-12-01 (100 frames) the three Inductor kernels of this epilogue (DINOv2, frame and global
+blocks) took 84 of 1182 ms, at about 1.4 TB/s where a pass that reads bf16 and writes e4m3 can reach the H200's
+~4 TB/s. This script times the epilogue at VGGT-1B's MLP width (4096) for ``frames x 1374`` tokens, compiled as the
+runtime compiles it and in variants that tell whether the pass is bound by memory or by the exact (erf) GELU:
+
+- ``cast``: the quantization alone (the floor for a pass of these bytes);
+- ``runtime``: the runtime's epilogue (``torch.compile`` with ``emulate_precision_casts``);
+- ``no-emulate``: the same without rounding every intermediate to bf16;
+- ``tanh``: ``GELU(approximate="tanh")``;
+- ``bias-in-gemm``: fc1 with the bias added by ``torch._scaled_mm`` (cuBLAS epilogue) against fc1 + a separate add.
+
+Reported: median ms, effective TB/s (bytes read + written / time) and the fraction of e4m3 codes that differ from
+the runtime's.
+
+    PYTHONPATH=src python3 benchmarks/bench_gelu_epilogue.py --frames 32 100 --out gelu.json      # CUDA
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+
+from lite3r.bench.measure import time_call
+from lite3r.quant import quantize_e4m3
+
+TOKENS_PER_FRAME, DIM, HIDDEN = 37 * 37 + 5, 1024, 4096
+
+
+def epilogue(approximate: str):
+    def run(y: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor) -> torch.Tensor:
+        return quantize_e4m3(F.gelu(y + bias, approximate=approximate), multiplier)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, nargs="+", default=[32, 100])
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    cast = torch.compile(lambda y, b, m: quantize_e4m3(y, m), dynamic=False)
+    variants = {
+        "cast": cast,
+        "runtime": torch.compile(epilogue("none"), dynamic=False, options={"emulate_precision_casts": True}),
+        "no-emulate": torch.compile(epilogue("none"), dynamic=False),
+        "tanh": torch.compile(epilogue("tanh"), dynamic=False, options={"emulate_precision_casts": True}),
+    }
+    rows = []
+    for frames in args.frames:
+        tokens = frames * TOKENS_PER_FRAME
+        torch.manual_seed(frames)
+        y = torch.randn(tokens, HIDDEN, device=device, dtype=torch.bfloat16)
+        bias = 0.1 * torch.randn(HIDDEN, device=device, dtype=torch.bfloat16)
+        multiplier = torch.tensor(448 / 6.0, device=device)
+        gigabytes = y.numel() * 3 / 1e9
+        reference = variants["runtime"](y, bias, multiplier)
+        for name, fn in variants.items():
+            codes = fn(y, bias, multiplier)
+            ms = time_call(lambda: fn(y, bias, multiplier), args.reps, device).median_ms
+            differ = (codes.view(torch.uint8) != reference.view(torch.uint8)).float().mean().item()
+            rows.append({"frames": frames, "variant": name, "ms": ms, "tb_per_s": gigabytes / ms,
+                         "codes_differ": differ})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+        x = quantize_e4m3(torch.randn(tokens, DIM, device=device), torch.tensor(100.0, device=device))
+        weight = quantize_e4m3(torch.randn(HIDDEN, DIM, device=device), torch.tensor(100.0, device=device))
+        one = torch.tensor(0.01, device=device)
+        gemm = lambda **kw: torch._scaled_mm(x, weight.t(), one, one, out_dtype=torch.bfloat16, **kw)  # noqa: E731
+        add = torch.compile(lambda t, b: t + b, dynamic=False)
+        for name, fn in {"gemm": gemm, "gemm+bias-in-gemm": lambda: gemm(bias=bias),
+                         "gemm+add": lambda: add(gemm(), bias)}.items():  # fmt: skip
+            ms = time_call(fn, args.reps, device).median_ms
+            rows.append({"frames": frames, "variant": name, "ms": ms, "tflop_per_s": 2 * tokens * DIM * HIDDEN / ms / 1e9})
+            print(json.dumps(rows[-1]), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+    print("\n| frames | variant | ms | TB/s or TFLOP/s | codes differing from runtime |")
+    for r in rows:
+        rate = f"{r['tb_per_s']:.2f} TB/s" if "tb_per_s" in r else f"{r['tflop_per_s']:.0f} TFLOP/s"
+        print(f"| {r['frames']} | {r['variant']} | {r['ms']:.3f} | {rate} | {r.get('codes_differ', '')} |")
+
+
+if __name__ == "__main__":
+    main()
