@@ -1,9 +1,10 @@
 """The SLA block classification kernel alone, at VGGT-1B's global-attention sizes (16 heads, 1374 tokens per
-518² frame, 64-token blocks), launched with several chunk sizes and warp counts: in the H200 profile of
-2026-12-01 it took 15.3 of 284.6 ms at 32 frames (half the sparse attention kernel's time) and 4.4 ms at 8.
+518² frame, 64-token blocks), launched with several warp counts, with the register tiers a symbolic nk gets, and
+with the chunked path of rows longer than the register tiers: in the H200 profiles of 2026-12-01 the previous
+kernel (32 passes over the row in chunks of 256, one warp) took 15.3 of 284.6 ms at 32 frames, 74.0 of 1155 at 100.
 
-Every launch must write the same classes, critical LUT and marginal matrix as the default launch
-(``kernels.classify``); the table gives the median ms per call (CUDA events) and whether the outputs match.
+Every launch must write the classes and critical LUT of ``reference.classify_blocks`` and the marginal matrix
+that follows from them; the table gives the median ms per call (CUDA events) and whether the outputs match.
 
     PYTHONPATH=src python3 benchmarks/bench_classify.py --frames 8 32 100 --out classify.json    # CUDA
 """
@@ -17,7 +18,7 @@ import torch
 
 from lite3r.bench.measure import time_call
 from lite3r.sla import kernels
-from lite3r.sla.reference import num_blocks
+from lite3r.sla.reference import classify_blocks, num_blocks
 
 HEADS, TOKENS_PER_FRAME, BLOCK = 16, 37 * 37 + 5, 64
 
@@ -41,21 +42,18 @@ def main() -> None:
             block_map, marginal = kernels.classify(scores, args.kh, args.kl, torch.bfloat16, **overrides)
             return block_map.classes, block_map.critical, marginal[..., :nk]
 
-        expected = launch()
-        default_ms = time_call(launch, args.reps, device).median_ms
-        rows.append({"frames": frames, "nk": nk, "launch": "default", "ms": default_ms, "same": True})
-        print(json.dumps(rows[-1]), flush=True)
-        tile = kernels._tile(nk, 16, 8192)
-        for chunk in sorted({min(tile, c) for c in (256, 512, 1024, 2048, 4096, 8192)}):
-            for warps in (1, 2, 4, 8):
-                if chunk < 32 * warps:
-                    continue
-                got = launch(chunk=chunk, warps=warps)
-                same = all(torch.equal(a, b) for a, b in zip(expected, got))
-                ms = time_call(lambda c=chunk, w=warps: launch(chunk=c, warps=w), args.reps, device).median_ms
-                rows.append({"frames": frames, "nk": nk, "launch": f"chunk {chunk}, {warps} warps", "ms": ms,
-                             "same": same})  # fmt: skip
-                print(json.dumps(rows[-1]), flush=True)
+        want = classify_blocks(scores, args.kh, args.kl)
+        expected = (want.classes, want.critical, (want.classes == 0).to(torch.bfloat16).flatten(0, 1))
+        launches = {"default": {}, "registers as for a symbolic nk": {"rows": kernels._CLASSIFY_ROWS}}
+        launches |= {f"registers, {w} warps": {"warps": w} for w in (1, 2, 8)}
+        launches |= {f"chunks of {c}, 4 warps (rows past the register tiers)": {"rows": (16, 16), "chunk": c}
+                     for c in (256, 1024)}  # fmt: skip
+        for name, overrides in launches.items():
+            got = launch(**overrides)
+            same = all(torch.equal(a, b) for a, b in zip(expected, got))
+            ms = time_call(lambda o=overrides: launch(**o), args.reps, device).median_ms
+            rows.append({"frames": frames, "nk": nk, "launch": name, "ms": ms, "same": same})
+            print(json.dumps(rows[-1]), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
