@@ -132,31 +132,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def classify_timing(frames_list: list[int], heads: int = 16, tokens: int = 1374) -> dict:
-    """``kernels.classify`` at VGGT-1B sizes: the eager launch (one chunk per row) against the chunked launch an
-    exported graph uses (1024 key blocks per chunk). Same block map required."""
-    import triton.testing
-
-    from lite3r.sla import kernels
-
-    rows = {}
-    for frames in frames_list:
-        blocks = -(-frames * tokens // 64)
-        scores = torch.randn(1, heads, blocks, blocks, device="cuda")
-        eager = kernels.classify(scores, 0.05, 0.1, torch.bfloat16)
-        chunked = kernels.classify(scores, 0.05, 0.1, torch.bfloat16, chunk=kernels._SYMBOLIC_CLASSIFY_CHUNK)
-        same = bool((eager[0].classes == chunked[0].classes).all() and (eager[0].critical == chunked[0].critical).all())
-        rows[frames] = {
-            "key_blocks": blocks,
-            "eager_ms": triton.testing.do_bench(lambda: kernels.classify(scores, 0.05, 0.1, torch.bfloat16)),
-            "chunked_ms": triton.testing.do_bench(
-                lambda: kernels.classify(scores, 0.05, 0.1, torch.bfloat16, chunk=kernels._SYMBOLIC_CLASSIFY_CHUNK)
-            ),
-            "same_block_map": same,
-        }
-    return rows
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="vggt")
@@ -197,11 +172,6 @@ def main() -> int:
     size = args.size or student.config.img_size
     images = {f: torch.rand(1, f, 3, size, size, generator=torch.Generator().manual_seed(f)) for f in args.time_frames}
     log(f"{args.model} SLA student built ({sum(p.numel() for p in student.parameters()) / 1e6:.1f} M parameters)")
-
-    if device.type == "cuda" and args.model == "vggt":
-        results["classify"] = classify_timing([f for f in args.time_frames if f >= 8])
-        log(f"classification kernel: {results['classify']}")
-        save()
 
     eager = prepare_model(copy.deepcopy(student), device=device, dtype=resolve_dtype(args.dtype))
     eager_out, eager_ms = run_eager(eager, images, device, reps=1)  # a rough number beside the reference outputs

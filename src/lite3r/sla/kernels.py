@@ -113,154 +113,82 @@ def key_state_kernel(
 
 
 @triton.jit
-def _radix_keys(SCORES, row, lanes, num_kblocks):
-    """Lanes of one row of scores as uint32 keys whose unsigned order is the scores' order, and which are real."""
+def _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK: tl.constexpr):
+    """Lanes ``start + [0, CHUNK)`` of one row of scores as order-preserving int64 keys, and which are real."""
+    lanes = start + tl.arange(0, CHUNK)
     valid = lanes < num_kblocks
     scores = tl.load(SCORES + row * num_kblocks + lanes, mask=valid, other=0.0) + 0.0  # -0.0 -> +0.0
     bits = scores.to(tl.int32, bitcast=True)
-    flip = (bits >> 31) | -2147483648  # negative: every bit; otherwise the sign bit
-    return (bits ^ flip).to(tl.uint32, bitcast=True), valid
-
-
-@triton.jit
-def _search_keys(keys, valid):
-    """The keys and their complements with the padding lanes set to 0, which no search step counts (every
-    candidate threshold has a bit set)."""
-    return tl.where(valid, keys, 0), tl.where(valid, ~keys, 0)
-
-
-@triton.jit
-def _count_at_least(top_keys, bottom_keys, top_try, bottom_try):
-    """#(top_keys >= top_try) and #(bottom_keys >= bottom_try) (fewer than 65,536 lanes): one reduction."""
-    packed = tl.sum((top_keys >= top_try).to(tl.int32) + ((bottom_keys >= bottom_try).to(tl.int32) << 16), 0)
-    return packed & 0xFFFF, packed >> 16
-
-
-@triton.jit
-def _tie_counts(keys, valid, top, bottom):
-    """#(keys > top), #(keys < bottom) and #(keys == bottom) over the real lanes."""
-    greater = tl.sum((valid & (keys > top)).to(tl.int32), 0)
-    less = tl.sum((valid & (keys < bottom)).to(tl.int32), 0)
-    return greater, less, tl.sum((valid & (keys == bottom)).to(tl.int32), 0)
-
-
-@triton.jit
-def _emit(CLASSES, LUT, MARGINAL, row, keys, valid, lanes, num_kblocks, marginal_cols, n_critical, n_negligible,
-          top, bottom, top_need, bottom_need, bottom_ties_total, top_ties_before, bottom_ties_before,
-          critical_before):
-    """Classes, critical LUT entries and marginal-matrix entries of one chunk of a row, given the thresholds
-    (``top``: the n_critical-th largest key, ``bottom``: the n_negligible-th smallest), how many ties at each
-    the row still needs, and the counts of the chunks before; returns the counts after this chunk."""
-    top_ties = valid & (keys == top)
-    top_rank = top_ties_before + tl.cumsum(top_ties.to(tl.int32), 0)  # 1-based among ties, lower index first
-    critical = (valid & (keys > top)) | (top_ties & (top_rank <= top_need))
-    bottom_ties = valid & (keys == bottom)
-    # Bottom ties rank from the end.
-    bottom_rank = bottom_ties_total - bottom_ties_before - tl.cumsum(bottom_ties.to(tl.int32), 0) + 1
-    negligible = (valid & (keys < bottom)) | (bottom_ties & (bottom_rank <= bottom_need))
-    negligible &= n_negligible > 0
-
-    classes = tl.where(critical, 1, tl.where(negligible, -1, 0)).to(tl.int8)
-    tl.store(CLASSES + row * num_kblocks + lanes, classes, mask=valid)
-    marginal = tl.where(critical | negligible, 0.0, 1.0).to(MARGINAL.dtype.element_ty)
-    tl.store(MARGINAL + row * marginal_cols + lanes, marginal, mask=valid)
-    position = critical_before + tl.cumsum(critical.to(tl.int32), 0) - 1
-    tl.store(LUT + row * n_critical + position, lanes, mask=critical)
-    return (top_ties_before + tl.sum(top_ties.to(tl.int32), 0), bottom_ties_before + tl.sum(bottom_ties.to(tl.int32), 0),
-            critical_before + tl.sum(critical.to(tl.int32), 0))
-
-
-@triton.jit
-def _select(top, bottom, bit, above, below, n_critical, n_negligible):
-    """One bit of each threshold, most significant first: keep it where enough keys are at or past it."""
-    top = tl.where(above >= n_critical, top | bit, top)
-    bottom = tl.where(below >= n_negligible, bottom | bit, bottom)
-    return top, bottom
-
-
-@triton.jit
-def _classify_in_registers(SCORES, CLASSES, LUT, MARGINAL, row, num_kblocks, marginal_cols, n_critical,
-                           n_negligible, ROW: tl.constexpr):
-    """The whole row (at most ROW key blocks) read once and searched in registers."""
-    lanes = tl.arange(0, ROW)
-    keys, valid = _radix_keys(SCORES, row, lanes, num_kblocks)
-    top_keys, bottom_keys = _search_keys(keys, valid)
-    top = tl.zeros([], tl.uint32)
-    bottom = tl.zeros([], tl.uint32)  # the threshold of ~keys
-    bit = tl.full([], 2147483648, tl.uint32)
-    for _step in range(32):
-        above, below = _count_at_least(top_keys, bottom_keys, top | bit, bottom | bit)
-        top, bottom = _select(top, bottom, bit, above, below, n_critical, n_negligible)
-        bit = bit >> 1
-    bottom = ~bottom
-    greater, less, bottom_ties_total = _tie_counts(keys, valid, top, bottom)
-    zero = tl.zeros([], tl.int32)
-    _emit(CLASSES, LUT, MARGINAL, row, keys, valid, lanes, num_kblocks, marginal_cols, n_critical, n_negligible,
-          top, bottom, n_critical - greater, n_negligible - less, bottom_ties_total, zero, zero, zero)
+    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64), valid, lanes  # int order == float order
 
 
 @triton.jit
 def classify_kernel(
     SCORES, CLASSES, LUT, MARGINAL,
     num_kblocks, marginal_cols, n_critical, n_negligible,
-    SMALL_ROW: tl.constexpr, ROW: tl.constexpr, CHUNK: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     """``reference.classify_blocks`` for one query block (row of SCORES ``[BH*nq, nk]`` fp32), without a sort.
 
-    Rank order is score descending, ties to the lower index. The scores become uint32 keys in the same order;
-    32 passes, one bit each from the most significant, find the n_critical-th largest and (on the complemented
-    keys) the n_negligible-th smallest key; ties at those thresholds are split by index with prefix sums. Writes
-    CLASSES (int8), the ascending critical LUT (int32) and the row of the 0/1 marginal matrix MARGINAL
-    ``[BH*nq, marginal_cols]`` for the GEMMs (columns past nk only align rows and are never read).
-
-    A row of up to SMALL_ROW or ROW key blocks is read once and searched in registers; a longer one is read in
-    chunks of CHUNK on every pass. All three paths are in one compiled kernel, so that it serves any nk (an
-    exported graph with a dynamic frame count).
+    Rank order is score descending, ties to the lower index. Binary searches over the scores' order-preserving
+    int32 bits find the n_critical-th largest and the n_negligible-th smallest score; ties at those thresholds
+    are split by index with prefix sums. Writes CLASSES (int8), the ascending critical LUT (int32) and the row
+    of the 0/1 marginal matrix MARGINAL ``[BH*nq, marginal_cols]`` for the GEMMs (columns past nk only align
+    rows and are never read). The row is read in chunks of CHUNK key blocks, so one compiled kernel serves any
+    nk (an exported graph with a dynamic frame count); small chunks are also the fast choice (``_CLASSIFY_CHUNK``).
     """
     row = tl.program_id(0).to(tl.int64)
-    if num_kblocks <= SMALL_ROW:
-        _classify_in_registers(SCORES, CLASSES, LUT, MARGINAL, row, num_kblocks, marginal_cols, n_critical,
-                               n_negligible, SMALL_ROW)
-    elif num_kblocks <= ROW:
-        _classify_in_registers(SCORES, CLASSES, LUT, MARGINAL, row, num_kblocks, marginal_cols, n_critical,
-                               n_negligible, ROW)
-    else:
-        top = tl.zeros([], tl.uint32)
-        bottom = tl.zeros([], tl.uint32)
-        bit = tl.full([], 2147483648, tl.uint32)
-        for _step in range(32):
-            above = tl.zeros([], tl.int32)
-            below = tl.zeros([], tl.int32)
-            for start in range(0, num_kblocks, CHUNK):
-                lanes = start + tl.arange(0, CHUNK)
-                top_keys, bottom_keys = _search_keys(*_radix_keys(SCORES, row, lanes, num_kblocks))
-                chunk_above, chunk_below = _count_at_least(top_keys, bottom_keys, top | bit, bottom | bit)
-                above += chunk_above
-                below += chunk_below
-            top, bottom = _select(top, bottom, bit, above, below, n_critical, n_negligible)
-            bit = bit >> 1
-        bottom = ~bottom
-        greater = tl.zeros([], tl.int32)
-        less = tl.zeros([], tl.int32)
-        bottom_ties_total = tl.zeros([], tl.int32)
+
+    # top: largest t with #(ordered >= t) >= n_critical; bottom: smallest t with #(ordered <= t) >= n_negligible.
+    top_lo, top_hi = tl.full([], -2147483648, tl.int64), tl.full([], 2147483647, tl.int64)
+    bottom_lo, bottom_hi = top_lo, top_hi
+    for _step in range(32):  # not `_`: unpacked into `_` below, Triton 3.6 sees the loop variable re-typed
+        top_mid = top_lo + (top_hi - top_lo + 1) // 2
+        bottom_mid = bottom_lo + (bottom_hi - bottom_lo) // 2
+        above = tl.zeros([], tl.int32)
+        below = tl.zeros([], tl.int32)
         for start in range(0, num_kblocks, CHUNK):
-            lanes = start + tl.arange(0, CHUNK)
-            keys, valid = _radix_keys(SCORES, row, lanes, num_kblocks)
-            chunk_greater, chunk_less, chunk_ties = _tie_counts(keys, valid, top, bottom)
-            greater += chunk_greater
-            less += chunk_less
-            bottom_ties_total += chunk_ties
-        top_ties_before = tl.zeros([], tl.int32)
-        bottom_ties_before = tl.zeros([], tl.int32)
-        critical_before = tl.zeros([], tl.int32)
-        for start in range(0, num_kblocks, CHUNK):
-            lanes = start + tl.arange(0, CHUNK)
-            keys, valid = _radix_keys(SCORES, row, lanes, num_kblocks)
-            top_ties_before, bottom_ties_before, critical_before = _emit(
-                CLASSES, LUT, MARGINAL, row, keys, valid, lanes, num_kblocks, marginal_cols, n_critical,
-                n_negligible, top, bottom, n_critical - greater, n_negligible - less, bottom_ties_total,
-                top_ties_before, bottom_ties_before, critical_before,
-            )
+            ordered, valid, _lanes = _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK)
+            above += tl.sum((valid & (ordered >= top_mid)).to(tl.int32), 0)
+            below += tl.sum((valid & (ordered <= bottom_mid)).to(tl.int32), 0)
+        top_lo = tl.where(above >= n_critical, top_mid, top_lo)
+        top_hi = tl.where(above >= n_critical, top_hi, top_mid - 1)
+        bottom_hi = tl.where(below >= n_negligible, bottom_mid, bottom_hi)
+        bottom_lo = tl.where(below >= n_negligible, bottom_lo, bottom_mid + 1)
+
+    # Ties at the thresholds: how many are needed, and (bottom ties rank from the end) how many there are.
+    top_need = n_critical + tl.zeros([], tl.int32)  # a tensor: the loop updates it (ints equal to 1 are constexprs)
+    bottom_need = n_negligible + tl.zeros([], tl.int32)
+    bottom_ties_total = tl.zeros([], tl.int32)
+    for start in range(0, num_kblocks, CHUNK):
+        ordered, valid, _lanes = _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK)
+        top_need -= tl.sum((valid & (ordered > top_lo)).to(tl.int32), 0)
+        bottom_need -= tl.sum((valid & (ordered < bottom_hi)).to(tl.int32), 0)
+        bottom_ties_total += tl.sum((valid & (ordered == bottom_hi)).to(tl.int32), 0)
+
+    top_ties_before = tl.zeros([], tl.int32)
+    bottom_ties_before = tl.zeros([], tl.int32)
+    critical_before = tl.zeros([], tl.int32)
+    for start in range(0, num_kblocks, CHUNK):
+        ordered, valid, lanes = _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK)
+        top_ties = valid & (ordered == top_lo)
+        top_rank = top_ties_before + tl.cumsum(top_ties.to(tl.int32), 0)  # 1-based among ties, lower index first
+        critical = (valid & (ordered > top_lo)) | (top_ties & (top_rank <= top_need))
+        bottom_ties = valid & (ordered == bottom_hi)
+        # Bottom ties rank from the end.
+        bottom_rank = bottom_ties_total - bottom_ties_before - tl.cumsum(bottom_ties.to(tl.int32), 0) + 1
+        negligible = (valid & (ordered < bottom_hi)) | (bottom_ties & (bottom_rank <= bottom_need))
+        negligible &= n_negligible > 0
+
+        classes = tl.where(critical, 1, tl.where(negligible, -1, 0)).to(tl.int8)
+        tl.store(CLASSES + row * num_kblocks + lanes, classes, mask=valid)
+        marginal = tl.where(critical | negligible, 0.0, 1.0).to(MARGINAL.dtype.element_ty)
+        tl.store(MARGINAL + row * marginal_cols + lanes, marginal, mask=valid)
+        position = critical_before + tl.cumsum(critical.to(tl.int32), 0) - 1
+        tl.store(LUT + row * n_critical + position, lanes, mask=critical)
+        top_ties_before += tl.sum(top_ties.to(tl.int32), 0)
+        bottom_ties_before += tl.sum(bottom_ties.to(tl.int32), 0)
+        critical_before += tl.sum(critical.to(tl.int32), 0)
 
 
 @triton.jit
@@ -638,23 +566,22 @@ def _tile(size: int | torch.SymInt, smallest: int, largest: int) -> int:
     return min(largest, max(smallest, triton.next_power_of_2(size)))
 
 
-# Rows of the classification kernel held in registers (key blocks; a longer row is read in chunks on every pass).
-# 4,096 key blocks are 190 frames of 518² at 64-token blocks; the smaller tier keeps the work of a short row small
-# when nk is symbolic (the runtime's compiled blocks after a second frame count, an exported graph).
-_CLASSIFY_ROWS = (1024, 4096)
-_CLASSIFY_CHUNK = 1024
-_CLASSIFY_WARPS = 4
+# Key blocks per chunk of the classification kernel (one warp per row), for a known and a symbolic nk alike
+# (torch.export with a dynamic frame count). Measured per call on the H200 at VGGT-1B's global attention
+# (benchmarks/bench_classify.py, 2026-12-01): 256 takes 0.71 ms at 32 frames (nk 687) and 3.13 ms at 100
+# (nk 2,147) against 0.98 / 10.2 ms reading the whole row at once (chunks up to 4,096, 4 warps) and 1.04 / 5.79
+# ms in chunks of 1,024; 8 frames (nk 172, one chunk) are unchanged. Larger chunks hold more keys per thread.
+_CLASSIFY_CHUNK = 256
 
 
 def classify(
-    scores: torch.Tensor, kh: float, kl: float, mask_dtype: torch.dtype,
-    rows: tuple[int, int] | None = None, chunk: int | None = None, warps: int | None = None,
+    scores: torch.Tensor, kh: float, kl: float, mask_dtype: torch.dtype, chunk: int | None = None, warps: int = 1
 ) -> tuple[BlockMap, torch.Tensor]:
     """``reference.classify_blocks`` in one kernel, plus the 0/1 marginal matrix ``[BH, nq, nk_padded]`` (rows
     padded to a multiple of 64 so that the GEMMs load aligned tiles; columns past nk are never read).
 
-    ``rows`` (the two register tiers), ``chunk`` (the longer rows' chunk; powers of two >= 16) and ``warps``
-    override the launch (tests, ``benchmarks/bench_classify.py``)."""
+    ``chunk`` (a power of two >= 16) and ``warps`` override how many key blocks the kernel reads at once and with
+    how many warps (tests, ``benchmarks/bench_classify.py``)."""
     batch, heads, num_qblocks, num_kblocks = scores.shape
     n_critical, n_negligible = block_counts(num_kblocks, kh, kl)
     device = scores.device
@@ -662,10 +589,10 @@ def classify(
     critical = torch.empty(batch, heads, num_qblocks, n_critical, device=device, dtype=torch.int32)
     padded_cols = num_blocks(num_kblocks, 64) * 64
     marginal = torch.empty(batch * heads, num_qblocks, padded_cols, device=device, dtype=mask_dtype)
-    small_row, row = rows or (_tile(num_kblocks, 16, _CLASSIFY_ROWS[0]), _CLASSIFY_ROWS[1])
+    chunk = chunk or _tile(num_kblocks, 16, _CLASSIFY_CHUNK)
     wrap_triton(classify_kernel)[(batch * heads * num_qblocks,)](
         scores.contiguous(), classes, critical, marginal, num_kblocks, padded_cols, n_critical, n_negligible,
-        SMALL_ROW=small_row, ROW=row, CHUNK=chunk or _CLASSIFY_CHUNK, num_warps=warps or _CLASSIFY_WARPS,
+        CHUNK=chunk, num_warps=warps,  # one warp: reductions without a block barrier
     )
     return BlockMap(classes, critical), marginal
 
