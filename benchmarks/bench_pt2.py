@@ -1,6 +1,6 @@
 """The SLA student as ``model.pt2`` (AOTInductor) on one GPU: export + compile, load in a fresh process that never
 imports lite3r, errors against the PyTorch student, latency per frame count (the plain package, and the package
-replayed inside a CUDA graph), the classification kernel's chunked path, and the C++ loader.
+replayed inside a CUDA graph), and the C++ loader.
 
     PYTHONPATH=src python3 benchmarks/bench_pt2.py --out "$OUT/pt2"          # VGGT-1B, bf16, frames 2:8:100
     PYTHONPATH=src python3 benchmarks/bench_pt2.py --model vggt-tiny --size 56 --frames 4:5:7 --time-frames 4 7 \
