@@ -63,7 +63,7 @@ def kernel_profile(runtime, images) -> dict:
             ms = event.device_time_total / 1e3 / 3
             by_kernel[event.key] += ms
             by_category[categorize(event.key)] += ms
-    top = sorted(by_kernel.items(), key=lambda kv: -kv[1])[:12]
+    top = sorted(by_kernel.items(), key=lambda kv: -kv[1])[:25]
     return {"categories": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
             "top_kernels": [(k[:90], round(v, 3)) for k, v in top]}  # fmt: skip
 
