@@ -124,7 +124,8 @@ def main() -> None:
         for name, fn in {"gemm": gemm, "gemm+bias-in-gemm": lambda: gemm(bias=bias),
                          "gemm+add": lambda: add(gemm(), bias)}.items():  # fmt: skip
             ms = time_call(fn, args.reps, device).median_ms
-            rows.append({"frames": frames, "variant": name, "ms": ms, "tflop_per_s": 2 * tokens * DIM * HIDDEN / ms / 1e9})
+            tflop_per_s = 2 * tokens * DIM * HIDDEN / ms / 1e9
+            rows.append({"frames": frames, "variant": name, "ms": ms, "tflop_per_s": tflop_per_s})
             print(json.dumps(rows[-1]), flush=True)
     if args.out:
         with open(args.out, "w") as f:
