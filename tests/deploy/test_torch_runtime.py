@@ -129,9 +129,15 @@ def test_bad_runtime_options_are_one_clear_error():
 @pytest.mark.parametrize("model", ["vggt-tiny", "da3-tiny"])
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
 def test_compiled_and_graph_replay_equal_eager_on_cuda(fp8, model):
-    """Compiled blocks match the eager 16-bit model; graph replay matches compiled calls, at two frame counts
-    (for DA3, 4 views select a reference view inside the graph), with several shapes captured into one shared
-    pool and replayed out of order."""
+    """Compiled blocks match the eager 16-bit model; graph replay matches the compiled code it captured, at two
+    frame counts (for DA3, 4 views select a reference view inside the graph), with several shapes captured into
+    one shared pool and replayed out of order.
+
+    Replay is held to the graphed runtime's own compiled forward right after each capture, not to another
+    runtime's: the regional compile is static for the first frame count and dynamic from the second (dynamo's
+    automatic dynamic shapes, shared by every instance of a block), so two runtimes that meet the frame counts in
+    different orders run different kernels. On vggt-tiny bf16 that alone moved pose_enc by 1.2 % at 2 frames (H200,
+    2026-12-01, with the dense rows on flash or on cuDNN alike)."""
     state = _quant_state(_student(model=model)) if fp8 else None
     sla = dict(dense_below=0)  # these short sequences would take the dense fallback: test the SLA path
     eager = TorchRuntime.build(_student(model=model), RuntimeOptions(compile=False, cuda_graphs=False, **sla),
@@ -139,7 +145,11 @@ def test_compiled_and_graph_replay_equal_eager_on_cuda(fp8, model):
     compiled = TorchRuntime.build(_student(model=model), RuntimeOptions(cuda_graphs=False, **sla), quant_state=state)
     graphed = TorchRuntime.build(_student(model=model), RuntimeOptions(frames="2:3:4", **sla), quant_state=state)
     inputs = {frames: torch.rand(1, frames, 3, 112, 112, device="cuda") for frames in (2, 4)}
-    replays = {frames: graphed(x) for frames, x in inputs.items()}
+    replays, captured_code = {}, {}
+    for frames, x in inputs.items():
+        replays[frames] = graphed(x)  # captured on first use
+        with torch.no_grad():
+            captured_code[frames] = graphed._forward(graphed._check(x))  # the compiled code that graph holds
     for frames, x in reversed(inputs.items()):
         reference, out = eager(x), compiled(x)
         errors = _relative_errors(out, reference)
@@ -152,7 +162,7 @@ def test_compiled_and_graph_replay_equal_eager_on_cuda(fp8, model):
         camera = {k: errors.pop(k) for k in CAMERA_OUTPUTS & set(errors)}  # VGGT: pose_enc; DA3: extrinsics, intrinsics
         assert max(camera.values()) < pose_limit and max(errors.values()) < 2e-2, (frames, camera, errors)
         again = graphed(x)
-        assert max(_relative_errors(again, out).values()) < 1e-3, frames
+        assert max(_relative_errors(again, captured_code[frames]).values()) < 1e-3, frames
         for name in again:
             torch.testing.assert_close(again[name], replays[frames][name], rtol=0, atol=0)  # same graph
     assert set(graphed.setup) == {(1, 2, 3, 112, 112), (1, 4, 3, 112, 112)}
