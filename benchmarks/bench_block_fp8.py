@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from lite3r.bench.measure import time_call
+from lite3r.bench.measure import time_call, write_results
 from lite3r.deploy.torch.fp8 import FP8Linear
 from lite3r.deploy.torch.prepare import cast_floating
 from lite3r.models.layers import Block, RotaryPositionEmbedding2D, patch_positions
@@ -124,10 +124,7 @@ def main() -> None:
         rows = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
         results.append({"variant": name, "status": status, "rows": rows})
         print(f"{name}: {status}, {len(rows)} of {len(args.frames)} frame counts", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": results}, f,
-                      indent=1)  # fmt: skip
+    write_results(args.out, results=results)
     print("\n| variant | frames | compile s | ms | vs bf16 | max diff vs eager FP8 | top kernel |")
     bf16 = {r["frames"]: r["median_ms"] for v in results if v["variant"] == "bf16" for r in v["rows"]}
     for v in results:

@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from lite3r.bench.measure import time_call
+from lite3r.bench.measure import time_call, write_results
 from lite3r.sla import kernels
 from lite3r.sla.reference import classify_blocks, num_blocks
 
@@ -54,9 +54,7 @@ def main() -> None:
             ms = time_call(lambda o=overrides: launch(**o), args.reps, device).median_ms
             rows.append({"frames": frames, "nk": nk, "launch": name, "ms": ms, "same": same})
             print(json.dumps(rows[-1]), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+    write_results(args.out, rows=rows)
     print("\n| frames | nk | launch | ms | same outputs |")
     for r in rows:
         print(f"| {r['frames']} | {r['nk']} | {r['launch']} | {r['ms']:.3f} | {r['same']} |")

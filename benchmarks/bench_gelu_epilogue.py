@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from lite3r.bench.measure import time_call
+from lite3r.bench.measure import time_call, write_results
 from lite3r.quant import quantize_e4m3
 
 TOKENS_PER_FRAME, DIM, HIDDEN = 37 * 37 + 5, 1024, 4096
@@ -127,9 +127,7 @@ def main() -> None:
             tflop_per_s = 2 * tokens * DIM * HIDDEN / ms / 1e9
             rows.append({"frames": frames, "variant": name, "ms": ms, "tflop_per_s": tflop_per_s})
             print(json.dumps(rows[-1]), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+    write_results(args.out, rows=rows)
     print("\n| frames | variant | ms | TB/s or TFLOP/s | codes differing from runtime |")
     for r in rows:
         rate = f"{r['tb_per_s']:.2f} TB/s" if "tb_per_s" in r else f"{r['tflop_per_s']:.0f} TFLOP/s"

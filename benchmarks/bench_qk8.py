@@ -19,7 +19,7 @@ import json
 import torch
 
 from bench_sla import relative_error  # this script's folder is on sys.path
-from lite3r.bench.measure import time_call
+from lite3r.bench.measure import time_call, write_results
 from lite3r.sla import kernels, sparse_linear_attention
 from lite3r.sla.reference import QK_CODES, block_map, quantize_blocks, smooth_keys, sparse_linear_attention_reference
 
@@ -78,10 +78,7 @@ def main() -> None:
         print(f"| {r['frames']} | {r['bf16_ms']:.3f} | {r['int8_ms']:.3f} ({r['int8_quantize_ms']:.3f}) | "
               f"{r['fp8_ms']:.3f} ({r['fp8_quantize_ms']:.3f}) | {r['precompute_ms']:.3f} | "
               f"{r['int8_vs_bf16']:.2e} / {r['fp8_vs_bf16']:.2e} |")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "args": vars(args),
-                       "rows": rows}, f, indent=1)
+    write_results(args.out, args=vars(args), rows=rows)
 
 
 if __name__ == "__main__":

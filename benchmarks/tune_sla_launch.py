@@ -17,7 +17,7 @@ import json
 
 import torch
 
-from lite3r.bench.measure import time_call
+from lite3r.bench.measure import time_call, write_results
 from lite3r.sla import kernels
 from lite3r.sla.reference import quantize_blocks, smooth_keys
 
@@ -85,9 +85,7 @@ def main() -> None:
         unpadded = marginal[..., :depth]
         rows.append({"frames": frames, "kernel": "torch.bmm", "ms": _ms(lambda: torch.bmm(unpadded, kv_block), device)})
         print(json.dumps(rows[-1]), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+    write_results(args.out, rows=rows)
 
 
 if __name__ == "__main__":

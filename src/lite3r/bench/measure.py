@@ -8,10 +8,13 @@ Memory: peak bytes allocated (and reserved) by PyTorch's CUDA allocator since th
 from __future__ import annotations
 
 import gc
+import json
+import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -64,3 +67,12 @@ def peak_memory_gib(device: torch.device) -> tuple[float | None, float | None]:
     if device.type != "cuda":
         return None, None
     return torch.cuda.max_memory_allocated(device) / 2**30, torch.cuda.max_memory_reserved(device) / 2**30
+
+
+def write_results(path: str | os.PathLike | None, **fields: object) -> None:
+    """A benchmark script's JSON record at ``path`` (nothing without one): the device and torch version, then
+    ``fields``."""
+    if path is None:
+        return
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    Path(path).write_text(json.dumps({"device": device, "torch": torch.__version__, **fields}, indent=1))
