@@ -29,7 +29,8 @@ def test_smoke_cli_writes_schema_tables_and_plots(tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads((out / "bench.json").read_text())
     assert set(record) == {"meta", "variants", "cells"}
-    assert {"date", "device", "command", "config", "versions", "git"} <= set(record["meta"])
+    assert {"date", "device", "host", "command", "config", "versions", "git"} <= set(record["meta"])
+    assert f"(host: {record['meta']['host']})" in (out / "bench.md").read_text()
     assert isinstance(record["meta"]["command"], str) and record["meta"]["config"]["reps"] == 3
     assert list(record["variants"]) == list(variants_module.VARIANTS)
     assert len(record["cells"]) == len(variants_module.VARIANTS) * 2  # two frame counts

@@ -128,7 +128,8 @@ def markdown(result: BenchResult) -> str:
     lines = [
         "# lite3r bench",
         "",
-        f"- Date: {meta['date']}. Device: {meta['device']}. Versions: "
+        f"- Date: {meta['date']}. Device: {meta['device']}"
+        + (f" (host: {meta['host']})" if meta.get("host") else "") + ". Versions: "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + f". git {git_text(meta['git'])}.",
         *([f"- Command: `{meta['command']}`"] if "runs" not in meta else
           [f"- Merged from {len(meta['runs'])} runs (each latency cell ends with its run): "

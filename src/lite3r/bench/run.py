@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import platform
 import sys
 import time
@@ -328,6 +329,15 @@ def _one_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
+def _host() -> str:
+    """The host CPU (model name from /proc/cpuinfo where there is one) and its logical core count."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), model)
+    return f"{model}, {os.cpu_count()} logical cores"
+
+
 def _meta(config: BenchConfig, device: torch.device, command: str | None) -> dict[str, Any]:
     from lite3r import __version__
 
@@ -340,6 +350,7 @@ def _meta(config: BenchConfig, device: torch.device, command: str | None) -> dic
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
         "device_type": device.type,
+        "host": _host(),  # the eager teacher at few frames is launch bound: its latency follows this CPU
         "command": command or " ".join(sys.argv),
         "config": config_json,
         "versions": versions,
