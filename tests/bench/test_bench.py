@@ -184,3 +184,14 @@ def test_fp8_calibration_scenes_stay_short_whatever_the_grid():
         config = BenchConfig.smoke(grid=(((28, 28), counts),))
         scenes = _context(config, teacher, torch.device("cpu")).calibration_scenes()
         assert [tuple(s.shape) for s in scenes] == [(views, 3, 28, 28)] * 2
+
+
+def test_benchmark_scripts_record_device_torch_and_their_fields(tmp_path):
+    from lite3r.bench.measure import write_results
+
+    write_results(tmp_path / "rows.json", rows=[{"frames": 8, "ms": 1.5}], args={"reps": 3})
+    record = json.loads((tmp_path / "rows.json").read_text())
+    assert record == {"device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+                      "torch": torch.__version__, "rows": [{"frames": 8, "ms": 1.5}], "args": {"reps": 3}}
+    write_results(None, rows=[])  # no path: nothing written, no error
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.json"]
