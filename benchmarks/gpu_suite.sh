@@ -5,7 +5,9 @@
 #   bash benchmarks/gpu_suite.sh fp8         # issue 5: FP8 GEMMs, bf16-SLA vs FP8-SLA latency, real vs fake FP8
 #   bash benchmarks/gpu_suite.sh distill     # issue 5: distillation closes the gap (VGGT-1B size and tiny)
 #   bash benchmarks/gpu_suite.sh ort13       # issue 13: FP8 ONNX on the image's onnxruntime (1.30), tiny, fp32 + bf16
-#   bash benchmarks/gpu_suite.sh runtime     # issue 10: GPU tests of TorchRuntime + SLA, SDPA backends
+#   bash benchmarks/gpu_suite.sh runtime     # issue 10: GPU tests of TorchRuntime, its parity and SLA; SDPA backends
+#   bash benchmarks/gpu_suite.sh runtime-parity  # issue 10: five runtimes of the VGGT-1B student vs the student
+#                                            # (parity reports; needs ModelOpt: carry .whl)
 #   bash benchmarks/gpu_suite.sh profile     # issue 10: where the student's time goes (kernel categories)
 #   bash benchmarks/gpu_suite.sh kernels     # issue 10: one VGGT-1B block bf16 vs FP8, the SLA classification kernel,
 #                                            # SLA with 8-bit Q K^T
@@ -59,7 +61,10 @@ for part in "$@"; do
                   || exit 1; done; } 2>&1 | tee "$OUT/ort13.log"
            head -1 "$OUT"/ort13-*/parity.md ;;
     runtime) { python3 -m pytest -q -x -p no:cacheprovider tests/deploy/test_torch_runtime.py tests/sla/test_sla_gpu.py \
+                 tests/parity/test_parity.py::test_runtime_is_held_to_the_student_as_it_runs_it \
                && python3 benchmarks/bench_sdpa_backends.py --frames 2 8 32; } 2>&1 | tee "$OUT/runtime.log" ;;
+    runtime-parity) python3 benchmarks/runtime_parity.py --out /tmp/runtime_parity 2>&1 | tee "$OUT/runtime_parity.log"
+                    tar czf "$OUT/runtime_parity.tgz" -C /tmp runtime_parity ;;
     pt2) { python3 benchmarks/bench_pt2.py --out "$OUT/pt2"
            python3 -m pytest -q -p no:cacheprovider tests/sla/test_sla_gpu.py; } 2>&1 | tee "$OUT/pt2.log" ;;
     pt2-probe) python3 scripts/pt2_load_probe.py --device cuda --cases mlp \
