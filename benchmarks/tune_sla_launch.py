@@ -59,9 +59,9 @@ def main() -> None:
                 kernels.forward_kernel[(kernels.num_blocks(length, 64), HEADS)](
                     q, k, v, out, critical, pre.kv_state, pre.k_state, weight, bias, *code_args,
                     *kernels._strides(q), *kernels._strides(k), *kernels._strides(v), *kernels._strides(out),
-                    HEADS, length, critical.shape[-1], DIM**-0.5, 1e-6, HEAD_DIM=DIM, BLOCK_Q=64, BLOCK_K=64,
-                    FEATURE_MAP=0, STEP_BLOCKS=step, QUANTIZED_QK=codes is not None, num_warps=warps,
-                    num_stages=stages,
+                    HEADS, length, critical.shape[-1], DIM**-0.5, kernels.LINEAR_EPS, HEAD_DIM=DIM, BLOCK_Q=64,
+                    BLOCK_K=64, FEATURE_MAP=kernels._feature_code("softmax"), STEP_BLOCKS=step,
+                    QUANTIZED_QK=codes is not None, num_warps=warps, num_stages=stages,
                 )
 
             rows.append({"frames": frames, "kernel": "forward", "codes": codes, "step_blocks": step, "warps": warps,
