@@ -2,10 +2,10 @@
 (16 heads x D 64, 1374 tokens per 518² frame, kh 5 %, kl 10 %, bf16), timed as launched alone (median of 20):
 
 - ``forward_kernel``: 16-bit scores and 8-bit codes (``int8``, ``fp8``; codes prepared beforehand, so the
-  quantization is not timed), warps x pipeline stages, one or two key blocks per step;
+  quantization is not timed), warps x pipeline stages;
 - ``marginal_sum_kernel`` (``M = marginal @ S``): tile sizes, warps, stages; ``torch.bmm`` on the same matrices.
 
-Checks the defaults of ``lite3r.sla.kernels`` (``_launch_options``, ``FORWARD_STEP_BLOCKS``, ``marginal_sum``).
+Checks the defaults of ``lite3r.sla.kernels`` (``_launch_options``, ``marginal_sum``).
 
     PYTHONPATH=src python3 benchmarks/tune_sla_launch.py --frames 32 100         # CUDA
 """
@@ -22,7 +22,7 @@ from lite3r.sla import kernels
 from lite3r.sla.reference import quantize_blocks, smooth_keys
 
 HEADS, DIM, TOKENS_PER_FRAME = 16, 64, 37 * 37 + 5
-FORWARD = [(codes, step, warps, stages) for codes in (None, "int8", "fp8") for step in (1, 2)
+FORWARD = [(codes, warps, stages) for codes in (None, "int8", "fp8")
            for warps, stages in ((4, 2), (4, 3), (4, 4), (4, 5), (8, 3), (8, 4))]  # fmt: skip
 MARGINAL = [(64, 256, 64, 4, 3), (64, 256, 64, 4, 4), (128, 256, 64, 8, 3), (128, 256, 64, 8, 4),
             (128, 128, 64, 4, 3), (128, 128, 64, 8, 4), (128, 256, 32, 8, 4), (128, 128, 128, 8, 3)]
@@ -50,7 +50,7 @@ def main() -> None:
         pre = kernels.precompute(q, k, v, 0.05, 0.10, 64, 64, "softmax")
         out = torch.empty_like(q)
         critical = pre.blocks.critical
-        for codes, step, warps, stages in FORWARD:
+        for codes, warps, stages in FORWARD:
             code_args = (q, q, k, k)
             if codes:
                 code_args = (*quantize_blocks(q, 64, codes), *quantize_blocks(smooth_keys(k), 64, codes))
@@ -60,11 +60,11 @@ def main() -> None:
                     q, k, v, out, critical, pre.kv_state, pre.k_state, weight, bias, *code_args,
                     *kernels._strides(q), *kernels._strides(k), *kernels._strides(v), *kernels._strides(out),
                     HEADS, length, critical.shape[-1], DIM**-0.5, kernels.LINEAR_EPS, HEAD_DIM=DIM, BLOCK_Q=64,
-                    BLOCK_K=64, FEATURE_MAP=kernels._feature_code("softmax"), STEP_BLOCKS=step,
-                    QUANTIZED_QK=codes is not None, num_warps=warps, num_stages=stages,
+                    BLOCK_K=64, FEATURE_MAP=kernels._feature_code("softmax"), QUANTIZED_QK=codes is not None,
+                    num_warps=warps, num_stages=stages,
                 )
 
-            rows.append({"frames": frames, "kernel": "forward", "codes": codes, "step_blocks": step, "warps": warps,
+            rows.append({"frames": frames, "kernel": "forward", "codes": codes, "warps": warps,
                          "stages": stages, "ms": _ms(forward, device)})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
         kv_block, _, pooled_k = kernels.key_states(k, v, 64, "softmax")

@@ -48,7 +48,7 @@ def sparse_linear_attention_core(
         stride_b, stride_h, HEAD_DIM, stride_b, stride_h, HEAD_DIM,
         stride_b, stride_h, HEAD_DIM, stride_b, stride_h, HEAD_DIM,
         num_heads, seq_len, num_critical, SM_SCALE, EPS,
-        HEAD_DIM, BLOCK_Q, BLOCK_K, FEATURE_MAP, kernels.FORWARD_STEP_BLOCKS, False,
+        HEAD_DIM, BLOCK_Q, BLOCK_K, FEATURE_MAP, False,
     )  # fmt: skip
 
 

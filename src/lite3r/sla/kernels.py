@@ -251,6 +251,33 @@ def _linear_branch(q, state, KV_STATE, K_STATE, eps, HEAD_DIM: tl.constexpr, FEA
 
 
 @triton.jit
+def _attend_block(q_scored, K_SCORED, k_scored_stride, k_scales, q_scale, V_BASE, stride_vl, kblock, seq_len,
+                  row_max, row_sum, acc, qk_scale, BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  QUANTIZED_QK: tl.constexpr, MASKED: tl.constexpr):
+    """One online-softmax step over key block ``kblock``; MASKED for the sequence's partial last block only."""
+    keys = kblock * BLOCK_K + tl.arange(0, BLOCK_K)
+    dims = tl.arange(0, HEAD_DIM)
+    key_ok = keys < seq_len
+    if MASKED:
+        k = tl.load(K_SCORED + keys[:, None] * k_scored_stride + dims[None, :], mask=key_ok[:, None], other=0.0)
+        v = tl.load(V_BASE + keys[:, None] * stride_vl + dims[None, :], mask=key_ok[:, None], other=0.0)
+    else:
+        k = tl.load(K_SCORED + keys[:, None] * k_scored_stride + dims[None, :])
+        v = tl.load(V_BASE + keys[:, None] * stride_vl + dims[None, :])
+    s = tl.dot(q_scored, tl.trans(k))  # int8 codes: int32, exact
+    if QUANTIZED_QK:
+        s = s * (q_scale * tl.load(k_scales + kblock))
+    if MASKED:
+        s = tl.where(key_ok[None, :], s, float("-inf"))
+    new_max = tl.maximum(row_max, tl.max(s, 1) * qk_scale)  # qk_scale > 0
+    p = tl.exp2(s * qk_scale - new_max[:, None])  # one FMA per score
+    alpha = tl.exp2(row_max - new_max)
+    row_sum = row_sum * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    return new_max, row_sum, acc
+
+
+@triton.jit
 def forward_kernel(
     Q, K, V, OUT, LUT, KV_STATE, K_STATE, W, BIAS, Q_CODES, Q_SCALES, K_CODES, K_SCALES,
     stride_qb, stride_qh, stride_ql,
@@ -259,10 +286,13 @@ def forward_kernel(
     stride_ob, stride_oh, stride_ol,
     num_heads, seq_len, num_critical, sm_scale, eps,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_MAP: tl.constexpr,
-    STEP_BLOCKS: tl.constexpr, QUANTIZED_QK: tl.constexpr,
+    QUANTIZED_QK: tl.constexpr,
 ):
-    """One query block: online softmax over its critical key blocks (STEP_BLOCKS of them per step) +
-    proj_lin(linear branch).
+    """One query block: online softmax over its critical key blocks + proj_lin(linear branch).
+
+    LUT rows must be ascending (``classify``, the reference and the ONNX graph all write them so): only the
+    last entry can then be the partial block at the end of the sequence, and every other step runs without
+    masks (10-15 % faster on the H200: benchmarks/bench_sla_forward.py).
 
     QUANTIZED_QK: Q K^T on 8-bit tensor cores, from int8 or e4m3 codes of q and smoothed k with one float32 scale
     per block (``reference.quantize_blocks``; int32 / fp32 accumulation); P V, the linear branch and proj_lin as
@@ -290,31 +320,25 @@ def forward_kernel(
         k_scales = K_SCALES + bh.to(tl.int64) * tl.cdiv(seq_len, BLOCK_K)
     else:
         q_scored = q
+        q_scale = 1.0
         k_scored_base = K + b.to(tl.int64) * stride_kb + h * stride_kh
         k_scored_stride = stride_kl
+        k_scales = K_SCALES
     qk_scale = sm_scale * 1.4426950408889634  # exp2 domain
+    lut = LUT + state * num_critical
 
     row_max = tl.full([BLOCK_Q], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_Q], tl.float32)
     acc = tl.zeros([BLOCK_Q, HEAD_DIM], tl.float32)
-    for t in range(0, num_critical, STEP_BLOCKS):
-        keys, key_ok = _gather_blocks(LUT + state * num_critical, t, num_critical, seq_len, BLOCK_K, STEP_BLOCKS)
-        k = tl.load(k_scored_base + keys[:, None] * k_scored_stride + dims[None, :], mask=key_ok[:, None],
-                    other=0.0)
-        v = tl.load(v_base + keys[:, None] * stride_vl + dims[None, :], mask=key_ok[:, None], other=0.0)
-        s = tl.dot(q_scored, tl.trans(k))  # int8 codes: int32, exact
-        if QUANTIZED_QK:
-            if STEP_BLOCKS == 1:  # one key block: one scale
-                s *= q_scale * tl.load(k_scales + tl.load(LUT + state * num_critical + t))
-            else:
-                s *= q_scale * tl.load(k_scales + keys // BLOCK_K, mask=key_ok, other=0.0)[None, :]
-        s = tl.where(key_ok[None, :], s * qk_scale, float("-inf"))
-        new_max = tl.maximum(row_max, tl.max(s, 1))
-        p = tl.exp2(s - new_max[:, None])
-        alpha = tl.exp2(row_max - new_max)
-        row_sum = row_sum * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        row_max = new_max
+    for t in range(0, num_critical - 1):
+        row_max, row_sum, acc = _attend_block(
+            q_scored, k_scored_base, k_scored_stride, k_scales, q_scale, v_base, stride_vl, tl.load(lut + t),
+            seq_len, row_max, row_sum, acc, qk_scale, BLOCK_K, HEAD_DIM, QUANTIZED_QK, False,
+        )
+    row_max, row_sum, acc = _attend_block(
+        q_scored, k_scored_base, k_scored_stride, k_scales, q_scale, v_base, stride_vl, tl.load(lut + num_critical - 1),
+        seq_len, row_max, row_sum, acc, qk_scale, BLOCK_K, HEAD_DIM, QUANTIZED_QK, True,
+    )
     out = acc / row_sum[:, None]
 
     _, _, _, _, linear_out = _linear_branch(q, state, KV_STATE, K_STATE, eps, HEAD_DIM, FEATURE_MAP)
@@ -488,11 +512,6 @@ def _launch_options(head_dim: int, block_q: int) -> dict[str, int]:
     return {"num_warps": 4 if head_dim * block_q <= 64 * 64 else 8, "num_stages": 3}
 
 
-# The forward kernel was faster with one block per step (H100). Passed explicitly: kernels declare no constexpr
-# defaults, since Inductor passes None for an omitted one.
-FORWARD_STEP_BLOCKS = 1
-
-
 def _step_blocks(head_dim: int, block_q: int, block_k: int) -> int:
     """Blocks per inner-loop step of the backward kernels: two 64-blocks (a 128-wide product) were faster on
     H100 for D = 64 with 64x64 blocks; with a 128-block or D = 128 that overflows shared memory (seen: 240 KB
@@ -653,7 +672,7 @@ def launch_forward(
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         heads, length, critical.shape[-1], dim**-0.5, LINEAR_EPS,
         HEAD_DIM=dim, BLOCK_Q=block_q, BLOCK_K=block_k, FEATURE_MAP=_feature_code(feature_map),
-        STEP_BLOCKS=FORWARD_STEP_BLOCKS, QUANTIZED_QK=qk_codes is not None, **_launch_options(dim, block_q),
+        QUANTIZED_QK=qk_codes is not None, **_launch_options(dim, block_q),
     )
     return out
 
