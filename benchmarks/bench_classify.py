@@ -19,6 +19,8 @@ from lite3r.bench.measure import time_call, write_results
 from lite3r.sla import kernels
 from lite3r.sla.reference import classify_blocks, num_blocks
 
+from classify_radix import classify_radix  # noqa: E402 - the experiment beside this script
+
 HEADS, TOKENS_PER_FRAME, BLOCK = 16, 37 * 37 + 5, 64
 
 
@@ -37,8 +39,9 @@ def main() -> None:
         torch.manual_seed(frames)
         scores = torch.randn(1, HEADS, nk, nk, device=device).softmax(-1)
 
-        def launch(**overrides):
-            block_map, marginal = kernels.classify(scores, args.kh, args.kl, torch.bfloat16, **overrides)
+        def launch(radix=False, **overrides):
+            classify = classify_radix if radix else kernels.classify
+            block_map, marginal = classify(scores, args.kh, args.kl, torch.bfloat16, **overrides)
             return block_map.classes, block_map.critical, marginal[..., :nk]
 
         want = classify_blocks(scores, args.kh, args.kl)
@@ -48,6 +51,8 @@ def main() -> None:
         launches |= {f"chunk {c}, {w} warps": {"chunk": c, "warps": w}
                      for c in sorted({min(tile, c) for c in (256, 512, 1024, 2048, 4096, 8192)})
                      for w in (1, 2, 4, 8) if c >= 32 * w}  # fmt: skip
+        launches |= {f"radix, chunk {c}, {w} warps": {"radix": True, "chunk": c, "warps": w}
+                     for c in sorted({min(tile, c) for c in (256, 512, 1024)}) for w in (1, 2, 4)}  # fmt: skip
         for name, overrides in launches.items():
             got = launch(**overrides)
             same = all(torch.equal(a, b) for a, b in zip(expected, got))

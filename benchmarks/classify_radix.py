@@ -28,7 +28,12 @@ from lite3r.sla import kernels
 from lite3r.sla.kernels import _CLASSIFY_CHUNK, _ordered_chunk, _tile
 from lite3r.sla.reference import BlockMap, block_counts, classify_blocks, num_blocks
 
-DIGIT_BITS = 4  # 16 bins per threshold: both fit the 32 bins tl.histogram pads to anyway (one per lane)
+# Bits per radix digit, a divisor of 32. SASS instructions per 256-key chunk of a row (sm_90, one warp, chunk
+# loops only; ``classify_kernel``: 6,238 with Triton 3.6, 6,291 with 3.9), digits of 2 / 4 / 8 bits: 5,964 / 4,173
+# / 4,772 with 3.6, which builds histograms from warp ballots (2 x 16 bins fill the 32 it pads to, one per lane),
+# and 3,698 / 2,318 / 1,834 with 3.9, which uses shared-memory atomics. The H200 runs 3.6.
+DIGIT_BITS = tl.constexpr(4)
+RADIX = tl.constexpr(1 << DIGIT_BITS.value)
 
 
 @triton.jit
@@ -51,33 +56,34 @@ def classify_radix_kernel(
 
     Top: the n_critical-th largest key; bottom: the max(n_negligible, 1)-th smallest (unused when n_negligible
     is 0). Each pass narrows both to keys that share their prefix so far; once the prefixes differ no key
-    matches both, so one histogram holds both (bins 0-15 top, 16-31 bottom; while equal, bottom reads 0-15).
-    CHUNK >= 32 * num_warps: no key is held by two threads, whose histogram lowering differs across Triton
-    versions.
+    matches both, so one histogram holds both (RADIX bins top, RADIX bottom; while equal, bottom reads top's).
+    CHUNK >= 32 * num_warps, so that no key is held by two threads: Triton 3.6 and 3.9 lower tl.histogram
+    differently, and neither is relied on to count a replicated key once.
     """
     row = tl.program_id(0).to(tl.int64)
-    bins = tl.arange(0, 32)
-    digits = bins & 15
-    top_bins = bins < 16
+    bins = tl.arange(0, 2 * RADIX)
+    digits = bins & (RADIX - 1)
+    top_bins = bins < RADIX
 
     top_prefix = tl.zeros([], tl.int32)  # the thresholds' unsigned keys, digit by digit from the top
     bottom_prefix = tl.zeros([], tl.int32)
     top_need = n_critical + tl.zeros([], tl.int32)  # rank still to find among keys matching the prefix
     bottom_need = tl.maximum(n_negligible, 1) + tl.zeros([], tl.int32)
     bottom_ties_total = tl.zeros([], tl.int32)
-    for p in tl.static_range(32 // 4):
-        SHIFT: tl.constexpr = 28 - 4 * p
-        hist = tl.zeros([32], tl.int32)
+    for p in tl.static_range(32 // DIGIT_BITS):
+        shift = 32 - DIGIT_BITS * (p + 1)  # constexpr: p is
+        hist = tl.zeros([2 * RADIX], tl.int32)
         for start in range(0, num_kblocks, CHUNK):
             key, valid = _radix_chunk(SCORES, row, start, num_kblocks, CHUNK)
-            digit = (key >> SHIFT) & 15
+            digit = (key >> shift) & (RADIX - 1)
             if p == 0:  # empty prefixes: every key matches both
-                hist += tl.histogram(digit, 32, mask=valid)
+                hist += tl.histogram(digit, 2 * RADIX, mask=valid)
             else:
-                high = key & -(1 << (32 - 4 * p))  # the bits the prefixes already fix
+                high = key & -(RADIX << shift)  # the bits the prefixes already fix
                 in_top = high == top_prefix
                 in_bottom = (high == bottom_prefix) & ~in_top
-                hist += tl.histogram(tl.where(in_top, digit, digit + 16), 32, mask=valid & (in_top | in_bottom))
+                hist += tl.histogram(tl.where(in_top, digit, digit + RADIX), 2 * RADIX,
+                                     mask=valid & (in_top | in_bottom))
 
         top_hist = tl.where(top_bins, hist, 0)
         at_or_above = tl.sum(top_hist, 0) - tl.cumsum(top_hist, 0) + top_hist
@@ -87,12 +93,12 @@ def classify_radix_kernel(
         bottom_bins = top_bins == (top_prefix == bottom_prefix)
         bottom_hist = tl.where(bottom_bins, hist, 0)
         at_or_below = tl.cumsum(bottom_hist, 0)
-        bottom_digit = tl.min(tl.where(bottom_bins & (at_or_below >= bottom_need), digits, 15), 0)
+        bottom_digit = tl.min(tl.where(bottom_bins & (at_or_below >= bottom_need), digits, RADIX - 1), 0)
         bottom_need -= tl.sum(tl.where(bottom_bins & (digits < bottom_digit), hist, 0), 0)
         bottom_ties_total = tl.sum(tl.where(bottom_bins & (digits == bottom_digit), hist, 0), 0)  # last pass's
 
-        top_prefix |= top_digit << SHIFT
-        bottom_prefix |= bottom_digit << SHIFT
+        top_prefix |= top_digit << shift
+        bottom_prefix |= bottom_digit << shift
 
     # classify_kernel's threshold keys (signed int64), and what its tie-counting pass would give.
     top_lo = (top_prefix ^ -2147483648).to(tl.int64)
@@ -150,13 +156,13 @@ def _cases():
     """(name, scores [1, 2, nq, nk], chunk): seeded random scores and heavily tied ones at several nk."""
     for seed, nk in enumerate((1, 2, 5, 17, 64, 100, 300)):
         generator = torch.Generator().manual_seed(seed)
-        random = torch.randn(1, 2, 3, nk, generator=generator)
-        tied = torch.randint(-2, 3, (1, 2, 3, nk), generator=generator).float() * 0.5
+        random = torch.randn(1, 2, 2, nk, generator=generator)
+        tied = torch.randint(-2, 3, (1, 2, 2, nk), generator=generator).float() * 0.5
         tied[tied == 0] = -0.0
-        tied[0, 1, 0] = tied[0, 1, 0].abs()  # a row with +0.0 in place of -0.0
-        tied[0, 1, 1] = 0.25  # all equal
-        tied[0, 1, 2] = torch.where(torch.rand(nk, generator=generator) < 0.5, 0.0, -0.0)  # only zeros, both signs
-        softmax = (random * 4).softmax(-1)  # what the model feeds it: positive, underflowing, near-ties
+        tied[0, 0, 1] = tied[0, 0, 1].abs()  # +0.0 in place of -0.0
+        tied[0, 1, 0] = 0.25  # all equal
+        tied[0, 1, 1] = torch.where(torch.rand(nk, generator=generator) < 0.5, 0.0, -0.0)  # zeros of both signs
+        softmax = (random * 4).softmax(-1)  # what the model feeds it: positive, small, close together
         yield f"random nk={nk}", random, None
         yield f"tied nk={nk}", tied, None
         yield f"softmax nk={nk}", softmax, None
@@ -165,10 +171,13 @@ def _cases():
             yield f"tied nk={nk} chunk=32", tied, 32
 
 
+FRACTIONS = ((0.05, 0.10), (0.5, 0.3), (0.0, 0.0), (1.0, 0.0))  # (kh, kl): model, wide, fewest, all critical
+
+
 def _check_outputs() -> int:
+    """Cases whose classes, LUT or marginal differ from the reference or from ``kernels.classify``."""
     failures = 0
-    for (name, scores, chunk), (kh, kl) in itertools.product(_cases(), ((0.05, 0.10), (0.5, 0.3), (0.0, 0.0),
-                                                                        (1.0, 0.0))):
+    for (name, scores, chunk), (kh, kl) in itertools.product(_cases(), FRACTIONS):
         nk = scores.shape[-1]
         want = classify_blocks(scores, kh, kl)
         got, marginal = classify_radix(scores, kh, kl, torch.float32, chunk=chunk)
@@ -188,8 +197,10 @@ def _check_outputs() -> int:
     return failures
 
 
-def _sass_counts(fn, chunk: int) -> tuple[int, int]:
-    """(SASS instructions in all, in the innermost loop) of ``fn`` compiled for sm_90 with one warp."""
+def _sass_loops(fn, chunk: int) -> tuple[int, list[int], int]:
+    """``fn`` compiled for sm_90 with one warp (CHUNK=chunk): its SASS instruction count, the sizes of its
+    innermost loops (the chunk loops), and their sum per chunk of a row, weighting a loop nested in another by
+    32 (the only such nesting: ``classify_kernel``'s 32-step search around its counting loop)."""
     from triton.backends.compiler import GPUTarget
 
     signature = {"SCORES": "*fp32", "CLASSES": "*i8", "LUT": "*i32", "MARGINAL": "*bf16", "num_kblocks": "i32",
@@ -202,15 +213,19 @@ def _sass_counts(fn, chunk: int) -> tuple[int, int]:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
         sass = subprocess.run([nvdisasm, "-c", cubin.name], capture_output=True, text=True, check=True).stdout
-    instructions = re.findall(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", sass, re.M)
-    addresses = [int(address, 16) for address, _ in instructions]
-    # Backward branches are loops; the shortest one is the chunk loop of the passes that dominate.
-    loops = [(int(m.group(2), 16), address) for address, text in instructions
-             if (m := re.match(r"(@!?U?P\d+ )?BRA (?:`\(\.L_x_\d+\) )?0x([0-9a-f]+)", text))
-             and int(m.group(2), 16) < int(address, 16)]
-    assert loops, "no backward branch found"
-    start, end = min(loops, key=lambda loop: int(loop[1], 16) - loop[0])
-    return len(instructions), sum(start <= a <= int(end, 16) for a in addresses)
+    labels, loops, count = {}, [], 0
+    for line in sass.splitlines():
+        if label := re.match(r"(\.L_x_\d+):", line):
+            labels[label.group(1)] = count
+        elif instruction := re.match(r"\s*/\*[0-9a-f]+\*/\s+(.*);", line):
+            target = re.search(r"BRA `\((\.L_x_\d+)\)", instruction.group(1))
+            if target and labels.get(target.group(1), count) < count:  # a backward branch closes a loop
+                loops.append((labels[target.group(1)], count))
+            count += 1
+    innermost = [(a, b) for a, b in loops if not any(a < c <= d < b for c, d in loops)]
+    sizes = [b - a + 1 for a, b in innermost]
+    nested = [any(c < a and b < d for c, d in loops) for a, b in innermost]
+    return count, sizes, sum(size * (32 if inside else 1) for size, inside in zip(sizes, nested))
 
 
 def main() -> int:
@@ -222,9 +237,9 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         return int(failures > 0) or subprocess.run([sys.executable, __file__], env=env).returncode
     for fn in (kernels.classify_kernel, classify_radix_kernel):
-        total, loop = _sass_counts(fn, _CLASSIFY_CHUNK)
-        print(f"sm_90 {fn.__name__}: {total} SASS instructions, {loop} in its shortest loop "
-              f"(CHUNK={_CLASSIFY_CHUNK}, 1 warp)")
+        total, sizes, per_chunk = _sass_loops(fn, _CLASSIFY_CHUNK)
+        print(f"sm_90 (Triton {triton.__version__}) {fn.__name__}: {total} SASS instructions; chunk loops of "
+              f"{sizes} instructions, {per_chunk} per chunk of {_CLASSIFY_CHUNK} keys per row (1 warp)")
     return 0
 
 
