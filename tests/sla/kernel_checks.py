@@ -110,19 +110,24 @@ def run_case(name, dtype, feature_map, block_q, block_k, length, head_dim=64, ba
 
 
 def classify_mismatches(device="cpu") -> int:
-    """Rows where the classification kernel and ``reference.classify_blocks`` disagree, over random scores and
-    scores full of ties (including -0.0 against 0.0), at several key-block counts, reading each row at once and
-    in chunks of 16 key blocks (how an exported graph with a dynamic frame count runs it)."""
+    """Rows where the classification kernel and ``reference.classify_blocks`` disagree, over random scores,
+    softmax-like ones (what the model feeds it), and scores full of ties (-0.0 against 0.0, a row of equal
+    scores, a row of zeros of both signs), at several key-block counts, reading each row at once and in chunks
+    of 32 key blocks (how an exported graph with a dynamic frame count runs it)."""
     from lite3r.sla import kernels
     from lite3r.sla.reference import classify_blocks
 
     torch.manual_seed(0)
     mismatches = 0
-    for num_kblocks, kh, kl in ((3, 0.2, 0.3), (37, 0.2, 0.3), (130, 0.2, 0.3), (37, 1.0, 0.0), (37, 0.0, 1.0)):
+    for num_kblocks, kh, kl in ((1, 0.2, 0.3), (3, 0.2, 0.3), (37, 0.2, 0.3), (130, 0.2, 0.3), (300, 0.05, 0.1),
+                                (37, 1.0, 0.0), (37, 0.0, 1.0), (37, 0.0, 0.0)):  # fmt: skip
         random_scores = torch.randn(1, 2, 2, num_kblocks, device=device)
         tied = torch.randint(-2, 3, (1, 2, 2, num_kblocks), device=device).float() * 0.5
         tied[tied == 0] = torch.tensor(-0.0)
-        for scores, chunk in itertools.product((random_scores, tied), (None, 16)):
+        tied[0, 1, 0] = 0.25
+        tied[0, 1, 1] = torch.where(torch.rand(num_kblocks, device=device) < 0.5, 0.0, -0.0)
+        softmax = (random_scores * 4).softmax(-1)
+        for scores, chunk in itertools.product((random_scores, tied, softmax), (None, 32)):
             got, marginal = kernels.classify(scores, kh, kl, torch.float32, chunk=chunk)
             want = classify_blocks(scores, kh, kl)
             same = (got.classes == want.classes).all(-1) & (got.critical == want.critical).all(-1)

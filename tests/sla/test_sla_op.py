@@ -167,3 +167,12 @@ def test_kernels_declare_no_default_arguments():
     defaults = {name: [p for p, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty]
                 for name, fn in jitted.items()}  # fmt: skip
     assert defaults == {name: [] for name in jitted}
+
+
+@pytest.mark.parametrize("chunk, warps", [(16, 1), (64, 4), (96, 1)])
+def test_classify_refuses_a_chunk_threads_would_share(chunk, warps):
+    """The radix select counts each key once only if no two threads hold it (chunk >= 32 * warps, a power of two)."""
+    from lite3r.sla import kernels
+
+    with pytest.raises(ValueError, match="power of two >= 32"):
+        kernels.classify(torch.rand(1, 1, 2, 40), 0.2, 0.1, torch.float32, chunk=chunk, warps=warps)

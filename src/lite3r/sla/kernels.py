@@ -122,6 +122,23 @@ def _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK: tl.constexpr):
     return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64), valid, lanes  # int order == float order
 
 
+# Bits per radix digit of the classification's threshold search. SASS instructions per 256-key chunk (sm_90, one
+# warp) with Triton 3.6, the H200's: 5,964 / 4,173 / 4,772 for 2 / 4 / 8-bit digits (3.6 builds a histogram from
+# warp ballots, padded to 32 bins: 2 x 16 fill it); with 3.9 (shared-memory atomics) 8-bit digits would be fewer.
+DIGIT_BITS = tl.constexpr(4)
+RADIX = tl.constexpr(1 << DIGIT_BITS.value)  # module level: the interpreter fails on ``int << constexpr``
+
+
+@triton.jit
+def _radix_chunk(SCORES, row, start, num_kblocks, CHUNK: tl.constexpr):
+    """Lanes ``start + [0, CHUNK)`` of one row as int32 keys whose *unsigned* order is the float order (the
+    ``_ordered_chunk`` key with its sign bit flipped), and which lanes are real."""
+    lanes = start + tl.arange(0, CHUNK)
+    valid = lanes < num_kblocks
+    bits = (tl.load(SCORES + row * num_kblocks + lanes, mask=valid, other=0.0) + 0.0).to(tl.int32, bitcast=True)
+    return bits ^ ((bits >> 31) | -2147483648), valid
+
+
 @triton.jit
 def classify_kernel(
     SCORES, CLASSES, LUT, MARGINAL,
@@ -130,42 +147,62 @@ def classify_kernel(
 ):
     """``reference.classify_blocks`` for one query block (row of SCORES ``[BH*nq, nk]`` fp32), without a sort.
 
-    Rank order is score descending, ties to the lower index. Binary searches over the scores' order-preserving
-    int32 bits find the n_critical-th largest and the n_negligible-th smallest score; ties at those thresholds
-    are split by index with prefix sums. Writes CLASSES (int8), the ascending critical LUT (int32) and the row
-    of the 0/1 marginal matrix MARGINAL ``[BH*nq, marginal_cols]`` for the GEMMs (columns past nk only align
-    rows and are never read). The row is read in chunks of CHUNK key blocks, so one compiled kernel serves any
-    nk (an exported graph with a dynamic frame count); small chunks are also the fast choice (``_CLASSIFY_CHUNK``).
+    Rank order is score descending, ties to the lower index. A radix select over the scores' order-preserving
+    keys (8 passes of 4-bit digits) finds the n_critical-th largest key (top) and the max(n_negligible, 1)-th
+    smallest (bottom; unused when n_negligible is 0): each pass builds one ``tl.histogram`` of the next digit
+    of the keys that share each threshold's prefix so far (RADIX bins for top, RADIX for bottom; once the
+    prefixes differ no key matches both, and while they are equal bottom reads top's bins), and a cumulative sum
+    picks each threshold's digit and the rank still to find. Ties at the thresholds are then split by index with
+    prefix sums. Writes CLASSES (int8), the ascending critical LUT (int32) and the row of the 0/1 marginal
+    matrix MARGINAL ``[BH*nq, marginal_cols]`` for the GEMMs (columns past nk only align rows and are never
+    read). The row is read in chunks of CHUNK key blocks (9 times in all; the binary search this replaced read
+    it 34 times and was 1.9x slower at nk 2,147 on the H200), so one compiled kernel serves any nk (an exported
+    graph with a dynamic frame count). CHUNK >= 32 * num_warps, so that no key is held by two threads: Triton
+    3.6 and 3.9 lower tl.histogram differently, and neither is relied on to count a replicated key once.
     """
     row = tl.program_id(0).to(tl.int64)
+    bins = tl.arange(0, 2 * RADIX)
+    digits = bins & (RADIX - 1)
+    top_bins = bins < RADIX
 
-    # top: largest t with #(ordered >= t) >= n_critical; bottom: smallest t with #(ordered <= t) >= n_negligible.
-    top_lo, top_hi = tl.full([], -2147483648, tl.int64), tl.full([], 2147483647, tl.int64)
-    bottom_lo, bottom_hi = top_lo, top_hi
-    for _step in range(32):  # not `_`: unpacked into `_` below, Triton 3.6 sees the loop variable re-typed
-        top_mid = top_lo + (top_hi - top_lo + 1) // 2
-        bottom_mid = bottom_lo + (bottom_hi - bottom_lo) // 2
-        above = tl.zeros([], tl.int32)
-        below = tl.zeros([], tl.int32)
-        for start in range(0, num_kblocks, CHUNK):
-            ordered, valid, _lanes = _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK)
-            above += tl.sum((valid & (ordered >= top_mid)).to(tl.int32), 0)
-            below += tl.sum((valid & (ordered <= bottom_mid)).to(tl.int32), 0)
-        top_lo = tl.where(above >= n_critical, top_mid, top_lo)
-        top_hi = tl.where(above >= n_critical, top_hi, top_mid - 1)
-        bottom_hi = tl.where(below >= n_negligible, bottom_mid, bottom_hi)
-        bottom_lo = tl.where(below >= n_negligible, bottom_lo, bottom_mid + 1)
-
-    # Ties at the thresholds: how many are needed, and (bottom ties rank from the end) how many there are.
-    top_need = n_critical + tl.zeros([], tl.int32)  # a tensor: the loop updates it (ints equal to 1 are constexprs)
-    bottom_need = n_negligible + tl.zeros([], tl.int32)
+    top_prefix = tl.zeros([], tl.int32)  # the thresholds' unsigned keys, digit by digit from the top
+    bottom_prefix = tl.zeros([], tl.int32)
+    top_need = n_critical + tl.zeros([], tl.int32)  # rank still to find among keys matching the prefix
+    bottom_need = tl.maximum(n_negligible, 1) + tl.zeros([], tl.int32)
     bottom_ties_total = tl.zeros([], tl.int32)
-    for start in range(0, num_kblocks, CHUNK):
-        ordered, valid, _lanes = _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK)
-        top_need -= tl.sum((valid & (ordered > top_lo)).to(tl.int32), 0)
-        bottom_need -= tl.sum((valid & (ordered < bottom_hi)).to(tl.int32), 0)
-        bottom_ties_total += tl.sum((valid & (ordered == bottom_hi)).to(tl.int32), 0)
+    for p in tl.static_range(32 // DIGIT_BITS):
+        shift = 32 - DIGIT_BITS * (p + 1)  # constexpr: p is
+        hist = tl.zeros([2 * RADIX], tl.int32)
+        for start in range(0, num_kblocks, CHUNK):
+            key, valid = _radix_chunk(SCORES, row, start, num_kblocks, CHUNK)
+            digit = (key >> shift) & (RADIX - 1)
+            if p == 0:  # empty prefixes: every key matches both
+                hist += tl.histogram(digit, 2 * RADIX, mask=valid)
+            else:
+                high = key & -(RADIX << shift)  # the bits the prefixes already fix
+                in_top = high == top_prefix
+                in_bottom = (high == bottom_prefix) & ~in_top
+                hist += tl.histogram(tl.where(in_top, digit, digit + RADIX), 2 * RADIX,
+                                     mask=valid & (in_top | in_bottom))
 
+        top_hist = tl.where(top_bins, hist, 0)
+        at_or_above = tl.sum(top_hist, 0) - tl.cumsum(top_hist, 0) + top_hist
+        top_digit = tl.max(tl.where(top_bins & (at_or_above >= top_need), digits, 0), 0)
+        top_need -= tl.sum(tl.where(top_bins & (digits > top_digit), hist, 0), 0)
+
+        bottom_bins = top_bins == (top_prefix == bottom_prefix)
+        bottom_hist = tl.where(bottom_bins, hist, 0)
+        at_or_below = tl.cumsum(bottom_hist, 0)
+        bottom_digit = tl.min(tl.where(bottom_bins & (at_or_below >= bottom_need), digits, RADIX - 1), 0)
+        bottom_need -= tl.sum(tl.where(bottom_bins & (digits < bottom_digit), hist, 0), 0)
+        bottom_ties_total = tl.sum(tl.where(bottom_bins & (digits == bottom_digit), hist, 0), 0)  # last pass's
+
+        top_prefix |= top_digit << shift
+        bottom_prefix |= bottom_digit << shift
+
+    # top_need / bottom_need are now the ties each threshold still takes. Back to _ordered_chunk's signed keys for the writes.
+    top_lo = (top_prefix ^ -2147483648).to(tl.int64)
+    bottom_hi = (bottom_prefix ^ -2147483648).to(tl.int64)
     top_ties_before = tl.zeros([], tl.int32)
     bottom_ties_before = tl.zeros([], tl.int32)
     critical_before = tl.zeros([], tl.int32)
@@ -585,33 +622,36 @@ def _tile(size: int | torch.SymInt, smallest: int, largest: int) -> int:
     return min(largest, max(smallest, triton.next_power_of_2(size)))
 
 
-# Key blocks per chunk of the classification kernel (one warp per row), for a known and a symbolic nk alike
-# (torch.export with a dynamic frame count). Measured per call on the H200 at VGGT-1B's global attention
-# (benchmarks/bench_classify.py, 2026-12-01): 256 takes 0.71 ms at 32 frames (nk 687) and 3.13 ms at 100
-# (nk 2,147) against 0.98 / 10.2 ms reading the whole row at once (chunks up to 4,096, 4 warps) and 1.04 / 5.79
-# ms in chunks of 1,024; 8 frames (nk 172, one chunk) are unchanged. Larger chunks hold more keys per thread.
-_CLASSIFY_CHUNK = 256
+# Key blocks per chunk and warps of the classification kernel, for a known and a symbolic nk alike (torch.export
+# with a dynamic frame count). Measured per call on the H200 at VGGT-1B's global attention (benchmarks/
+# bench_classify.py, 2026-12-01, eleventh session): chunks of 256 with 4 warps take 0.10 / 0.31 / 1.80 ms at 8 / 32 /
+# 100 frames (nk 172 / 687 / 2,147); 1 warp 0.11 / 0.38 / 3.13, chunks of 512 or 1,024 slower at 100 frames.
+_CLASSIFY_CHUNK, _CLASSIFY_WARPS = 256, 4
 
 
 def classify(
-    scores: torch.Tensor, kh: float, kl: float, mask_dtype: torch.dtype, chunk: int | None = None, warps: int = 1
+    scores: torch.Tensor, kh: float, kl: float, mask_dtype: torch.dtype, chunk: int | None = None,
+    warps: int | None = None,
 ) -> tuple[BlockMap, torch.Tensor]:
     """``reference.classify_blocks`` in one kernel, plus the 0/1 marginal matrix ``[BH, nq, nk_padded]`` (rows
     padded to a multiple of 64 so that the GEMMs load aligned tiles; columns past nk are never read).
 
-    ``chunk`` (a power of two >= 16) and ``warps`` override how many key blocks the kernel reads at once and with
-    how many warps (tests, ``benchmarks/bench_classify.py``)."""
+    ``chunk`` (a power of two >= 32 * warps) and ``warps`` override how many key blocks the kernel reads at once
+    and with how many warps (tests, ``benchmarks/bench_classify.py``)."""
     batch, heads, num_qblocks, num_kblocks = scores.shape
     n_critical, n_negligible = block_counts(num_kblocks, kh, kl)
+    chunk = chunk or _tile(num_kblocks, 32, _CLASSIFY_CHUNK)
+    warps = warps or min(_CLASSIFY_WARPS, chunk // 32)
+    if chunk < 32 * warps or chunk & (chunk - 1):
+        raise ValueError(f"classify: chunk must be a power of two >= 32 * warps; got chunk={chunk}, warps={warps}")
     device = scores.device
     classes = torch.empty(scores.shape, device=device, dtype=torch.int8)
     critical = torch.empty(batch, heads, num_qblocks, n_critical, device=device, dtype=torch.int32)
     padded_cols = num_blocks(num_kblocks, 64) * 64
     marginal = torch.empty(batch * heads, num_qblocks, padded_cols, device=device, dtype=mask_dtype)
-    chunk = chunk or _tile(num_kblocks, 16, _CLASSIFY_CHUNK)
     wrap_triton(classify_kernel)[(batch * heads * num_qblocks,)](
         scores.contiguous(), classes, critical, marginal, num_kblocks, padded_cols, n_critical, n_negligible,
-        CHUNK=chunk, num_warps=warps,  # one warp: reductions without a block barrier
+        CHUNK=chunk, num_warps=warps,
     )
     return BlockMap(classes, critical), marginal
 
