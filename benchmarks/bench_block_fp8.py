@@ -29,9 +29,10 @@ TOKENS_PER_FRAME = 37 * 37 + 5  # 518x518 views, patch 14, camera + 4 register t
 LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 BASE = {"emulate_precision_casts": True}  # TorchRuntime's Inductor options
 TEMPLATES = {"max_autotune_gemm": True, "max_autotune_gemm_search_space": "DEFAULT"}
-VARIANTS = {  # name -> (fp8, Inductor options, dynamic)
+VARIANTS = {  # name -> (fp8: False, True or "fast-accum", Inductor options, dynamic)
     "bf16": (False, BASE, False),
     "fp8": (True, BASE, False),
+    "fp8-fast-accum": ("fast-accum", BASE, False),  # _scaled_mm(use_fast_accum=True): Hopper's cheaper accumulation
     "fp8-no-emulate": (True, {}, False),  # what emulate_precision_casts (eager-exact FP8 codes) costs
     "fp8-triton-gemm": (True, {**BASE, **TEMPLATES, "max_autotune_gemm_backends": "TRITON"}, False),
     "fp8-autotune-fusion": (True, {**BASE, **TEMPLATES, "max_autotune_gemm_backends": "ATEN,TRITON",
@@ -40,14 +41,15 @@ VARIANTS = {  # name -> (fp8, Inductor options, dynamic)
 }
 
 
-def make_block(fp8: bool, device: torch.device) -> Block:
+def make_block(fp8: bool | str, device: torch.device) -> Block:
     torch.manual_seed(0)
     block = Block(1024, 16, 4.0, init_values=0.01, qk_norm=True, rope=RotaryPositionEmbedding2D())
     block = block.to(device).eval()
     if fp8:
         for name in LINEARS:
             linear = block.get_submodule(name)
-            layer = FP8Linear.from_linear(linear, linear.weight.abs().amax(), torch.tensor(8.0))
+            layer = FP8Linear.from_linear(linear, linear.weight.abs().amax(), torch.tensor(8.0),
+                                          use_fast_accum=fp8 == "fast-accum")
             parent, _, leaf = name.rpartition(".")
             setattr(block.get_submodule(parent), leaf, layer)
     return cast_floating(block, torch.bfloat16)  # FP8Linear keeps its e4m3 weight and float32 scales
