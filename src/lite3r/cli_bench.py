@@ -85,6 +85,8 @@ def _grid(sizes: tuple[str, ...], frames: tuple[int, ...], default_size: tuple[i
 @click.option("--qk-codes", type=click.Choice(["int8", "fp8"]),
               help="Students' SLA layers score Q K^T with these 8-bit codes (RuntimeOptions.qk_codes; default: "
               "16 bits; measured slower on the H200, docs/runtime.md).")
+@click.option("--fp8-fast-accum/--no-fp8-fast-accum", default=True, show_default=True,
+              help="FP8 GEMMs of student-fp8 with Hopper's fast accumulation (RuntimeOptions.fp8_fast_accum).")
 @click.option("--accuracy-scenes", default=2, show_default=True, type=click.IntRange(min=0),
               help="Synthetic scenes the variants are scored on against the float32 teacher (0: none).")
 @click.option("--accuracy-frames", default=8, show_default=True, type=click.IntRange(min=1))
@@ -95,8 +97,8 @@ def _grid(sizes: tuple[str, ...], frames: tuple[int, ...], default_size: tuple[i
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @one_line_errors
 def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, variants, reps, warmup, max_cell_seconds,
-                  kh, kl, dtype, heads_dtype, compile_blocks, cuda_graphs, sdpa, dense_below, qk_codes, accuracy_scenes,
-                  accuracy_frames, device, seed, smoke, out):
+                  kh, kl, dtype, heads_dtype, compile_blocks, cuda_graphs, sdpa, dense_below, qk_codes, fp8_fast_accum,
+                  accuracy_scenes, accuracy_frames, device, seed, smoke, out):
     """Latency, peak memory and accuracy of the teacher (official usage, fast runtime) and its SLA students
     over frame counts; writes bench.json, bench.md and plots."""
     quiet_third_party()
@@ -117,7 +119,8 @@ def bench_command(model_name, checkpoint, student_dir, pt2, frames, sizes, varia
         counts = _counts(frames, "--frames")
         fallback = {} if dense_below is None else {"dense_below": dense_below}
         runtime = RuntimeOptions(dtype=dtype, heads_dtype=heads_dtype, compile=compile_blocks,
-                                 cuda_graphs=cuda_graphs, sdpa=sdpa, qk_codes=qk_codes, **fallback)  # fmt: skip
+                                 cuda_graphs=cuda_graphs, sdpa=sdpa, qk_codes=qk_codes, fp8_fast_accum=fp8_fast_accum,
+                                 **fallback)  # fmt: skip
         config = BenchConfig(
             model=model_name, grid=_grid(sizes, counts, (518, 518)), reps=reps, warmup=warmup, device=device,
             max_cell_seconds=max_cell_seconds,

@@ -60,6 +60,16 @@ def test_prepared_model_is_16bit_except_fp8_layers_and_constants():
     assert prepared.track_head is None  # never run by forward
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_runtime_fp8_gemms_take_the_accumulation_asked_for(fast):
+    model = _student()
+    options = RuntimeOptions(compile=False, cuda_graphs=False, fp8_fast_accum=fast)
+    runtime = TorchRuntime.build(model, options, device="cpu", quant_state=_quant_state(model))
+    fp8 = [m for m in runtime.model.modules() if isinstance(m, FP8Linear)]
+    assert fp8 and all(m.use_fast_accum is fast for m in fp8)
+    assert RuntimeOptions().fp8_fast_accum  # the default (docs/runtime.md)
+
+
 def test_da3_runtime_drops_what_it_never_runs_and_keeps_its_heads_float32():
     torch.manual_seed(0)
     teacher = lite3r.load_model("da3-tiny")

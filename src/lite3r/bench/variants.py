@@ -102,6 +102,8 @@ def _runtime(model: nn.Module, ctx: Context, quant_state: dict[str, Any] | None 
             notes += f", exact attention below {options.dense_below} tokens"
         if options.qk_codes:
             notes += f", SLA Q K^T in {options.qk_codes}"
+    if quant_state is not None:
+        notes += f", FP8 GEMMs with {'fast' if options.fp8_fast_accum else 'fp32'} accumulation"
 
     def setup(shape: tuple[int, ...]) -> dict[str, float]:
         done = runtime.setup.get(shape)

@@ -49,16 +49,18 @@ def prepare_model(
     dtype: torch.dtype = torch.bfloat16,
     heads_dtype: torch.dtype | None = None,
     quant_state: dict[str, Any] | None = None,
+    fp8_fast_accum: bool = False,
 ) -> nn.Module:
-    """``model`` in eval mode on ``device``: FP8 linears from ``quant_state`` (if given), every other weight in
-    ``dtype``, the prediction heads (the family's ``heads``) in ``heads_dtype`` (default ``dtype``)."""
+    """``model`` in eval mode on ``device``: FP8 linears from ``quant_state`` (if given; ``fp8_fast_accum``: their
+    GEMMs with Hopper's fast accumulation), every other weight in ``dtype``, the prediction heads (the family's
+    ``heads``) in ``heads_dtype`` (default ``dtype``)."""
     family = family_of(model)
     model.eval().requires_grad_(False)
     for path in family.parameters_only:
         owner, _, name = path.rpartition(".")
         setattr(model.get_submodule(owner), name, None)
     if quant_state is not None:
-        convert_to_fp8(model, quant_state)
+        convert_to_fp8(model, quant_state, use_fast_accum=fp8_fast_accum)
     model.to(device)
     cast_floating(model, dtype)
     for name in family.heads if heads_dtype is not None else ():
