@@ -102,8 +102,6 @@ def _runtime(model: nn.Module, ctx: Context, quant_state: dict[str, Any] | None 
             notes += f", exact attention below {options.dense_below} tokens"
         if options.qk_codes:
             notes += f", SLA Q K^T in {options.qk_codes}"
-    if quant_state is not None:
-        notes += f", FP8 GEMMs with {'fast' if options.fp8_fast_accum else 'fp32'} accumulation"
 
     def setup(shape: tuple[int, ...]) -> dict[str, float]:
         done = runtime.setup.get(shape)
@@ -129,7 +127,8 @@ def _student_fp8(ctx: Context) -> Built:
         except FP8UnsupportedError as e:
             raise NotRunnable(str(e)) from None
     built = _runtime(ctx.make_student(), ctx, quant_state=ctx.fp8_scales())
-    built.notes += ", FP8 GEMMs (torch._scaled_mm) on the recipe's linears"
+    accumulation = "fast" if ctx.runtime.fp8_fast_accum else "fp32"
+    built.notes += f", FP8 GEMMs (torch._scaled_mm, {accumulation} accumulation) on the recipe's linears"
     return built
 
 
