@@ -329,7 +329,7 @@ def forward_kernel(
 
     LUT rows must be ascending (``classify``, the reference and the ONNX graph all write them so): only the
     last entry can then be the partial block at the end of the sequence, and every other step runs without
-    masks (10-15 % faster on the H200: benchmarks/bench_sla_forward.py).
+    masks (9-15 % faster on the H200: benchmarks/RESULTS.md, eleventh session).
 
     QUANTIZED_QK: Q K^T on 8-bit tensor cores, from int8 or e4m3 codes of q and smoothed k with one float32 scale
     per block (``reference.quantize_blocks``; int32 / fp32 accumulation); P V, the linear branch and proj_lin as
