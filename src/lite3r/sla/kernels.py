@@ -171,7 +171,7 @@ def classify_kernel(
     bottom_need = tl.maximum(n_negligible, 1) + tl.zeros([], tl.int32)
     bottom_ties_total = tl.zeros([], tl.int32)
     for p in tl.static_range(32 // DIGIT_BITS):
-        shift = 32 - DIGIT_BITS * (p + 1)  # constexpr: p is
+        shift = 32 - DIGIT_BITS * (p + 1)  # a constexpr, as p is
         hist = tl.zeros([2 * RADIX], tl.int32)
         for start in range(0, num_kblocks, CHUNK):
             key, valid = _radix_chunk(SCORES, row, start, num_kblocks, CHUNK)
@@ -200,7 +200,8 @@ def classify_kernel(
         top_prefix |= top_digit << shift
         bottom_prefix |= bottom_digit << shift
 
-    # top_need / bottom_need are now the ties each threshold still takes. Back to _ordered_chunk's signed keys for the writes.
+    # top_need / bottom_need are now the ties each threshold still takes. The writes compare _ordered_chunk's
+    # signed keys.
     top_lo = (top_prefix ^ -2147483648).to(tl.int64)
     bottom_hi = (bottom_prefix ^ -2147483648).to(tl.int64)
     top_ties_before = tl.zeros([], tl.int32)
