@@ -35,6 +35,9 @@ CASES = {
                                  strided=True, heads=2, qk_codes="int8"),
     "fp16-qk-fp8-elu-128x64": dict(dtype=torch.float16, feature_map="elu", block_q=128, block_k=64, length=300,
                                    batch=1, qk_codes="fp8"),
+    # every block critical: each row's LUT ends with the partial block, the one step the forward masks
+    "bf16-softmax-all-critical": dict(dtype=torch.bfloat16, feature_map="softmax", block_q=64, block_k=64,
+                                      length=230, batch=1, heads=2, kh=1.0, kl=0.0),
 }
 
 
