@@ -114,12 +114,12 @@ def key_state_kernel(
 
 @triton.jit
 def _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK: tl.constexpr):
-    """Lanes ``start + [0, CHUNK)`` of one row of scores as order-preserving int64 keys, and which are real."""
+    """Lanes ``start + [0, CHUNK)`` of one row of scores as order-preserving int32 keys, and which are real."""
     lanes = start + tl.arange(0, CHUNK)
     valid = lanes < num_kblocks
     scores = tl.load(SCORES + row * num_kblocks + lanes, mask=valid, other=0.0) + 0.0  # -0.0 -> +0.0
     bits = scores.to(tl.int32, bitcast=True)
-    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64), valid, lanes  # int order == float order
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF), valid, lanes  # int order == float order
 
 
 # Bits per radix digit of the classification's threshold search. SASS instructions per 256-key chunk (sm_90, one
@@ -127,16 +127,6 @@ def _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK: tl.constexpr):
 # warp ballots, padded to 32 bins: 2 x 16 fill it); with 3.9 (shared-memory atomics) 8-bit digits would be fewer.
 DIGIT_BITS = tl.constexpr(4)
 RADIX = tl.constexpr(1 << DIGIT_BITS.value)  # module level: the interpreter fails on ``int << constexpr``
-
-
-@triton.jit
-def _radix_chunk(SCORES, row, start, num_kblocks, CHUNK: tl.constexpr):
-    """Lanes ``start + [0, CHUNK)`` of one row as int32 keys whose *unsigned* order is the float order (the
-    ``_ordered_chunk`` key with its sign bit flipped), and which lanes are real."""
-    lanes = start + tl.arange(0, CHUNK)
-    valid = lanes < num_kblocks
-    bits = (tl.load(SCORES + row * num_kblocks + lanes, mask=valid, other=0.0) + 0.0).to(tl.int32, bitcast=True)
-    return bits ^ ((bits >> 31) | -2147483648), valid
 
 
 @triton.jit
@@ -174,7 +164,8 @@ def classify_kernel(
         shift = 32 - DIGIT_BITS * (p + 1)  # a constexpr, as p is
         hist = tl.zeros([2 * RADIX], tl.int32)
         for start in range(0, num_kblocks, CHUNK):
-            key, valid = _radix_chunk(SCORES, row, start, num_kblocks, CHUNK)
+            ordered, valid, _lanes = _ordered_chunk(SCORES, row, start, num_kblocks, CHUNK)
+            key = ordered ^ -2147483648  # sign bit flipped: its unsigned order is the float order
             digit = (key >> shift) & (RADIX - 1)
             if p == 0:  # empty prefixes: every key matches both
                 hist += tl.histogram(digit, 2 * RADIX, mask=valid)
@@ -200,10 +191,9 @@ def classify_kernel(
         top_prefix |= top_digit << shift
         bottom_prefix |= bottom_digit << shift
 
-    # top_need / bottom_need are now the ties each threshold still takes. The writes compare _ordered_chunk's
-    # signed keys.
-    top_lo = (top_prefix ^ -2147483648).to(tl.int64)
-    bottom_hi = (bottom_prefix ^ -2147483648).to(tl.int64)
+    # top_need / bottom_need are now the ties each threshold still takes; the thresholds as _ordered_chunk's keys.
+    top_lo = top_prefix ^ -2147483648
+    bottom_hi = bottom_prefix ^ -2147483648
     top_ties_before = tl.zeros([], tl.int32)
     bottom_ties_before = tl.zeros([], tl.int32)
     critical_before = tl.zeros([], tl.int32)
